@@ -1,0 +1,36 @@
+# One task runner. `make demo` and `make test` are the two commands README.md promises.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo run test test-unit lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)  ## replay the fixtures through the whole path on the embedded default
+	$(BIN)/ownersync demo
+
+run: $(STAMP)  ## all roles in one process on the embedded default
+	$(BIN)/ownersync run --tenant services/demo/fixtures/salesforce/tenant.json
+
+test: $(STAMP)  ## the whole suite against the real Postgres and RabbitMQ
+	./scripts/ensure-services.sh
+	OWNERSYNC_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/test $(BIN)/ownersync migrate
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)  ## the fast tier: pure tests, no services
+	$(BIN)/python -m pytest tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests
+
+clean:
+	rm -rf $(VENV) ownersync.db* .pytest_cache

@@ -1,0 +1,312 @@
+"""Async client for the Account Engagement (Pardot) API v5 subset that ownersync calls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+PROSPECTS = "/api/v5/objects/prospects"
+USERS = "/api/v5/objects/users"
+# AE answers 429 with this code once the business unit's daily quota is spent: retrying is useless.
+DAILY_LIMIT_CODE = 122
+
+M = TypeVar("M", bound="_AeModel")
+
+_UPDATABLE_PROSPECT_FIELDS = {
+    "assigned_user_id": "assignedUserId",
+    "assigned_queue_id": "assignedQueueId",
+    "salesforce_id": "salesforceId",
+    "email": "email",
+}
+
+
+class _AeModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, frozen=True
+    )
+
+
+class AeProspect(_AeModel):
+    id: int
+    email: str | None = None
+    assigned_user_id: int | None = None
+    assigned_queue_id: str | None = None
+    salesforce_id: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class AeUser(_AeModel):
+    id: int
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    is_active: bool = True
+    salesforce_id: str | None = None
+
+
+# AE v5 returns only the fields asked for, so every read names the fields the models hold.
+_PROSPECT_FIELDS = ",".join(f.alias or n for n, f in AeProspect.model_fields.items())
+_USER_FIELDS = ",".join(f.alias or n for n, f in AeUser.model_fields.items())
+
+
+class AeError(Exception):
+    def __init__(self, status: int | None, code: int | None, message: str) -> None:
+        super().__init__(status, code, message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        status = self.status if self.status is not None else "no response"
+        code = f" (code {self.code})" if self.code is not None else ""
+        return f"AE {status}{code}: {self.message}"
+
+
+class AeTransientError(AeError):
+    """AE was unavailable or throttling; the call may succeed later."""
+
+
+class AeRequestRejected(AeError):
+    """AE refused the request itself; sending it again will not help."""
+
+
+class AeNotFound(AeRequestRejected):
+    pass
+
+
+class AeQuotaExhausted(AeError):
+    """The daily API quota is spent (locally counted or reported by AE)."""
+
+
+def _error_from(response: httpx.Response) -> AeError:
+    code: int | None = None
+    message = response.text[:500] or response.reason_phrase
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        code = body.get("code") if isinstance(body.get("code"), int) else None
+        message = str(body.get("message", message))
+    status = response.status_code
+    if status == 429 and code == DAILY_LIMIT_CODE:
+        return AeQuotaExhausted(status, code, message)
+    if status == 429 or status >= 500:
+        return AeTransientError(status, code, message)
+    if status == 404:
+        return AeNotFound(status, code, message)
+    return AeRequestRejected(status, code, message)
+
+
+class AeClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        business_unit_id: str,
+        *,
+        max_concurrency: int = 5,
+        timeout: float = 10.0,
+        max_attempts: int = 5,
+        backoff_base: float = 0.2,
+        backoff_max: float = 5.0,
+        daily_quota: int | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout,
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "Pardot-Business-Unit-Id": business_unit_id,
+                "Accept": "application/json",
+            },
+        )
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._max_attempts = max_attempts
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._daily_quota = daily_quota
+        self.calls_made = 0
+        self.outcomes: Counter[str] = Counter()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def quota_remaining(self) -> int | None:
+        if self._daily_quota is None:
+            return None
+        return max(self._daily_quota - self.calls_made, 0)
+
+    # --- API ------------------------------------------------------------------------------
+
+    async def create_prospect(
+        self,
+        email: str | None,
+        *,
+        assigned_user_id: int | None = None,
+        assigned_queue_id: str | None = None,
+        salesforce_id: str | None = None,
+    ) -> AeProspect:
+        fields = {
+            "email": email,
+            "assigned_user_id": assigned_user_id,
+            "assigned_queue_id": assigned_queue_id,
+            "salesforce_id": salesforce_id,
+        }
+        body = _camel_body({name: value for name, value in fields.items() if value is not None})
+        data = await self._request("POST", PROSPECTS, json=body, params=_prospect_fields())
+        return _parse(AeProspect, data)
+
+    async def update_prospect(self, prospect_id: int, **fields: Any) -> AeProspect:
+        if not fields:
+            raise ValueError("update_prospect needs at least one field")
+        path = f"{PROSPECTS}/{prospect_id}"
+        body = _camel_body(fields)
+        data = await self._request("PATCH", path, json=body, params=_prospect_fields())
+        return _parse(AeProspect, data)
+
+    async def get_prospect(self, prospect_id: int) -> AeProspect:
+        data = await self._request("GET", f"{PROSPECTS}/{prospect_id}", params=_prospect_fields())
+        return _parse(AeProspect, data)
+
+    async def find_prospects_by_email(self, email: str) -> list[AeProspect]:
+        params = {**_prospect_fields(), "email": email}
+        return [_parse(AeProspect, value) async for value in self._pages(PROSPECTS, params)]
+
+    async def list_users(self, *, page_size: int | None = None) -> list[AeUser]:
+        params = {"fields": _USER_FIELDS}
+        if page_size is not None:
+            params["limit"] = str(page_size)
+        return [_parse(AeUser, value) async for value in self._pages(USERS, params)]
+
+    # --- transport ------------------------------------------------------------------------
+
+    async def _pages(self, path: str, params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
+        token: str | None = None
+        while True:
+            page_params = {**params, "nextPageToken": token} if token else params
+            page = await self._request("GET", path, params=page_params)
+            for value in page.get("values", []):
+                yield value
+            token = page.get("nextPageToken")
+            if not token:
+                return
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=wait_exponential_jitter(
+                multiplier=self._backoff_base, max=self._backoff_max, jitter=self._backoff_base
+            ),
+            retry=retry_if_exception_type(AeTransientError),
+            before_sleep=self._count_retry,
+        )
+        try:
+            data: dict[str, Any] = await retrying(self._attempt, method, path, json, params)
+        except RetryError as exc:
+            self.outcomes["transient"] += 1
+            last = exc.last_attempt.exception()
+            assert isinstance(last, AeTransientError)
+            raise AeTransientError(
+                last.status, last.code, f"{last.message} (gave up after {self._max_attempts} tries)"
+            ) from last
+        except AeQuotaExhausted:
+            self.outcomes["quota_exhausted"] += 1
+            raise
+        except AeRequestRejected:
+            self.outcomes["rejected"] += 1
+            raise
+        except AeError:
+            self.outcomes["invalid_response"] += 1
+            raise
+        self.outcomes["ok"] += 1
+        return data
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        json: dict[str, Any] | None,
+        params: dict[str, str] | None,
+    ) -> dict[str, Any]:
+        async with self._slots:
+            self._spend_quota()
+            try:
+                response = await self._http.request(method, path, json=json, params=params)
+            except httpx.TransportError as exc:  # timeouts, refused connections, dropped sockets
+                raise AeTransientError(None, None, f"{method} {path}: {exc!r}") from exc
+        if response.is_success:
+            return _json_object(response)
+        raise _error_from(response)
+
+    def _spend_quota(self) -> None:
+        if self.quota_remaining == 0:
+            raise AeQuotaExhausted(None, None, f"local daily quota of {self._daily_quota} spent")
+        self.calls_made += 1
+
+    def _count_retry(self, _: RetryCallState) -> None:
+        self.outcomes["retried"] += 1
+
+
+def _camel_body(fields: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(fields) - set(_UPDATABLE_PROSPECT_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown prospect fields: {', '.join(unknown)}")
+    return {_UPDATABLE_PROSPECT_FIELDS[name]: value for name, value in fields.items()}
+
+
+def _prospect_fields() -> dict[str, str]:
+    return {"fields": _PROSPECT_FIELDS}
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise AeError(response.status_code, None, f"expected a JSON object, got {response.text!r}")
+    return data
+
+
+def _parse(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise AeError(None, None, f"unexpected {model.__name__} payload: {exc}") from exc

@@ -1,0 +1,42 @@
+"""The one place that wires settings to the engine, the broker and the API clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.broker.base import Broker
+from services.common.broker.memory import MemoryBroker
+from services.common.broker.rabbit import RabbitBroker
+from services.common.db.engine import make_engine
+from services.common.settings import Settings
+
+
+def build_broker(settings: Settings) -> Broker:
+    if settings.amqp_url is None:
+        return MemoryBroker(delivery_limit=settings.delivery_limit)
+    return RabbitBroker(
+        settings.amqp_url,
+        exchange=settings.exchange,
+        queue_prefix=settings.queue_prefix,
+        delivery_limit=settings.delivery_limit,
+        prefetch=settings.prefetch,
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    broker: Broker
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        await self.broker.close()
+        await self.engine.dispose()
+
+
+def build_runtime(settings: Settings, *, broker: Broker | None = None) -> Runtime:
+    return Runtime(settings, make_engine(settings.database_url), broker or build_broker(settings))

@@ -1,0 +1,99 @@
+"""What every broker offers: confirmed publishing and batched consuming with named ack outcomes."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from services.common.messages import AeProspectEvent, SfRecordEvent, load_event
+
+AnyEvent = SfRecordEvent | AeProspectEvent
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not confirm a publish: nothing may be acknowledged upstream."""
+
+
+class QueueRole(StrEnum):
+    SYNCER = "syncer"
+    ASSIGNER = "assigner"
+
+
+BINDINGS: dict[QueueRole, str] = {QueueRole.SYNCER: "sf.#", QueueRole.ASSIGNER: "ae.#"}
+DEAD_LETTERS = "dead-letters"
+REASON_HEADER = "x-ownersync-reason"
+
+
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    if pattern.endswith(".#"):
+        return routing_key == pattern[:-2] or routing_key.startswith(pattern[:-1])
+    return fnmatch.fnmatchcase(routing_key, pattern.replace("*", "[!.]*"))
+
+
+class Outcome(StrEnum):
+    """What happens to a delivery once a worker is done with it."""
+
+    ACK = "ack"  # applied (or a duplicate): remove it from the queue
+    REQUEUE = "requeue"  # could not be applied now: try again, up to the delivery limit
+    DEAD_LETTER = "dead_letter"  # can never be applied: park it with the reason
+
+
+@dataclass
+class Delivery:
+    body: bytes
+    delivery_count: int
+    settle: Callable[[Outcome, str | None], Awaitable[None]]
+    event: AnyEvent | None = None
+    decode_error: str | None = None
+    settled: bool = field(default=False)
+
+    @classmethod
+    def decode(
+        cls,
+        body: bytes,
+        delivery_count: int,
+        settle: Callable[[Outcome, str | None], Awaitable[None]],
+    ) -> Delivery:
+        try:
+            return cls(body, delivery_count, settle, event=load_event(body))
+        except Exception as exc:
+            return cls(body, delivery_count, settle, decode_error=f"undecodable event: {exc}")
+
+    async def ack(self) -> None:
+        await self._settle(Outcome.ACK, None)
+
+    async def requeue(self, reason: str | None = None) -> None:
+        """Try again later; at the delivery limit the message is dead-lettered with `reason`."""
+        await self._settle(Outcome.REQUEUE, reason)
+
+    async def dead_letter(self, reason: str) -> None:
+        await self._settle(Outcome.DEAD_LETTER, reason)
+
+    async def _settle(self, outcome: Outcome, reason: str | None) -> None:
+        if not self.settled:
+            self.settled = True
+            await self.settle(outcome, reason)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    queue: str
+    reason: str
+    body: bytes
+
+
+class Broker(Protocol):
+    delivery_limit: int
+
+    async def connect(self) -> None: ...
+    async def publish(self, events: Sequence[AnyEvent]) -> None: ...
+    def consume(
+        self, role: QueueRole, *, batch_size: int, batch_wait: float
+    ) -> AsyncIterator[list[Delivery]]: ...
+    async def ping(self) -> bool: ...
+    async def queue_depths(self) -> dict[str, int]: ...
+    async def close(self) -> None: ...

@@ -1,0 +1,83 @@
+"""The in-process broker of the embedded default: same interface and delivery rules as RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Sequence
+
+from services.common.broker.base import (
+    BINDINGS,
+    AnyEvent,
+    DeadLetter,
+    Delivery,
+    Outcome,
+    QueueRole,
+    topic_matches,
+)
+from services.common.messages import dump_event
+
+
+class MemoryBroker:
+    def __init__(self, delivery_limit: int = 5) -> None:
+        self.delivery_limit = delivery_limit
+        self._queues: dict[QueueRole, asyncio.Queue[tuple[bytes, int]]] = {}
+        self.dead_letters: list[DeadLetter] = []
+        self._ids = itertools.count(1)
+        self.published = 0
+
+    async def connect(self) -> None:
+        for role in QueueRole:
+            self._queues.setdefault(role, asyncio.Queue())
+
+    async def publish(self, events: Sequence[AnyEvent]) -> None:
+        await self.connect()
+        for event in events:
+            body = dump_event(event)
+            for role, pattern in BINDINGS.items():
+                if topic_matches(pattern, event.type):
+                    self._queues[role].put_nowait((body, 0))
+            self.published += 1
+
+    async def consume(
+        self, role: QueueRole, *, batch_size: int, batch_wait: float
+    ) -> AsyncIterator[list[Delivery]]:
+        await self.connect()
+        queue = self._queues[role]
+        while True:
+            batch = [await queue.get()]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(batch_wait):
+                    while len(batch) < batch_size:
+                        batch.append(await queue.get())
+            while len(batch) < batch_size and not queue.empty():
+                batch.append(queue.get_nowait())
+            yield [self._delivery(role, body, count) for body, count in batch]
+
+    def _delivery(self, role: QueueRole, body: bytes, count: int) -> Delivery:
+        async def settle(outcome: Outcome, reason: str | None) -> None:
+            if outcome is Outcome.REQUEUE:
+                if count + 1 >= self.delivery_limit:
+                    limit = f"delivery limit {self.delivery_limit} reached"
+                    self._park(role, body, f"{limit}: {reason}" if reason else limit)
+                else:
+                    self._queues[role].put_nowait((body, count + 1))
+            elif outcome is Outcome.DEAD_LETTER:
+                self._park(role, body, reason or "dead-lettered")
+
+        return Delivery.decode(body, count, settle)
+
+    def _park(self, role: QueueRole, body: bytes, reason: str) -> None:
+        self.dead_letters.append(DeadLetter(str(next(self._ids)), role.value, reason, body))
+
+    async def ping(self) -> bool:
+        return True
+
+    async def queue_depths(self) -> dict[str, int]:
+        depths = {role.value: q.qsize() for role, q in self._queues.items()}
+        depths["dead-letters"] = len(self.dead_letters)
+        return depths
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,231 @@
+"""Reads and writes of the decision state, used inside the worker's one transaction per batch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.db.tables import (
+    audit_log,
+    connected_users,
+    inbox,
+    outbox,
+    records,
+    tenants,
+)
+from services.common.domain import Decision, RecordState, TenantPolicy
+from services.common.messages import AeProspectEvent, SfRecordEvent
+
+_RECORD_FIELDS = (
+    "id",
+    "prospect_id",
+    "sf_record_id",
+    "sf_object",
+    "email",
+    "ae_assigned_user_id",
+    "ae_assigned_queue_id",
+    "sf_owner_id",
+    "last_modstamp",
+)
+
+
+def record_from_row(row: Any) -> RecordState:
+    m = row._mapping
+    return RecordState(**{name: m[name] for name in _RECORD_FIELDS})
+
+
+async def load_policies(
+    conn: AsyncConnection, tenant_ids: Iterable[str]
+) -> dict[str, TenantPolicy]:
+    rows = await conn.execute(select(tenants).where(tenants.c.id.in_(set(tenant_ids))))
+    return {
+        r.id: TenantPolicy(
+            tenant_id=r.id,
+            connector_user_id=r.connector_user_id,
+            sync_mode=r.sync_mode,
+            auto_create_prospects=r.auto_create_prospects,
+            connector_verified=r.connector_verified,
+        )
+        for r in rows
+    }
+
+
+async def processed_event_ids(conn: AsyncConnection, event_ids: Iterable[str]) -> set[str]:
+    rows = await conn.execute(select(inbox.c.event_id).where(inbox.c.event_id.in_(set(event_ids))))
+    return {r.event_id for r in rows}
+
+
+async def records_by(
+    conn: AsyncConnection, tenant_id: str, column: str, keys: Iterable[Any]
+) -> dict[Any, RecordState]:
+    """Records of a tenant keyed by `sf_record_id` or `prospect_id`, locked for this batch."""
+    keys = set(keys)
+    if not keys:
+        return {}
+    col = records.c[column]
+    query = select(records).where(records.c.tenant_id == tenant_id, col.in_(keys))
+    if conn.dialect.name == "postgresql":
+        # Two workers applying events of the same record must not both read the old state.
+        query = query.order_by(records.c.id).with_for_update()
+    return {getattr(r, column): record_from_row(r) for r in await conn.execute(query)}
+
+
+async def ae_users_connected_to(
+    conn: AsyncConnection, tenant_id: str, sf_user_ids: Iterable[str]
+) -> dict[str, int]:
+    rows = await conn.execute(
+        select(connected_users.c.sf_user_id, connected_users.c.ae_user_id).where(
+            connected_users.c.tenant_id == tenant_id,
+            connected_users.c.sf_user_id.in_(set(sf_user_ids)),
+        )
+    )
+    return {r.sf_user_id: r.ae_user_id for r in rows}
+
+
+async def sf_users_connected_to(
+    conn: AsyncConnection, tenant_id: str, ae_user_ids: Iterable[int]
+) -> dict[int, str]:
+    rows = await conn.execute(
+        select(connected_users.c.ae_user_id, connected_users.c.sf_user_id).where(
+            connected_users.c.tenant_id == tenant_id,
+            connected_users.c.ae_user_id.in_(set(ae_user_ids)),
+        )
+    )
+    return {r.ae_user_id: r.sf_user_id for r in rows}
+
+
+async def oldest_unlinked_by_email(
+    conn: AsyncConnection, tenant_id: str, emails: Iterable[str | None]
+) -> dict[str, RecordState]:
+    wanted = {e.lower() for e in emails if e}
+    if not wanted:
+        return {}
+    rows = await conn.execute(
+        select(records)
+        .where(
+            records.c.tenant_id == tenant_id,
+            records.c.sf_record_id.is_(None),
+            records.c.prospect_id.is_not(None),
+            records.c.email.in_(wanted),
+        )
+        .order_by(records.c.created_at, records.c.id)
+    )
+    found: dict[str, RecordState] = {}
+    for row in rows:
+        found.setdefault(row.email, record_from_row(row))
+    return found
+
+
+Event = SfRecordEvent | AeProspectEvent
+
+
+@dataclass
+class BatchWriter:
+    """Collects what one batch of decisions changes and writes it in a few statements."""
+
+    conn: AsyncConnection
+    now: datetime
+    _inbox: list[dict[str, Any]] = field(default_factory=list)
+    _audit: list[dict[str, Any]] = field(default_factory=list)
+    _outbox: list[dict[str, Any]] = field(default_factory=list)
+    _updates: dict[int, RecordState] = field(default_factory=dict)
+
+    async def apply(self, tenant_id: str, event: Event, decision: Decision) -> RecordState | None:
+        """Record the decision; returns the stored record state (with its id) or None."""
+        self._inbox.append(
+            {
+                "event_id": str(event.event_id),
+                "tenant_id": tenant_id,
+                "type": event.type,
+                "source_id": event.source_id,
+                "processed_at": self.now,
+            }
+        )
+        after = await self._store_record(tenant_id, decision.after)
+        if decision.audited:
+            record_id = (after or decision.before or RecordState()).id
+            self._audit.append(
+                {
+                    "tenant_id": tenant_id,
+                    "record_id": record_id,
+                    "event_id": str(event.event_id),
+                    "source_id": event.source_id,
+                    "event_type": event.type,
+                    "rule": decision.rule,
+                    "before": _jsonable(decision.before),
+                    "after": _jsonable(after),
+                    "reason": decision.reason,
+                    "created_at": self.now,
+                }
+            )
+        for effect in decision.effects:
+            assert after is not None and after.id is not None, "an effect needs a stored record"
+            self._outbox.append(
+                {
+                    "tenant_id": tenant_id,
+                    "record_id": after.id,
+                    "target": effect.target,
+                    "kind": effect.kind,
+                    "payload": effect.payload(),
+                    "event_id": str(event.event_id),
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": self.now,
+                    "created_at": self.now,
+                }
+            )
+        return after
+
+    async def _store_record(self, tenant_id: str, state: RecordState | None) -> RecordState | None:
+        if state is None:
+            return None
+        values = {name: getattr(state, name) for name in _RECORD_FIELDS if name != "id"}
+        if values["email"]:
+            values["email"] = values["email"].lower()
+        if state.id is None:
+            new_id = (
+                await self.conn.execute(
+                    insert(records)
+                    .values(tenant_id=tenant_id, created_at=self.now, updated_at=self.now, **values)
+                    .returning(records.c.id)
+                )
+            ).scalar_one()
+            return state.evolve(id=new_id, email=values["email"])
+        self._updates[state.id] = state
+        return state
+
+    async def flush(self) -> None:
+        if self._updates:
+            await self.conn.execute(
+                update(records).where(records.c.id == bindparam("rid")),
+                [
+                    {
+                        "rid": s.id,
+                        **{n: getattr(s, n) for n in _RECORD_FIELDS if n != "id"},
+                        "updated_at": self.now,
+                    }
+                    for s in self._updates.values()
+                ],
+            )
+        for table, rows in ((inbox, self._inbox), (audit_log, self._audit), (outbox, self._outbox)):
+            if rows:
+                await self.conn.execute(insert(table), rows)
+
+
+def _jsonable(state: RecordState | None) -> dict[str, Any] | None:
+    return json.loads(json.dumps(state.owners())) if state is not None else None
+
+
+async def audit_for_record(conn: AsyncConnection, tenant_id: str, record_id: int) -> Sequence[Any]:
+    rows = await conn.execute(
+        select(audit_log)
+        .where(and_(audit_log.c.tenant_id == tenant_id, audit_log.c.record_id == record_id))
+        .order_by(audit_log.c.id)
+    )
+    return rows.all()

@@ -1,0 +1,222 @@
+"""The store: SQLAlchemy Core tables, the same schema on Postgres and SQLite.
+
+Alembic migrations in `migrations/` create these; the naming convention keeps constraint
+names stable across both databases.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+SfIdType = String(18)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on both databases (SQLite hands back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: ownersync stores aware UTC times only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+TS = UtcDateTime()
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("salesforce_org_id", SfIdType, nullable=False, unique=True),
+    Column("connector_user_id", SfIdType, nullable=False),
+    Column("sync_mode", String(16), nullable=False),
+    Column("auto_create_prospects", Boolean, nullable=False),
+    Column("connector_verified", Boolean, nullable=False),
+    Column("webhook_secret", Text, nullable=False),
+    Column("created_at", TS, nullable=False),
+    CheckConstraint("sync_mode in ('leads', 'contacts')", name="sync_mode"),
+)
+
+sf_users = Table(
+    "sf_users",
+    metadata,
+    Column("tenant_id", ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("id", SfIdType, primary_key=True),
+    Column("name", Text),
+    Column("email", Text),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created_at", TS, nullable=False),
+)
+
+ae_users = Table(
+    "ae_users",
+    metadata,
+    Column("tenant_id", ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", Text),
+    Column("email", Text),
+    Column("salesforce_user_id", SfIdType, doc="the SF user AE says this user is, when known"),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created_at", TS, nullable=False),
+)
+
+connected_users = Table(
+    "connected_users",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("ae_user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("sf_user_id", SfIdType, nullable=False),
+    Column("created_at", TS, nullable=False),
+    UniqueConstraint("tenant_id", "sf_user_id", name="uq_connected_users_sf_user"),
+    ForeignKeyConstraint(
+        ["tenant_id", "ae_user_id"], ["ae_users.tenant_id", "ae_users.id"], ondelete="CASCADE"
+    ),
+    ForeignKeyConstraint(
+        ["tenant_id", "sf_user_id"], ["sf_users.tenant_id", "sf_users.id"], ondelete="CASCADE"
+    ),
+)
+
+queues = Table(
+    "queues",
+    metadata,
+    Column("tenant_id", ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("id", SfIdType, primary_key=True),
+    Column("name", Text, nullable=False),
+)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("tenant_id", ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False),
+)
+
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("group_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("ae_user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("weight", Integer, nullable=False, default=1),
+    Column("daily_cap", Integer),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("last_assigned_at", TS),
+    Column("assigned_today", Integer, nullable=False, default=0),
+    Column("assigned_total", BigInteger, nullable=False, default=0),
+    Column("counted_on", String(10), doc="the UTC day assigned_today counts"),
+    ForeignKeyConstraint(
+        ["tenant_id", "group_id"], ["groups.tenant_id", "groups.id"], ondelete="CASCADE"
+    ),
+    ForeignKeyConstraint(
+        ["tenant_id", "ae_user_id"], ["ae_users.tenant_id", "ae_users.id"], ondelete="CASCADE"
+    ),
+)
+
+records = Table(
+    "records",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("prospect_id", BigInteger, doc="AE prospect id, once AE has the prospect"),
+    Column("sf_record_id", SfIdType),
+    Column("sf_object", String(16)),
+    Column("email", Text),
+    Column("ae_assigned_user_id", BigInteger),
+    Column("ae_assigned_queue_id", SfIdType),
+    Column("sf_owner_id", SfIdType),
+    Column("last_modstamp", TS, doc="SystemModstamp of the newest SF notification applied"),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    UniqueConstraint("tenant_id", "prospect_id", name="uq_records_prospect"),
+    UniqueConstraint("tenant_id", "sf_record_id", name="uq_records_sf_record"),
+    Index("ix_records_tenant_email", "tenant_id", "email"),
+)
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("event_id", String(36), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("source_id", Text, nullable=False),
+    Column("processed_at", TS, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("record_id", ForeignKey("records.id", ondelete="SET NULL")),
+    Column("event_id", String(36)),
+    Column("source_id", Text),
+    Column("event_type", String(64)),
+    Column("rule", String(8), nullable=False),
+    Column("before", JSON),
+    Column("after", JSON),
+    Column("reason", Text, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Index("ix_audit_log_tenant_record", "tenant_id", "record_id"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("record_id", ForeignKey("records.id", ondelete="CASCADE"), nullable=False),
+    Column("target", String(8), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("event_id", String(36)),
+    Column("status", String(16), nullable=False, default="pending"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", TS, nullable=False),
+    Column("last_error", Text),
+    Column("created_at", TS, nullable=False),
+    Column("done_at", TS),
+    CheckConstraint("status in ('pending', 'done', 'superseded', 'dead')", name="status"),
+    CheckConstraint("target in ('ae', 'sf')", name="target"),
+    Index("ix_outbox_pending", "status", "next_attempt_at"),
+)

@@ -1,0 +1,150 @@
+"""The events that travel on the broker: typed, immutable, versioned JSON.
+
+Every event has a `type` (past tense, also the routing key), a `version`, the tenant, a
+deterministic `event_id` (the same source notification always gives the same id, which is
+what makes redelivery and replays idempotent), the source notification id, and the
+occurred/received times. Old versions are upcast on load (see `UPCASTERS`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from services.common.sfid import SfId
+
+EVENT_NAMESPACE = uuid.UUID("5f0b6a2e-4c1e-4d59-9a4b-7c0f3f0e2a11")
+
+SF_RECORD_CREATED = "sf.record.created"
+SF_RECORD_REASSIGNED = "sf.record.reassigned"
+AE_PROSPECT_CREATED = "ae.prospect.created"
+AE_ASSIGNMENT_REQUESTED = "ae.prospect.assignment_requested"
+AE_PROSPECT_REASSIGNED = "ae.prospect.reassigned"
+
+
+def event_id_for(tenant: str, source: str, source_id: str) -> uuid.UUID:
+    return uuid.uuid5(EVENT_NAMESPACE, f"{tenant}/{source}/{source_id}")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SfRecord(_Frozen):
+    """The sObject of one SF outbound-message notification."""
+
+    object: Literal["Lead", "Contact"]
+    record_id: SfId
+    owner_id: SfId
+    email: str | None = None
+    system_modstamp: datetime
+    created_date: datetime | None = None
+    action_id: SfId | None = None
+
+
+class SfRecordEvent(_Frozen):
+    type: Literal["sf.record.created", "sf.record.reassigned"]
+    version: Literal[1] = 1
+    tenant: str
+    event_id: uuid.UUID
+    source_id: str = Field(description="the SF notification id")
+    occurred_at: datetime
+    received_at: datetime
+    payload: SfRecord
+
+    @property
+    def record_key(self) -> str:
+        return self.payload.record_id
+
+
+class AeProspect(_Frozen):
+    id: int
+    email: str | None = None
+    assigned_user_id: int | None = Field(None, alias="assignedUserId")
+    assigned_queue_id: SfId | None = Field(None, alias="assignedQueueId")
+    salesforce_id: SfId | None = Field(None, alias="salesforceId")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class AssignToUser(_Frozen):
+    kind: Literal["assign_to_user"]
+    user_id: int = Field(alias="userId")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class AssignToGroup(_Frozen):
+    kind: Literal["assign_to_group"]
+    group_id: int = Field(alias="groupId")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class AssignToQueue(_Frozen):
+    kind: Literal["assign_to_queue"]
+    queue_id: SfId = Field(alias="queueId")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class AssignViaActiveRule(_Frozen):
+    kind: Literal["assign_via_active_rule"]
+
+
+AssignmentAction = Annotated[
+    AssignToUser | AssignToGroup | AssignToQueue | AssignViaActiveRule,
+    Field(discriminator="kind"),
+]
+
+
+class AeWebhook(_Frozen):
+    """The body of `POST /engagement/{tenant}/events`."""
+
+    type: Literal["prospect.created", "prospect.assignment_requested", "prospect.reassigned"]
+    occurred_at: datetime = Field(alias="occurredAt")
+    prospect: AeProspect
+    action: AssignmentAction | None = None
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class AeProspectEvent(_Frozen):
+    type: Literal[
+        "ae.prospect.created", "ae.prospect.assignment_requested", "ae.prospect.reassigned"
+    ]
+    version: Literal[1] = 1
+    tenant: str
+    event_id: uuid.UUID
+    source_id: str = Field(description="the webhook-id")
+    occurred_at: datetime
+    received_at: datetime
+    payload: AeWebhook
+
+    @property
+    def record_key(self) -> str:
+        return str(self.payload.prospect.id)
+
+
+Event = Annotated[SfRecordEvent | AeProspectEvent, Field(discriminator="type")]
+_EVENT = TypeAdapter(Event)
+
+# (type, version) -> function turning that version's dict into the next version's dict.
+UPCASTERS: dict[tuple[str, int], Any] = {}
+CURRENT_VERSION = 1
+
+
+def upcast(data: dict[str, Any]) -> dict[str, Any]:
+    version = int(data.get("version", 1))
+    while version < CURRENT_VERSION:
+        data = UPCASTERS[(data["type"], version)](data)
+        version = int(data["version"])
+    return data
+
+
+def dump_event(event: SfRecordEvent | AeProspectEvent) -> bytes:
+    return event.model_dump_json(by_alias=True).encode()
+
+
+def load_event(body: bytes) -> SfRecordEvent | AeProspectEvent:
+    return _EVENT.validate_python(upcast(json.loads(body)))

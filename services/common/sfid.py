@@ -1,0 +1,74 @@
+"""Salesforce record ids: 15 characters (case-sensitive) or 18 (case-insensitive).
+
+Everything inside ownersync stores and compares the 18-character form.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_SHAPE = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-5]{3})?$")
+
+
+class InvalidSalesforceId(ValueError):
+    pass
+
+
+def _suffix(id15: str) -> str:
+    out = []
+    for start in (0, 5, 10):
+        bits = 0
+        for offset, char in enumerate(id15[start : start + 5]):
+            if "A" <= char <= "Z":
+                bits |= 1 << offset
+        out.append(_ALPHABET[bits])
+    return "".join(out)
+
+
+def to18(value: str) -> str:
+    """The canonical 18-character form of a 15- or 18-character id.
+
+    An 18-character id may arrive in any letter case: the suffix says which of the first
+    15 characters are upper case, so the case is restored from it and the result checked.
+    """
+    value = value.strip() if isinstance(value, str) else value
+    if not isinstance(value, str) or not _SHAPE.match(value):
+        raise InvalidSalesforceId(f"not a Salesforce id (15 or 18 letters and digits): {value!r}")
+    if len(value) == 15:
+        return value + _suffix(value)
+    suffix = value[15:].upper()
+    chars = list(value[:15])
+    for chunk, code in enumerate(suffix):
+        bits = _ALPHABET.index(code)
+        for offset in range(5):
+            i = chunk * 5 + offset
+            chars[i] = chars[i].upper() if bits & (1 << offset) else chars[i].lower()
+    id15 = "".join(chars)
+    if _suffix(id15) != suffix:
+        raise InvalidSalesforceId(f"Salesforce id with a wrong checksum suffix: {value!r}")
+    return id15 + suffix
+
+
+def _validate(value: str) -> str:
+    try:
+        return to18(value)
+    except InvalidSalesforceId as exc:
+        raise ValueError(str(exc)) from None
+
+
+SfId = Annotated[str, AfterValidator(_validate)]
+"""A pydantic field type: accepts 15 or 18 characters, holds the 18-character form."""
+
+KEY_PREFIX_QUEUE = "00G"
+KEY_PREFIX_USER = "005"
+KEY_PREFIX_LEAD = "00Q"
+KEY_PREFIX_CONTACT = "003"
+KEY_PREFIX_ORG = "00D"
+
+
+def is_queue(sf_id: str) -> bool:
+    return sf_id.startswith(KEY_PREFIX_QUEUE)

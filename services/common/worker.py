@@ -1,0 +1,120 @@
+"""The consuming loop both workers share: one transaction per batch, then acks.
+
+A batch is applied in one database transaction (inbox dedupe, decisions, audit, outbox) and
+acknowledged only after the commit. When a batch fails, its events are retried one by one so
+that one poison event cannot hold the others back; an event that still fails is requeued and,
+at the delivery limit, dead-lettered with the error as reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.common.broker.base import AnyEvent, Broker, Delivery, QueueRole
+
+log = logging.getLogger(__name__)
+
+BatchHandler = Callable[[AsyncConnection, Sequence[AnyEvent], datetime], Awaitable[None]]
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    settled: int = 0
+
+
+class PermanentError(Exception):
+    """An event that can never be applied (unknown tenant, …): dead-letter it at once."""
+
+
+async def process_batch(
+    engine: AsyncEngine, deliveries: Sequence[Delivery], handle: BatchHandler
+) -> None:
+    events: list[Delivery] = []
+    for delivery in deliveries:
+        if delivery.event is None:
+            await delivery.dead_letter(delivery.decode_error or "undecodable")
+        else:
+            events.append(delivery)
+    if not events:
+        return
+    try:
+        await _apply(engine, events, handle)
+    except Exception as exc:
+        if len(events) == 1:
+            await _settle_failure(events[0], exc)
+            return
+        log.warning("batch of %d failed (%r); applying its events one by one", len(events), exc)
+        for delivery in events:
+            try:
+                await _apply(engine, [delivery], handle)
+            except Exception as single_exc:
+                await _settle_failure(delivery, single_exc)
+        return
+    for delivery in events:
+        await delivery.ack()
+
+
+async def _apply(engine: AsyncEngine, events: Sequence[Delivery], handle: BatchHandler) -> None:
+    async with engine.begin() as conn:
+        await handle(conn, [d.event for d in events if d.event is not None], datetime.now(UTC))
+
+
+async def _settle_failure(delivery: Delivery, exc: Exception) -> None:
+    if isinstance(exc, PermanentError):
+        await delivery.dead_letter(str(exc))
+        return
+    event = delivery.event
+    log.error(
+        "event %s (%s) failed on delivery %d: %r",
+        event.event_id if event else "?",
+        event.type if event else "?",
+        delivery.delivery_count + 1,
+        exc,
+    )
+    await delivery.requeue(f"{type(exc).__name__}: {exc}")
+
+
+async def run_worker(
+    broker: Broker,
+    role: QueueRole,
+    engine: AsyncEngine,
+    handle: BatchHandler,
+    *,
+    batch_size: int,
+    batch_wait: float,
+    stop: asyncio.Event,
+    stats: WorkerStats | None = None,
+) -> None:
+    """Consume until `stop` is set; the batch in hand is finished and acked before returning."""
+    log.info("%s consuming (batch %d, wait %.0f ms)", role.value, batch_size, batch_wait * 1000)
+    consumer = broker.consume(role, batch_size=batch_size, batch_wait=batch_wait)
+    stop_wait = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            next_batch = asyncio.ensure_future(anext(consumer))
+            done, _ = await asyncio.wait({next_batch, stop_wait}, return_when="FIRST_COMPLETED")
+            if next_batch not in done:
+                # Cancelling the pending read closes the consumer inside the generator;
+                # prefetched, unsettled messages return to the queue.
+                next_batch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await next_batch
+                break
+            # Shielded: a stop during the batch lets it finish, commit and ack.
+            batch = next_batch.result()
+            await asyncio.shield(process_batch(engine, batch, handle))
+            if stats is not None:
+                stats.batches += 1
+                stats.settled += len(batch)
+    finally:
+        stop_wait.cancel()
+        await consumer.aclose()
+        log.info("%s stopped", role.value)

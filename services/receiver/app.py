@@ -1,0 +1,68 @@
+"""The receiver: FastAPI app factory with a lifespan that owns (or borrows) the runtime."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from services.common.bootstrap import Runtime, build_runtime
+from services.common.settings import Settings
+from services.receiver import salesforce
+from services.receiver.deps import BodyTooLarge, RuntimeDep
+from services.receiver.soap import fault_body
+
+
+def create_app(runtime: Runtime | None = None, settings: Settings | None = None) -> FastAPI:
+    """An app on `runtime` (borrowed: the caller closes it) or on its own from `settings`."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        owned = build_runtime(settings or Settings())
+        app.state.runtime = owned
+        try:
+            yield
+        finally:
+            await owned.close()
+
+    app = FastAPI(
+        title="ownersync",
+        version="1",
+        summary="Prospect ownership between Account Engagement and Salesforce",
+        lifespan=lifespan,
+    )
+    app.include_router(salesforce.router)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> Response:
+        if request.url.path.startswith("/salesforce/"):
+            return Response(fault_body(str(exc.detail)), 413, media_type=salesforce.SOAP_MEDIA)
+        return JSONResponse(
+            {"error": {"code": "body_too_large", "message": exc.detail, "details": None}}, 413
+        )
+
+    @app.get("/healthz", tags=["health"], summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="The database and the broker answer")
+    async def readyz(runtime: RuntimeDep) -> JSONResponse:
+        checks = {"database": "ok", "broker": "ok"}
+        try:
+            async with runtime.engine.connect() as conn:
+                await conn.execute(text("select 1"))
+        except Exception as exc:
+            checks["database"] = f"down: {exc.__class__.__name__}"
+        if not await runtime.broker.ping():
+            checks["broker"] = "down"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    return app

@@ -1,0 +1,237 @@
+"""The outbox relay: sends the effects the workers committed to AE (and SF), until done.
+
+Effects of one record are coalesced: only the newest desired state is sent, so a record
+reassigned five times in a minute costs one AE call, not five. Rows are claimed with a lease
+(next_attempt_at pushed forward) in a short transaction, sent outside any transaction, then
+settled: done, superseded, retried later with backoff, or dead with the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.db.tables import outbox, records
+from services.common.domain import RecordState
+
+log = logging.getLogger("ownersync.relay")
+
+LEASE = timedelta(seconds=60)
+
+
+class Rejected(Exception):
+    """The remote side refused the effect for good (a 4xx): retrying cannot help."""
+
+
+# A sender applies one effect payload to a record and returns the record columns it learned
+# (e.g. the new prospect id). It raises Rejected for permanent failures, anything else is retried.
+Sender = Callable[[RecordState, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class _Group:
+    record: RecordState
+    target: str
+    row_ids: list[int]
+    payload: Mapping[str, Any]
+    attempts: int
+
+
+class Relay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        senders: Mapping[str, Sender],
+        *,
+        batch_size: int = 200,
+        interval: float = 0.2,
+        max_attempts: int = 10,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+    ) -> None:
+        self.engine = engine
+        self.senders = senders
+        self.batch_size = batch_size
+        self.interval = interval
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.sent = 0
+        self.wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("relay started for %s", ", ".join(sorted(self.senders)))
+        while not stop.is_set():
+            try:
+                handled = await self.run_once()
+            except Exception:
+                log.exception("relay pass failed")
+                handled = 0
+            if handled:
+                continue
+            self.wake.clear()
+            stopping = asyncio.ensure_future(stop.wait())
+            woken = asyncio.ensure_future(self.wake.wait())
+            await asyncio.wait(
+                {stopping, woken}, timeout=self.interval, return_when="FIRST_COMPLETED"
+            )
+            stopping.cancel()
+            woken.cancel()
+        log.info("relay stopped")
+
+    async def run_once(self) -> int:
+        """One pass: claim due effects, send them, settle them. Returns the effects handled."""
+        groups = await self._claim(datetime.now(UTC))
+        if not groups:
+            return 0
+        results = await asyncio.gather(*(self._send(g) for g in groups), return_exceptions=True)
+        await self._settle(groups, results, datetime.now(UTC))
+        return sum(len(g.row_ids) for g in groups)
+
+    async def _claim(self, now: datetime) -> list[_Group]:
+        async with self.engine.begin() as conn:
+            due = select(outbox.c.record_id, outbox.c.target).where(
+                outbox.c.status == "pending",
+                outbox.c.next_attempt_at <= now,
+                outbox.c.target.in_(list(self.senders)),
+            )
+            if conn.dialect.name == "postgresql":
+                due = due.with_for_update(skip_locked=True)
+            keys = {
+                (r.record_id, r.target)
+                for r in await conn.execute(due.order_by(outbox.c.id).limit(self.batch_size))
+            }
+            if not keys:
+                return []
+            # All pending rows of those records, due or backing off: the newest state wins.
+            rows = (
+                await conn.execute(
+                    select(outbox, records)
+                    .join(records, records.c.id == outbox.c.record_id)
+                    .where(
+                        outbox.c.status == "pending",
+                        tuple_(outbox.c.record_id, outbox.c.target).in_(list(keys)),
+                    )
+                    .order_by(outbox.c.id)
+                )
+            ).all()
+            groups: dict[tuple[int, str], _Group] = {}
+            for row in rows:
+                m = row._mapping
+                key = (m[outbox.c.record_id], m[outbox.c.target])
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = _Group(
+                        _record(m), m[outbox.c.target], [], m[outbox.c.payload], 0
+                    )
+                group.row_ids.append(m[outbox.c.id])
+                group.payload = m[outbox.c.payload]
+                group.attempts = max(group.attempts, m[outbox.c.attempts])
+            ids = [i for g in groups.values() for i in g.row_ids]
+            await conn.execute(
+                update(outbox).where(outbox.c.id.in_(ids)).values(next_attempt_at=now + LEASE)
+            )
+            return list(groups.values())
+
+    async def _send(self, group: _Group) -> dict[str, Any]:
+        return await self.senders[group.target](group.record, group.payload)
+
+    async def _settle(
+        self, groups: list[_Group], results: list[dict[str, Any] | BaseException], now: datetime
+    ) -> None:
+        async with self.engine.begin() as conn:
+            for group, result in zip(groups, results, strict=True):
+                *older, newest = group.row_ids
+                if isinstance(result, BaseException):
+                    await conn.execute(
+                        update(outbox)
+                        .where(outbox.c.id.in_(group.row_ids))
+                        .values(**self._failure(group, result, now))
+                    )
+                    continue
+                if older:
+                    await conn.execute(
+                        update(outbox)
+                        .where(outbox.c.id.in_(older))
+                        .values(status="superseded", done_at=now)
+                    )
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == newest)
+                    .values(status="done", done_at=now, attempts=group.attempts + 1)
+                )
+                if result:
+                    await conn.execute(
+                        update(records)
+                        .where(records.c.id == group.record.id)
+                        .values(updated_at=now, **result)
+                    )
+                self.sent += 1
+                log.info(
+                    "effect sent",
+                    extra={
+                        "record": group.record.sf_record_id,
+                        "prospect": result.get("prospect_id", group.record.prospect_id),
+                        "target": group.target,
+                        "coalesced": len(group.row_ids),
+                    },
+                )
+
+    def _failure(self, group: _Group, exc: BaseException, now: datetime) -> dict[str, Any]:
+        attempts = group.attempts + 1
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        if isinstance(exc, Rejected) or attempts >= self.max_attempts:
+            log.error(
+                "effect on record %s is dead after %d attempts: %s",
+                group.record.id,
+                attempts,
+                error,
+            )
+            return {"status": "dead", "attempts": attempts, "last_error": error, "done_at": now}
+        delay = min(self.backoff_max, self.backoff_base * 2 ** (attempts - 1))
+        delay = random.uniform(delay / 2, delay)
+        log.warning(
+            "effect on record %s failed (attempt %d), retry in %.1fs: %s",
+            group.record.id,
+            attempts,
+            delay,
+            error,
+        )
+        return {
+            "attempts": attempts,
+            "last_error": error,
+            "next_attempt_at": now + timedelta(seconds=delay),
+        }
+
+
+def _record(m: Mapping[Any, Any]) -> RecordState:
+    return RecordState(
+        id=m[records.c.id],
+        prospect_id=m[records.c.prospect_id],
+        sf_record_id=m[records.c.sf_record_id],
+        sf_object=m[records.c.sf_object],
+        email=m[records.c.email],
+        ae_assigned_user_id=m[records.c.ae_assigned_user_id],
+        ae_assigned_queue_id=m[records.c.ae_assigned_queue_id],
+        sf_owner_id=m[records.c.sf_owner_id],
+        last_modstamp=m[records.c.last_modstamp],
+    )
+
+
+async def pending_effects(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(
+            (
+                await conn.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.status == "pending")
+                )
+            ).scalar_one()
+        )

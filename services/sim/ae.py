@@ -1,0 +1,453 @@
+"""Account Engagement (Pardot) API v5 simulator: the subset ownersync calls, state in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+API_PREFIX = "/api/v5/objects"
+PROSPECT_FIELDS = (
+    "id",
+    "email",
+    "assignedUserId",
+    "assignedQueueId",
+    "salesforceId",
+    "createdAt",
+    "updatedAt",
+)
+DEFAULT_PAGE_SIZE = 200
+MAX_PAGE_SIZE = 1000
+
+# AE's numeric error codes, as they appear in `{"code": ..., "message": ...}` bodies.
+CODE_INVALID_PROSPECT_ID = 3
+CODE_INVALID_REQUEST = 63
+CODE_CONCURRENT_LIMIT = 66
+CODE_DAILY_LIMIT = 122
+CODE_MISSING_BUSINESS_UNIT = 181
+CODE_INVALID_TOKEN = 184
+CODE_SIMULATED_FAULT = 999
+
+
+class AeApiError(Exception):
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _error_response(status: int, code: int, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class AeSimFaults:
+    """Switches that make the simulator misbehave the way the real AE sometimes does."""
+
+    latency_ms: float = 0.0
+    fail_next: int = 0
+    fail_status: int = 503
+    failure_rate: float = 0.0
+    seed: int | None = None
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def configure(self, **settings: Any) -> None:
+        for name, value in settings.items():
+            if name == "rng" or not hasattr(self, name):
+                raise ValueError(f"unknown fault setting {name!r}")
+            setattr(self, name, value)
+        if "seed" in settings:
+            self.rng = random.Random(self.seed)
+
+    def clear(self) -> None:
+        self.configure(latency_ms=0.0, fail_next=0, fail_status=503, failure_rate=0.0, seed=None)
+
+    def next_failure(self) -> int | None:
+        """The status to fail the current request with, or None to let it through."""
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return self.fail_status
+        if self.failure_rate > 0 and self.rng.random() < self.failure_rate:
+            return self.fail_status
+        return None
+
+
+@dataclass
+class AeSimState:
+    prospects: dict[int, dict[str, Any]] = field(default_factory=dict)
+    users: dict[int, dict[str, Any]] = field(default_factory=dict)
+    next_prospect_id: int = 5001
+    next_user_id: int = 1001
+    faults: AeSimFaults = field(default_factory=AeSimFaults)
+    call_log: list[tuple[str, str, int]] = field(default_factory=list)
+    # None accepts any non-empty bearer token.
+    token: str | None = None
+    max_concurrent: int = 5
+    daily_quota: int = 1_000_000
+    calls_today: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    def add_user(
+        self,
+        email: str,
+        *,
+        first_name: str = "",
+        last_name: str = "",
+        is_active: bool = True,
+        salesforce_id: str | None = None,
+        user_id: int | None = None,
+    ) -> dict[str, Any]:
+        user_id = user_id if user_id is not None else self.next_user_id
+        self.next_user_id = max(self.next_user_id, user_id + 1)
+        user = {
+            "id": user_id,
+            "email": email,
+            "firstName": first_name,
+            "lastName": last_name,
+            "isActive": is_active,
+            "salesforceId": salesforce_id,
+        }
+        self.users[user_id] = user
+        return user
+
+    def add_prospect(
+        self,
+        email: str | None,
+        *,
+        assigned_user_id: int | None = None,
+        assigned_queue_id: str | None = None,
+        salesforce_id: str | None = None,
+        prospect_id: int | None = None,
+    ) -> dict[str, Any]:
+        prospect_id = prospect_id if prospect_id is not None else self.next_prospect_id
+        self.next_prospect_id = max(self.next_prospect_id, prospect_id + 1)
+        stamp = _now()
+        prospect = {
+            "id": prospect_id,
+            "email": email,
+            "assignedUserId": assigned_user_id,
+            "assignedQueueId": assigned_queue_id,
+            "salesforceId": salesforce_id,
+            "createdAt": stamp,
+            "updatedAt": stamp,
+        }
+        self.prospects[prospect_id] = prospect
+        return prospect
+
+    def calls(self, method: str | None = None, path: str | None = None) -> list[int]:
+        """Statuses of the logged calls matching `method` and `path` (None matches any)."""
+        return [
+            status
+            for logged_method, logged_path, status in self.call_log
+            if method in (None, logged_method) and path in (None, logged_path)
+        ]
+
+    def reset(self) -> None:
+        self.prospects.clear()
+        self.users.clear()
+        self.next_prospect_id = 5001
+        self.next_user_id = 1001
+        self.faults.clear()
+        self.call_log.clear()
+        self.calls_today = 0
+        self.max_in_flight = self.in_flight
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "prospects": list(self.prospects.values()),
+            "users": list(self.users.values()),
+            "callsToday": self.calls_today,
+            "callCounts": {
+                f"{method} {path} {status}": count
+                for (method, path, status), count in Counter(self.call_log).items()
+            },
+            "callLog": [list(call) for call in self.call_log],
+            "maxInFlight": self.max_in_flight,
+        }
+
+
+# --- request bodies -------------------------------------------------------------------------
+
+
+class _AeBody(BaseModel):
+    # AE refuses fields it does not know instead of ignoring them.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProspectCreate(_AeBody):
+    email: str | None = None
+    assignedUserId: int | None = None
+    assignedQueueId: str | None = None
+    salesforceId: str | None = None
+
+
+class ProspectUpdate(_AeBody):
+    email: str | None = None
+    assignedUserId: int | None = None
+    assignedQueueId: str | None = None
+    salesforceId: str | None = None
+
+
+class FaultSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    latency_ms: float | None = Field(default=None, ge=0)
+    fail_next: int | None = Field(default=None, ge=0)
+    fail_status: int | None = Field(default=None, ge=400, le=599)
+    failure_rate: float | None = Field(default=None, ge=0, le=1)
+    seed: int | None = None
+
+
+# --- rules ----------------------------------------------------------------------------------
+
+
+def _validate_assignment(state: AeSimState, changes: dict[str, Any]) -> None:
+    if changes.get("assignedUserId") is not None and changes.get("assignedQueueId") is not None:
+        raise AeApiError(
+            400, CODE_INVALID_REQUEST, "assignedUserId and assignedQueueId are exclusive"
+        )
+    user_id = changes.get("assignedUserId")
+    if user_id is not None and user_id not in state.users:
+        raise AeApiError(400, CODE_INVALID_REQUEST, f"Invalid assignedUserId {user_id}")
+    email = changes.get("email")
+    if email is not None and "@" not in email:
+        raise AeApiError(400, CODE_INVALID_REQUEST, f"Invalid email {email!r}")
+
+
+def _apply_update(prospect: dict[str, Any], changes: dict[str, Any]) -> None:
+    prospect.update(changes)
+    # A prospect has one owner: a user or a SF queue, never both.
+    if changes.get("assignedUserId") is not None:
+        prospect["assignedQueueId"] = None
+    if changes.get("assignedQueueId") is not None:
+        prospect["assignedUserId"] = None
+    prospect["updatedAt"] = _now()
+
+
+def _project(record: dict[str, Any], fields: str | None) -> dict[str, Any]:
+    if fields is None:
+        return dict(record)
+    wanted = [name.strip() for name in fields.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in record]
+    if unknown:
+        raise AeApiError(400, CODE_INVALID_REQUEST, f"Unknown fields: {', '.join(unknown)}")
+    return {name: record[name] for name in wanted}
+
+
+def _page(
+    records: list[dict[str, Any]], fields: str | None, limit: int, token: str | None
+) -> dict[str, Any]:
+    try:
+        start = int(token) if token else 0
+    except ValueError:
+        raise AeApiError(400, CODE_INVALID_REQUEST, "Invalid nextPageToken") from None
+    end = start + limit
+    return {
+        "values": [_project(record, fields) for record in records[start:end]],
+        "nextPageToken": str(end) if end < len(records) else None,
+    }
+
+
+def _get_prospect(state: AeSimState, prospect_id: int) -> dict[str, Any]:
+    prospect = state.prospects.get(prospect_id)
+    if prospect is None:
+        raise AeApiError(404, CODE_INVALID_PROSPECT_ID, f"Invalid prospect ID {prospect_id}")
+    return prospect
+
+
+def _sim(request: Request) -> AeSimState:
+    return request.app.state.sim  # type: ignore[no-any-return]
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+def _api_router() -> APIRouter:
+    router = APIRouter(prefix=API_PREFIX)
+    page_size = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    page_token = Query(None, alias="nextPageToken")
+
+    @router.post("/prospects", status_code=201)
+    async def create_prospect(
+        request: Request, body: ProspectCreate, fields: str | None = None
+    ) -> dict[str, Any]:
+        state = _sim(request)
+        values = body.model_dump()
+        _validate_assignment(state, values)
+        prospect = state.add_prospect(
+            values["email"],
+            assigned_user_id=values["assignedUserId"],
+            assigned_queue_id=values["assignedQueueId"],
+            salesforce_id=values["salesforceId"],
+        )
+        return _project(prospect, fields)
+
+    @router.patch("/prospects/{prospect_id}")
+    async def update_prospect(
+        request: Request, prospect_id: int, body: ProspectUpdate, fields: str | None = None
+    ) -> dict[str, Any]:
+        state = _sim(request)
+        prospect = _get_prospect(state, prospect_id)
+        changes = body.model_dump(exclude_unset=True)
+        _validate_assignment(state, changes)
+        _apply_update(prospect, changes)
+        return _project(prospect, fields)
+
+    @router.get("/prospects/{prospect_id}")
+    async def read_prospect(
+        request: Request, prospect_id: int, fields: str | None = None
+    ) -> dict[str, Any]:
+        return _project(_get_prospect(_sim(request), prospect_id), fields)
+
+    @router.get("/prospects")
+    async def query_prospects(
+        request: Request,
+        email: str | None = None,
+        fields: str | None = None,
+        limit: int = page_size,
+        next_page_token: str | None = page_token,
+    ) -> dict[str, Any]:
+        prospects = [
+            p
+            for p in _sim(request).prospects.values()
+            if email is None or (p["email"] or "").lower() == email.lower()
+        ]
+        return _page(prospects, fields, limit, next_page_token)
+
+    @router.get("/users")
+    async def query_users(
+        request: Request,
+        fields: str | None = None,
+        limit: int = page_size,
+        next_page_token: str | None = page_token,
+    ) -> dict[str, Any]:
+        return _page(list(_sim(request).users.values()), fields, limit, next_page_token)
+
+    return router
+
+
+def _control_router() -> APIRouter:
+    router = APIRouter(prefix="/_sim")
+
+    @router.post("/faults")
+    async def set_faults(request: Request, settings: FaultSettings) -> dict[str, Any]:
+        faults = _sim(request).faults
+        faults.configure(**settings.model_dump(exclude_unset=True))
+        return {
+            "latency_ms": faults.latency_ms,
+            "fail_next": faults.fail_next,
+            "fail_status": faults.fail_status,
+            "failure_rate": faults.failure_rate,
+            "seed": faults.seed,
+        }
+
+    @router.get("/state")
+    async def dump_state(request: Request) -> dict[str, Any]:
+        return _sim(request).snapshot()
+
+    @router.post("/reset", status_code=204)
+    async def reset(request: Request) -> Response:
+        _sim(request).reset()
+        return Response(status_code=204)
+
+    return router
+
+
+# --- the gate every API call goes through, in AE's order ----------------------------------
+
+
+def _check_auth(state: AeSimState, request: Request) -> JSONResponse | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return _error_response(401, CODE_INVALID_TOKEN, "Missing or malformed bearer token")
+    if state.token is not None and token.strip() != state.token:
+        return _error_response(401, CODE_INVALID_TOKEN, "Invalid or expired access token")
+    if not request.headers.get("pardot-business-unit-id", "").strip():
+        return _error_response(
+            400, CODE_MISSING_BUSINESS_UNIT, "Pardot-Business-Unit-Id header is required"
+        )
+    return None
+
+
+def _check_quota(state: AeSimState, _: Request) -> JSONResponse | None:
+    if state.calls_today >= state.daily_quota:
+        return _error_response(429, CODE_DAILY_LIMIT, "Daily API rate limit met")
+    state.calls_today += 1
+    return None
+
+
+def _check_faults(state: AeSimState, _: Request) -> JSONResponse | None:
+    status = state.faults.next_failure()
+    if status is None:
+        return None
+    if status == 429:
+        return _error_response(429, CODE_CONCURRENT_LIMIT, "concurrent requests limit (simulated)")
+    return _error_response(status, CODE_SIMULATED_FAULT, f"simulated fault {status}")
+
+
+async def _gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    if not request.url.path.startswith(API_PREFIX):
+        return await call_next(request)
+    state = _sim(request)
+    state.in_flight += 1
+    state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    try:
+        response = await _admit(state, request, call_next)
+    finally:
+        state.in_flight -= 1
+    state.call_log.append((request.method, request.url.path, response.status_code))
+    return response
+
+
+async def _admit(
+    state: AeSimState, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    if state.in_flight > state.max_concurrent:
+        return _error_response(429, CODE_CONCURRENT_LIMIT, "concurrent requests limit")
+    # Latency is spent while holding a concurrency slot, as a slow AE would.
+    if state.faults.latency_ms > 0:
+        await asyncio.sleep(state.faults.latency_ms / 1000)
+    for check in (_check_auth, _check_quota, _check_faults):
+        refusal = check(state, request)
+        if refusal is not None:
+            return refusal
+    return await call_next(request)
+
+
+async def _ae_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AeApiError)
+    return _error_response(exc.status, exc.code, exc.message)
+
+
+async def _validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors()
+    )
+    return _error_response(400, CODE_INVALID_REQUEST, problems)
+
+
+def create_ae_app(state: AeSimState | None = None) -> FastAPI:
+    app = FastAPI(title="AE API v5 simulator")
+    app.state.sim = state if state is not None else AeSimState()
+    app.include_router(_api_router())
+    app.include_router(_control_router())
+    app.middleware("http")(_gate)
+    app.add_exception_handler(AeApiError, _ae_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    return app

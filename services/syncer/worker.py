@@ -1,0 +1,77 @@
+"""Applies batches of SF record events: load state, decide (S1–S9), write, in one transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.broker.base import AnyEvent
+from services.common.db import store
+from services.common.domain import RecordState
+from services.common.messages import SfRecordEvent
+from services.common.worker import PermanentError
+from services.syncer.decide import decide_sf_event
+
+log = logging.getLogger("ownersync.syncer")
+
+
+async def apply_sf_events(conn: AsyncConnection, events: Sequence[AnyEvent], now: datetime) -> None:
+    by_tenant: dict[str, list[SfRecordEvent]] = defaultdict(list)
+    for event in events:
+        if not isinstance(event, SfRecordEvent):
+            raise PermanentError(f"the syncer does not handle {event.type}")
+        by_tenant[event.tenant].append(event)
+    policies = await store.load_policies(conn, by_tenant)
+    processed = await store.processed_event_ids(conn, (str(e.event_id) for e in events))
+    writer = store.BatchWriter(conn, now)
+    for tenant_id, tenant_events in by_tenant.items():
+        policy = policies.get(tenant_id)
+        if policy is None:
+            raise PermanentError(f"unknown tenant {tenant_id!r}")
+        payloads = [e.payload for e in tenant_events]
+        known = await store.records_by(
+            conn, tenant_id, "sf_record_id", (p.record_id for p in payloads)
+        )
+        ae_user_of = await store.ae_users_connected_to(
+            conn, tenant_id, (p.owner_id for p in payloads)
+        )
+        unlinked = await store.oldest_unlinked_by_email(
+            conn, tenant_id, (p.email for p in payloads if p.record_id not in known)
+        )
+        for event in tenant_events:
+            sf = event.payload
+            event_id = str(event.event_id)
+            email = (sf.email or "").lower()
+            decision = decide_sf_event(
+                event,
+                policy=policy,
+                record=known.get(sf.record_id),
+                ae_user_of=ae_user_of,
+                unlinked_same_email=None if sf.record_id in known else unlinked.get(email),
+                already_processed=event_id in processed,
+            )
+            processed.add(event_id)
+            if not decision.audited:
+                log.info("duplicate notification %s skipped (S8)", event.source_id)
+                continue
+            stored: RecordState | None = await writer.apply(tenant_id, event, decision)
+            if stored is not None:
+                known[sf.record_id] = stored
+                unlinked.pop(email, None)
+            log.info(
+                "decision",
+                extra={
+                    "tenant": tenant_id,
+                    "record": sf.record_id,
+                    "prospect": stored.prospect_id if stored else None,
+                    "event_id": event_id,
+                    "sf_notification_id": event.source_id,
+                    "rule": decision.rule,
+                    "reason": decision.reason,
+                },
+            )
+    await writer.flush()

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+
+from services.common.bootstrap import build_runtime
+from services.common.broker.rabbit import RabbitBroker, purge_queues
+from services.common.db.engine import make_engine, migrate
+from services.common.db.tables import metadata
+from services.common.settings import Settings
+from services.common.tenant_file import load_tenant
+from services.demo.replay import demo_tenant
+from services.runner import ROLES, Running, running
+from services.sim.server import free_port
+
+PG_URL = os.environ.get(
+    "OWNERSYNC_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+AMQP_URL = os.environ.get("OWNERSYNC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+RUN = uuid.uuid4().hex[:8]
+
+
+def _reset_schema() -> None:
+    async def drop() -> None:
+        engine = make_engine(PG_URL)
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP SCHEMA public CASCADE"))
+            await conn.execute(text("CREATE SCHEMA public"))
+        await engine.dispose()
+
+    asyncio.run(drop())
+    migrate(PG_URL)
+
+
+@pytest.fixture(scope="session")
+def migrated_database() -> str:
+    """The `test` database, emptied and migrated by Alembic once per run."""
+    _reset_schema()
+    return PG_URL
+
+
+@pytest.fixture(scope="session")
+def base_settings(migrated_database: str) -> Settings:
+    return Settings(
+        database_url=migrated_database,
+        amqp_url=AMQP_URL,
+        exchange=f"test-{RUN}.events",
+        queue_prefix=f"test-{RUN}",
+        delivery_limit=3,
+        batch_wait_ms=5,
+        relay_interval_ms=20,
+        ae_base_url=None,
+        sf_base_url=None,
+    )
+
+
+@pytest.fixture(scope="session")
+async def topology(base_settings: Settings) -> AsyncIterator[None]:
+    broker = build_runtime(base_settings).broker
+    assert isinstance(broker, RabbitBroker)
+    await broker.connect()
+    yield
+    await broker.delete_topology()
+    await broker.close()
+
+
+@pytest.fixture
+async def clean(base_settings: Settings, topology: None) -> AsyncIterator[None]:
+    """Every integration test starts with empty tables, empty queues and the acme tenant."""
+    engine = make_engine(base_settings.database_url)
+    names = ", ".join(t.name for t in reversed(metadata.sorted_tables))
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        await load_tenant(conn, demo_tenant())
+    await engine.dispose()
+    runtime = build_runtime(base_settings)
+    assert isinstance(runtime.broker, RabbitBroker)
+    await purge_queues(runtime.broker)
+    await runtime.close()
+    yield
+
+
+@pytest.fixture
+async def stack(base_settings: Settings, clean: None) -> AsyncIterator[Running]:
+    """Receiver, syncer and relay on the real Postgres and RabbitMQ, AE simulator over HTTP."""
+    settings = base_settings.model_copy(update={"port": free_port()})
+    stop = asyncio.Event()
+    async with running(settings, ROLES, stop) as live:
+        yield live
+
+
+async def table_counts(live: Running) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    async with live.runtime.engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            counts[table.name] = (
+                await conn.execute(select(func.count()).select_from(table))
+            ).scalar_one()
+    return counts
+
+
+async def table_rows(live: Running, table: Any) -> list[dict[str, Any]]:
+    async with live.runtime.engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(select(table))]

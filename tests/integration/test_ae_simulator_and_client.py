@@ -1,0 +1,329 @@
+"""The AE API v5 simulator served over loopback, driven by the real AeClient."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from services.common.ae_client import (
+    AeClient,
+    AeNotFound,
+    AeQuotaExhausted,
+    AeRequestRejected,
+    AeTransientError,
+)
+from services.sim.ae import AeSimState, create_ae_app
+from services.sim.server import serve_app
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-access-token"
+BUSINESS_UNIT = "0Uv5e000000TestAAA"
+PROSPECTS = "/api/v5/objects/prospects"
+AUTH_HEADERS = {"Authorization": f"Bearer {TOKEN}", "Pardot-Business-Unit-Id": BUSINESS_UNIT}
+
+
+@pytest.fixture(scope="session")
+async def served_ae() -> AsyncIterator[tuple[FastAPI, str]]:
+    app = create_ae_app()
+    async with serve_app(app) as base_url:
+        yield app, base_url
+
+
+@pytest.fixture
+def sim(served_ae: tuple[FastAPI, str]) -> AeSimState:
+    # A fresh state per test isolates tests without paying a server restart each time.
+    app, _ = served_ae
+    app.state.sim = AeSimState()
+    return app.state.sim  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def ae_url(served_ae: tuple[FastAPI, str], sim: AeSimState) -> str:
+    return served_ae[1]
+
+
+def make_client(base_url: str, **overrides: Any) -> AeClient:
+    # Tiny backoff keeps retry tests fast; the schedule shape is what matters, not its scale.
+    settings: dict[str, Any] = {"max_attempts": 3, "backoff_base": 0.01, "backoff_max": 0.05}
+    return AeClient(base_url, TOKEN, BUSINESS_UNIT, **(settings | overrides))
+
+
+@pytest.fixture
+async def ae(ae_url: str) -> AsyncIterator[AeClient]:
+    async with make_client(ae_url) as client:
+        yield client
+
+
+# --- the API round trip ---------------------------------------------------------------------
+
+
+async def test_prospect_round_trips_through_create_read_update_and_email_query(
+    sim: AeSimState, ae: AeClient
+) -> None:
+    owner = sim.add_user("owner@example.com", first_name="Ada", last_name="Owner")
+
+    created = await ae.create_prospect("lead@example.com", assigned_user_id=owner["id"])
+    read = await ae.get_prospect(created.id)
+    requeued = await ae.update_prospect(created.id, assigned_queue_id="00G5e000001QueueAAA")
+    linked = await ae.update_prospect(created.id, salesforce_id="00Q5e000001LeadAAA")
+    found = await ae.find_prospects_by_email("LEAD@example.com")
+
+    assert created.id == 5001
+    assert (created.email, created.assigned_user_id) == ("lead@example.com", owner["id"])
+    assert read == created
+    assert (requeued.assigned_queue_id, requeued.assigned_user_id) == ("00G5e000001QueueAAA", None)
+    assert linked.salesforce_id == "00Q5e000001LeadAAA"
+    assert linked.assigned_queue_id == "00G5e000001QueueAAA"
+    assert [p.id for p in found] == [created.id]
+    assert sim.prospects[created.id]["salesforceId"] == "00Q5e000001LeadAAA"
+
+
+async def test_assigning_a_user_clears_the_queue_owner(sim: AeSimState, ae: AeClient) -> None:
+    user = sim.add_user("rep@example.com")
+    seeded = sim.add_prospect("p@example.com", assigned_queue_id="00G5e000001QueueAAA")
+
+    updated = await ae.update_prospect(seeded["id"], assigned_user_id=user["id"])
+
+    assert (updated.assigned_user_id, updated.assigned_queue_id) == (user["id"], None)
+
+
+async def test_seeded_prospects_sharing_an_email_are_all_found(
+    sim: AeSimState, ae: AeClient
+) -> None:
+    first = sim.add_prospect("twin@example.com")
+    second = sim.add_prospect("twin@example.com")
+    sim.add_prospect("other@example.com")
+
+    found = await ae.find_prospects_by_email("twin@example.com")
+
+    assert [p.id for p in found] == [first["id"], second["id"]]
+
+
+async def test_users_are_listed_with_their_details(sim: AeSimState, ae: AeClient) -> None:
+    sim.add_user(
+        "a@example.com", first_name="Ann", last_name="A", salesforce_id="0055e000001AAAAAAA"
+    )
+    sim.add_user("b@example.com", is_active=False)
+
+    users = await ae.list_users()
+
+    assert [(u.email, u.is_active) for u in users] == [
+        ("a@example.com", True),
+        ("b@example.com", False),
+    ]
+    assert (users[0].first_name, users[0].salesforce_id) == ("Ann", "0055e000001AAAAAAA")
+
+
+async def test_users_are_listed_across_every_page(sim: AeSimState, ae: AeClient) -> None:
+    for n in range(7):
+        sim.add_user(f"user{n}@example.com")
+
+    users = await ae.list_users(page_size=3)
+
+    assert [u.email for u in users] == [f"user{n}@example.com" for n in range(7)]
+    assert len(sim.calls("GET", "/api/v5/objects/users")) == 3
+
+
+# --- authentication and validation ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Pardot-Business-Unit-Id": BUSINESS_UNIT}, 401),
+        ({"Authorization": f"Basic {TOKEN}", "Pardot-Business-Unit-Id": BUSINESS_UNIT}, 401),
+        ({"Authorization": f"Bearer {TOKEN}"}, 400),
+    ],
+    ids=["no-token", "not-a-bearer-token", "no-business-unit"],
+)
+async def test_request_without_full_credentials_is_refused(
+    ae_url: str, headers: dict[str, str], status: int
+) -> None:
+    async with httpx.AsyncClient(base_url=ae_url) as raw:
+        response = await raw.get("/api/v5/objects/users", headers=headers)
+
+    assert response.status_code == status
+    assert set(response.json()) == {"code", "message"}
+
+
+async def test_wrong_token_is_rejected_without_retrying(sim: AeSimState, ae_url: str) -> None:
+    sim.token = "the-real-token"
+
+    async with make_client(ae_url) as ae:
+        with pytest.raises(AeRequestRejected) as refused:
+            await ae.list_users()
+
+    assert refused.value.status == 401
+    assert sim.calls() == [401]
+
+
+async def test_unknown_prospect_field_is_refused(ae_url: str) -> None:
+    async with httpx.AsyncClient(base_url=ae_url, headers=AUTH_HEADERS) as raw:
+        response = await raw.post(PROSPECTS, json={"email": "x@example.com", "shoeSize": 44})
+
+    assert response.status_code == 400
+    assert "shoeSize" in response.json()["message"]
+
+
+async def test_bad_request_is_not_retried(sim: AeSimState, ae: AeClient) -> None:
+    with pytest.raises(AeRequestRejected) as refused:
+        await ae.create_prospect("x@example.com", assigned_user_id=424242)
+
+    assert refused.value.status == 400
+    assert "424242" in str(refused.value)
+    assert sim.calls() == [400]
+    assert ae.outcomes["rejected"] == 1
+
+
+async def test_unknown_prospect_raises_not_found_without_retrying(
+    sim: AeSimState, ae: AeClient
+) -> None:
+    with pytest.raises(AeNotFound):
+        await ae.update_prospect(9999, assigned_user_id=None)
+
+    assert sim.calls("PATCH", f"{PROSPECTS}/9999") == [404]
+    assert len(sim.call_log) == 1
+
+
+# --- retries --------------------------------------------------------------------------------
+
+
+async def test_throttled_request_is_retried_until_it_succeeds(
+    sim: AeSimState, ae: AeClient
+) -> None:
+    sim.faults.configure(fail_next=2, fail_status=429)
+
+    created = await ae.create_prospect("retry@example.com")
+
+    assert sim.calls("POST", PROSPECTS) == [429, 429, 201]
+    assert list(sim.prospects) == [created.id]
+    assert (ae.outcomes["retried"], ae.outcomes["ok"]) == (2, 1)
+
+
+async def test_unavailable_longer_than_max_attempts_raises_transient_error(
+    sim: AeSimState, ae: AeClient
+) -> None:
+    sim.faults.configure(fail_next=10, fail_status=503)
+
+    with pytest.raises(AeTransientError) as gave_up:
+        await ae.get_prospect(5001)
+
+    assert gave_up.value.status == 503
+    assert sim.calls() == [503, 503, 503]
+    assert ae.outcomes["transient"] == 1
+
+
+async def test_request_slower_than_the_timeout_is_retried_then_transient(
+    sim: AeSimState, ae_url: str
+) -> None:
+    sim.faults.configure(latency_ms=300)
+
+    async with make_client(ae_url, timeout=0.05, max_attempts=2) as ae:
+        with pytest.raises(AeTransientError) as gave_up:
+            await ae.list_users()
+
+    assert gave_up.value.status is None
+    assert ae.calls_made == 2
+
+
+async def test_seeded_random_failures_are_reproducible(ae_url: str) -> None:
+    async def statuses(seed: int) -> list[int]:
+        async with httpx.AsyncClient(base_url=ae_url, headers=AUTH_HEADERS) as raw:
+            await raw.post("/_sim/faults", json={"failure_rate": 0.5, "seed": seed})
+            return [(await raw.get("/api/v5/objects/users")).status_code for _ in range(12)]
+
+    first, again = await statuses(7), await statuses(7)
+
+    assert first == again
+    assert {200, 503} == set(first)
+
+
+# --- AE limits ------------------------------------------------------------------------------
+
+
+async def test_client_keeps_twenty_simultaneous_updates_within_five_concurrent_requests(
+    sim: AeSimState, ae: AeClient
+) -> None:
+    user = sim.add_user("rep@example.com")
+    ids = [sim.add_prospect(f"p{n}@example.com")["id"] for n in range(20)]
+    sim.faults.configure(latency_ms=30)
+
+    updated = await asyncio.gather(
+        *(ae.update_prospect(pid, assigned_user_id=user["id"]) for pid in ids)
+    )
+
+    assert all(p.assigned_user_id == user["id"] for p in updated)
+    # Exactly five proves the requests really overlapped, not that they ran one by one.
+    assert sim.max_in_flight == 5
+    assert sim.calls() == [200] * 20
+
+
+async def test_simulator_refuses_a_sixth_concurrent_request(sim: AeSimState, ae_url: str) -> None:
+    sim.faults.configure(latency_ms=100)
+
+    async with httpx.AsyncClient(base_url=ae_url, headers=AUTH_HEADERS) as raw:
+        responses = await asyncio.gather(*(raw.get("/api/v5/objects/users") for _ in range(6)))
+
+    refused = [r for r in responses if r.status_code == 429]
+    assert sorted(r.status_code for r in responses) == [200] * 5 + [429]
+    assert refused[0].json()["code"] == 66
+
+
+async def test_local_quota_exhaustion_raises_without_calling_ae(
+    sim: AeSimState, ae_url: str
+) -> None:
+    async with make_client(ae_url, daily_quota=2) as ae:
+        await ae.list_users()
+        await ae.list_users()
+        with pytest.raises(AeQuotaExhausted):
+            await ae.list_users()
+
+        assert (ae.calls_made, ae.quota_remaining) == (2, 0)
+    assert len(sim.call_log) == 2
+
+
+async def test_daily_limit_reported_by_ae_is_not_retried(sim: AeSimState, ae: AeClient) -> None:
+    sim.daily_quota = 1
+    await ae.list_users()
+
+    with pytest.raises(AeQuotaExhausted) as spent:
+        await ae.list_users()
+
+    assert spent.value.code == 122
+    assert sim.calls() == [200, 429]
+    assert ae.quota_remaining is None
+
+
+# --- simulator controls ---------------------------------------------------------------------
+
+
+async def test_latency_set_over_http_slows_every_call(ae_url: str, ae: AeClient) -> None:
+    async with httpx.AsyncClient(base_url=ae_url) as raw:
+        answer = await raw.post("/_sim/faults", json={"latency_ms": 200})
+    assert answer.json()["latency_ms"] == 200
+
+    started = time.perf_counter()
+    await ae.list_users()
+
+    assert time.perf_counter() - started >= 0.2
+
+
+async def test_state_is_dumped_and_reset_over_http(
+    sim: AeSimState, ae_url: str, ae: AeClient
+) -> None:
+    await ae.create_prospect("dump@example.com")
+
+    async with httpx.AsyncClient(base_url=ae_url) as raw:
+        dumped = (await raw.get("/_sim/state")).json()
+        await raw.post("/_sim/reset")
+
+    assert [p["email"] for p in dumped["prospects"]] == ["dump@example.com"]
+    assert dumped["callCounts"] == {f"POST {PROSPECTS} 201": 1}
+    assert (sim.prospects, sim.call_log, sim.next_prospect_id) == ({}, [], 5001)
