@@ -1,0 +1,194 @@
+"""The SF REST client against the Salesforce simulator served over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from services.common.sf_client import SfClient, SfRequestRejected, SfTransientError
+from services.sim.server import free_port, serve_app
+from services.sim.sf import CallRecord, SfSimState, create_sf_app
+
+pytestmark = pytest.mark.integration
+
+CLIENT_ID = "ownersync-test"
+CLIENT_SECRET = "test-only-secret"
+TOKEN_PATH = "/services/oauth2/token"
+LEADS_PATH = "/services/data/v62.0/sobjects/Lead"
+
+
+@dataclass
+class Org:
+    state: SfSimState
+    base_url: str
+    alice: str
+
+    def calls(self, method: str, path_prefix: str) -> list[CallRecord]:
+        return [
+            c for c in self.state.calls if c.method == method and c.path.startswith(path_prefix)
+        ]
+
+
+@pytest.fixture
+async def org() -> AsyncIterator[Org]:
+    state = SfSimState(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    alice = state.add_user("Alice Adams", "alice@example.com")
+    async with serve_app(create_sf_app(state)) as base_url:
+        yield Org(state, base_url, alice)
+
+
+@pytest.fixture
+async def client(org: Org) -> AsyncIterator[SfClient]:
+    async with SfClient(
+        org.base_url,
+        CLIENT_ID,
+        CLIENT_SECRET,
+        max_attempts=3,
+        backoff_base=0.001,
+        backoff_max=0.01,
+    ) as sf:
+        yield sf
+
+
+def lead(email: str) -> dict[str, str]:
+    return {"LastName": "Lee", "Company": "Acme", "Email": email}
+
+
+async def test_token_is_fetched_once_and_reused_across_concurrent_and_later_calls(
+    org: Org, client: SfClient
+) -> None:
+    ids = await asyncio.gather(
+        *(client.create("Lead", lead(f"p{n}@example.com"), auto_assign=True) for n in range(5))
+    )
+    for record_id in ids:
+        await client.get("Lead", record_id)
+
+    assert len(org.calls("POST", TOKEN_PATH)) == 1
+    assert len(org.calls("GET", LEADS_PATH)) == 5
+    assert client.outcomes["ok"] == 10
+
+
+async def test_expired_token_is_renewed_once_and_the_call_succeeds(
+    org: Org, client: SfClient
+) -> None:
+    record_id = await client.create("Lead", lead("kim@example.com"), auto_assign=True)
+    org.state.expire_tokens()
+
+    record = await client.get("Lead", record_id)
+
+    assert record["Email"] == "kim@example.com"
+    assert len(org.calls("POST", TOKEN_PATH)) == 2
+    assert [c.status for c in org.calls("GET", LEADS_PATH)] == [401, 200]
+
+
+async def test_a_second_invalid_session_is_rejected_instead_of_renewing_forever(
+    org: Org, client: SfClient
+) -> None:
+    org.state.faults.invalid_session = 5
+
+    with pytest.raises(SfRequestRejected) as caught:
+        await client.create("Lead", lead("kim@example.com"), auto_assign=True)
+
+    assert caught.value.status == 401
+    assert caught.value.error_code == "INVALID_SESSION_ID"
+    assert len(org.calls("POST", TOKEN_PATH)) == 2  # the first token and one renewal
+    assert [c.status for c in org.calls("POST", LEADS_PATH)] == [401, 401]
+
+
+async def test_request_limit_exceeded_is_retried_until_the_call_succeeds(
+    org: Org, client: SfClient
+) -> None:
+    org.state.faults.request_limit_exceeded = 2
+
+    record_id = await client.create("Lead", lead("kim@example.com"), auto_assign=True)
+
+    assert [c.status for c in org.calls("POST", LEADS_PATH)] == [403, 403, 201]
+    assert list(org.state.leads) == [record_id]
+    assert client.outcomes["retried"] == 2
+    assert client.outcomes["ok"] == 1
+
+
+async def test_service_unavailable_beyond_max_attempts_raises_a_transient_error(
+    org: Org, client: SfClient
+) -> None:
+    org.state.faults.server_errors = 10
+
+    with pytest.raises(SfTransientError) as caught:
+        await client.create("Lead", lead("kim@example.com"), auto_assign=True)
+
+    assert caught.value.status == 503
+    assert [c.status for c in org.calls("POST", LEADS_PATH)] == [503, 503, 503]
+    assert org.state.leads == {}
+    assert client.outcomes["transient"] == 1
+
+
+async def test_unknown_owner_is_rejected_without_retry_and_carries_salesforce_message(
+    org: Org, client: SfClient
+) -> None:
+    unknown_user = org.state.new_id("005")
+
+    with pytest.raises(SfRequestRejected) as caught:
+        await client.create(
+            "Lead", {**lead("kim@example.com"), "OwnerId": unknown_user}, auto_assign=False
+        )
+
+    error = caught.value
+    assert error.status == 400
+    assert error.error_code == "INVALID_CROSS_REFERENCE_KEY"
+    assert error.errors[0].fields == ("OwnerId",)
+    assert "INVALID_CROSS_REFERENCE_KEY: invalid cross reference id" in str(error)
+    assert len(org.calls("POST", LEADS_PATH)) == 1
+    assert client.outcomes["rejected"] == 1
+
+
+async def test_missing_record_is_rejected_as_not_found(org: Org, client: SfClient) -> None:
+    with pytest.raises(SfRequestRejected) as caught:
+        await client.get("Lead", org.state.new_id("00Q"))
+
+    assert caught.value.status == 404
+    assert caught.value.error_code == "NOT_FOUND"
+
+
+async def test_auto_assign_header_is_sent_as_false_or_true_on_every_write(
+    org: Org, client: SfClient
+) -> None:
+    owned = await client.create(
+        "Lead", {**lead("a@example.com"), "OwnerId": org.alice}, auto_assign=False
+    )
+    ruled = await client.create("Lead", lead("b@example.com"), auto_assign=True)
+    await client.update("Lead", owned, {"Title": "CTO"}, auto_assign=False)
+    await client.update("Lead", ruled, {"Title": "CFO"}, auto_assign=True)
+    await client.get("Lead", owned)
+
+    writes = [
+        (c.method, c.auto_assign)
+        for c in org.state.calls
+        if c.method in ("POST", "PATCH") and c.path.startswith(LEADS_PATH)
+    ]
+    assert writes == [("POST", "FALSE"), ("POST", "TRUE"), ("PATCH", "FALSE"), ("PATCH", "TRUE")]
+    assert [c.auto_assign for c in org.calls("GET", LEADS_PATH)] == [None]
+    assert org.state.leads[owned]["OwnerId"] == org.alice
+
+
+async def test_wrong_client_secret_is_rejected_once_with_the_oauth_error(org: Org) -> None:
+    async with SfClient(org.base_url, CLIENT_ID, "wrong", backoff_base=0.001) as client:
+        with pytest.raises(SfRequestRejected) as caught:
+            await client.get("Lead", org.state.new_id("00Q"))
+
+    assert caught.value.error_code == "invalid_client"
+    assert len(org.calls("POST", TOKEN_PATH)) == 1
+
+
+async def test_unreachable_salesforce_is_retried_then_raises_a_transient_error() -> None:
+    nobody_listens = f"http://127.0.0.1:{free_port()}"
+    async with SfClient(
+        nobody_listens, CLIENT_ID, CLIENT_SECRET, max_attempts=3, backoff_base=0.001
+    ) as client:
+        with pytest.raises(SfTransientError) as caught:
+            await client.create("Lead", lead("kim@example.com"), auto_assign=True)
+
+    assert caught.value.status is None
+    assert client.outcomes["retried"] == 2
