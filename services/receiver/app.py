@@ -11,8 +11,9 @@ from sqlalchemy import text
 
 from services.common.bootstrap import Runtime, build_runtime
 from services.common.settings import Settings
-from services.receiver import salesforce
+from services.receiver import engagement, salesforce
 from services.receiver.deps import BodyTooLarge, RuntimeDep
+from services.receiver.errors import error_response
 from services.receiver.soap import fault_body
 
 
@@ -39,14 +40,13 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         lifespan=lifespan,
     )
     app.include_router(salesforce.router)
+    app.include_router(engagement.router)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge) -> Response:
         if request.url.path.startswith("/salesforce/"):
             return Response(fault_body(str(exc.detail)), 413, media_type=salesforce.SOAP_MEDIA)
-        return JSONResponse(
-            {"error": {"code": "body_too_large", "message": exc.detail, "details": None}}, 413
-        )
+        return error_response(413, "body_too_large", str(exc.detail))
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     async def healthz() -> dict[str, str]:

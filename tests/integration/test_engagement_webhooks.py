@@ -1,0 +1,81 @@
+"""The AE webhook endpoint: signatures, validation, replays, and publish-before-202."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+from services.runner import Running
+from tests.integration.conftest import table_counts
+from tests.integration.webhooks import engagement_body, post_webhook, signed_headers
+
+CREATED = "prospect-created-assigned-unconnected.json"
+
+
+async def test_a_signed_valid_webhook_is_accepted_with_its_event_id(stack: Running) -> None:
+    response = await post_webhook(stack.receiver_url or "", engagement_body(CREATED))
+    assert response.status_code == 202
+    assert response.json()["status"] == "accepted" and response.json()["eventId"]
+
+
+async def _post_raw(stack: Running, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=stack.receiver_url or "") as http:
+        return await http.post("/engagement/acme/events", content=body, headers=headers)
+
+
+async def test_missing_signature_headers_get_401_naming_them(stack: Running) -> None:
+    body = engagement_body(CREATED)
+    response = await _post_raw(stack, body, {"content-type": "application/json"})
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["code"] == "invalid_signature"
+    assert "webhook-id" in error["message"] and "webhook-signature" in error["message"]
+
+
+async def test_a_signature_made_with_another_secret_gets_401(stack: Running) -> None:
+    body = engagement_body(CREATED)
+    headers = signed_headers(body, secret="whsec_" + "QUJDREVGR0hJSktMTU5PUA==")
+    response = await _post_raw(stack, body, headers)
+    assert response.status_code == 401
+    assert "does not match" in response.json()["error"]["message"]
+
+
+async def test_a_tampered_body_gets_401(stack: Running) -> None:
+    body = engagement_body(CREATED)
+    headers = signed_headers(body)
+    response = await _post_raw(stack, body.replace(b"105", b"101"), headers)
+    assert response.status_code == 401
+
+
+async def test_a_timestamp_older_than_five_minutes_gets_401(stack: Running) -> None:
+    body = engagement_body(CREATED)
+    response = await _post_raw(stack, body, signed_headers(body, at=time.time() - 301))
+    assert response.status_code == 401
+    assert "tolerance" in response.json()["error"]["message"]
+
+
+async def test_a_body_that_does_not_validate_gets_422_with_field_errors(stack: Running) -> None:
+    body = json.loads(engagement_body(CREATED))
+    body["type"] = "prospect.deleted"
+    del body["prospect"]["id"]
+    response = await post_webhook(stack.receiver_url or "", body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    fields = {d["field"] for d in error["details"]}
+    assert "type" in fields and "prospect.id" in fields
+
+
+async def test_an_unknown_tenant_gets_404(stack: Running) -> None:
+    response = await post_webhook(stack.receiver_url or "", engagement_body(CREATED), tenant="zz")
+    assert response.status_code == 404
+
+
+async def test_refused_webhooks_publish_nothing(stack: Running) -> None:
+    before = await stack.runtime.broker.queue_depths()
+    body = engagement_body(CREATED)
+    await _post_raw(stack, body, {"content-type": "application/json"})
+    await _post_raw(stack, body, signed_headers(body, at=time.time() - 3600))
+    assert await stack.runtime.broker.queue_depths() == before
+    assert (await table_counts(stack))["inbox"] == 0
