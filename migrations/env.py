@@ -1,20 +1,29 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
 from services.common.db.engine import make_engine
-from services.common.db.tables import metadata
+from services.common.db.tables import UtcDateTime, metadata
 
 config = context.config
+
+
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> Any:
+    # Migrations must not import application types: UtcDateTime is a plain aware DateTime.
+    if type_ == "type" and isinstance(obj, UtcDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
 
 
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
+        render_item=_render_item,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )

@@ -11,11 +11,16 @@ from typing import Any
 from sqlalchemy import and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.assigner.round_robin import Member
 from services.common.db.tables import (
+    ae_users,
     audit_log,
     connected_users,
+    group_members,
+    groups,
     inbox,
     outbox,
+    queues,
     records,
     tenants,
 )
@@ -229,3 +234,71 @@ async def audit_for_record(conn: AsyncConnection, tenant_id: str, record_id: int
         .order_by(audit_log.c.id)
     )
     return rows.all()
+
+
+async def group_members_of(
+    conn: AsyncConnection, tenant_id: str, group_ids: Iterable[int]
+) -> dict[int, list[Member]]:
+    """Round-robin members per group, locked so two workers never pick from stale counters."""
+    group_ids = set(group_ids)
+    if not group_ids:
+        return {}
+    known = await conn.execute(
+        select(groups.c.id).where(groups.c.tenant_id == tenant_id, groups.c.id.in_(group_ids))
+    )
+    found: dict[int, list[Member]] = {row.id: [] for row in known}
+    query = (
+        select(group_members, ae_users.c.active, ae_users.c.created_at)
+        .join(
+            ae_users,
+            and_(
+                ae_users.c.tenant_id == group_members.c.tenant_id,
+                ae_users.c.id == group_members.c.ae_user_id,
+            ),
+        )
+        .where(group_members.c.tenant_id == tenant_id, group_members.c.group_id.in_(group_ids))
+        .order_by(ae_users.c.created_at, ae_users.c.id)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(of=group_members)
+    for order, row in enumerate(await conn.execute(query)):
+        found[row.group_id].append(
+            Member(
+                ae_user_id=row.ae_user_id,
+                created_order=order,
+                weight=row.weight,
+                daily_cap=row.daily_cap,
+                paused=row.paused,
+                active=row.active,
+                last_assigned_at=row.last_assigned_at,
+                assigned_today=row.assigned_today,
+                assigned_total=row.assigned_total,
+            )
+        )
+    return found
+
+
+async def save_member_counters(
+    conn: AsyncConnection, tenant_id: str, group_id: int, member: Member
+) -> None:
+    await conn.execute(
+        update(group_members)
+        .where(
+            group_members.c.tenant_id == tenant_id,
+            group_members.c.group_id == group_id,
+            group_members.c.ae_user_id == member.ae_user_id,
+        )
+        .values(
+            last_assigned_at=member.last_assigned_at,
+            assigned_today=member.assigned_today,
+            assigned_total=member.assigned_total,
+            counted_on=member.last_assigned_at.date().isoformat()
+            if member.last_assigned_at
+            else None,
+        )
+    )
+
+
+async def tenant_queue_ids(conn: AsyncConnection, tenant_id: str) -> set[str]:
+    rows = await conn.execute(select(queues.c.id).where(queues.c.tenant_id == tenant_id))
+    return {r.id for r in rows}
