@@ -95,6 +95,12 @@ def receiver(host: Host = None, port: Port = None) -> None:
 
 
 @app.command()
+def assigner() -> None:
+    """Run the assigner worker: AE prospect events and assignment actions (A1–A8)."""
+    _serve(_settings(), ("assigner",))
+
+
+@app.command()
 def syncer() -> None:
     """Run the syncer worker: SF created/reassigned events -> reverse-sync decisions (S1–S9)."""
     _serve(_settings(), ("syncer",))
@@ -104,6 +110,59 @@ def syncer() -> None:
 def relay() -> None:
     """Run the outbox relay: sends committed effects to AE (and SF) with retries."""
     _serve(_settings(), ("relay",))
+
+
+@app.command()
+def sim(
+    host: Host = None,
+    port: Annotated[int, typer.Option(help="port of the AE simulator")] = 8100,
+    sf_port: Annotated[int, typer.Option(help="port of the SF simulator")] = 8101,
+    receiver_url: Annotated[
+        str | None,
+        typer.Option(help="receiver base URL the SF simulator sends outbound messages to"),
+    ] = None,
+    tenant: Annotated[
+        Path | None, typer.Option(help="tenant file whose org, users and queues SF and AE hold")
+    ] = None,
+) -> None:
+    """Serve the SF and AE simulators (for the demo profile and local experiments)."""
+    from services.sim.ae import AeSimState, create_ae_app
+    from services.sim.server import serve_app
+    from services.sim.sf import SfSimState, create_sf_app
+
+    settings = _settings(host)
+    ae_state, sf_state = AeSimState(), SfSimState()
+    if tenant is not None:
+        data = TenantFile.read(tenant)
+        sf_state = SfSimState(org_id=data.salesforce_org_id, api_user_id=data.connector_user)
+        for name, sf_id in data.salesforce_users.items():
+            sf_state.add_user(name, user_id=sf_id)
+        for name, queue_id in data.queues.items():
+            sf_state.add_queue(name, queue_id=queue_id)
+        for name, ae_id in data.engagement_users.items():
+            ae_state.add_user(f"{name}@example.com", user_id=ae_id, first_name=name)
+        if receiver_url:
+            sf_state.outbound.configure(
+                created_url=f"{receiver_url}/salesforce/{data.tenant}/record-created",
+                reassigned_url=f"{receiver_url}/salesforce/{data.tenant}/record-reassigned",
+            )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with (
+            serve_app(create_ae_app(ae_state), settings.host, port) as ae_url,
+            serve_app(create_sf_app(sf_state), settings.host, sf_port) as sf_url,
+        ):
+            err.print(
+                f"AE simulator {ae_url}  SF simulator {sf_url} "
+                f"(client id {sf_state.client_id}, secret {sf_state.client_secret})"
+            )
+            await stop.wait()
+
+    asyncio.run(main())
 
 
 @app.command("migrate")

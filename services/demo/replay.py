@@ -1,14 +1,26 @@
-"""`ownersync demo`: the bundled SF fixtures through receiver -> broker -> syncer -> relay -> AE.
+"""`ownersync demo`: both directions of ownership, watched working, on the embedded default.
 
-Runs on a fresh embedded store (a temporary SQLite file, the in-process broker and the AE
-simulator over real HTTP) so that every run shows the same story.
+1. Account Engagement -> Salesforce: the signed AE webhooks in `fixtures/engagement/` go
+   receiver -> broker -> assigner -> relay -> SF simulator; SF's outbound messages come back
+   through the receiver and the syncer to the AE simulator.
+2. Salesforce -> Account Engagement: the SF outbound messages in `fixtures/salesforce/`
+   (kim's lead, its reassignments, a stale and a repeated message, the 100-notification
+   batch, and every hostile message) go receiver -> broker -> syncer -> relay -> AE.
+3. The four scenarios of the product page, and which row above shows each.
+
+It runs on a fresh temporary SQLite store, the in-process broker and both simulators served
+over real HTTP, so that every run tells the same story.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
+import time
+import uuid
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +34,16 @@ from services.common.db.tables import audit_log, records
 from services.common.messages import event_id_for
 from services.common.settings import Settings
 from services.common.tenant_file import TenantFile, load_tenant
+from services.receiver.signatures import sign
 from services.receiver.soap import parse_outbound_message
 from services.runner import ROLES, Running, running, wait_until_idle
 from services.sim.server import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SF = FIXTURES / "salesforce"
+AE = FIXTURES / "engagement"
 
-# The story of kim's lead first (the MANIFEST's order), then the rest, then the hostile ones.
+# Kim's lead in the MANIFEST's order, with SF's habits: a stale message and a repeated one.
 SF_STORY = [
     ("lead-created-owner-not-connected.xml", "record-created"),
     ("lead-created-owner-connected.xml", "record-created"),
@@ -43,9 +57,104 @@ SF_STORY = [
     ("lead-created-batch-100.xml", "record-created"),
 ]
 
+AE_STORY = [
+    "prospect-created-assigned-unconnected.json",
+    "prospect-created-assigned-connected.json",
+    "assign-to-user-already-assigned.json",
+    "assign-to-group.json",
+    "assign-to-queue.json",
+    "assign-via-active-rule.json",
+    "reassign-in-ae-of-a-record-assigned-in-both.json",  # built below: A8
+]
+
+SEED_SCENARIOS = [
+    (
+        "1. SF record doesn't exist; AE prospect assigned to a user not connected to SF",
+        "record created in SF, assigned to the connector user (the default assignment)",
+        "AE: prospect-created-assigned-unconnected.json",
+    ),
+    (
+        "2. SF record created with an owner not connected to AE (auto-create on)",
+        "an unassigned prospect is created in AE",
+        "SF: lead-created-owner-not-connected.xml",
+    ),
+    (
+        "3. SF record reassigned to a user not connected to AE",
+        "the AE prospect stays with its original assigned user",
+        "SF: lead-reassigned-not-connected.xml",
+    ),
+    (
+        "4. SF record reassigned to a user connected to AE",
+        "the assigned user is updated in AE",
+        "SF: lead-reassigned-connected.xml",
+    ),
+]
+
 
 def demo_tenant() -> TenantFile:
     return TenantFile.read(SF / "tenant.json")
+
+
+@dataclass
+class Story:
+    live: Running
+    tenant: TenantFile
+    http: httpx.AsyncClient
+    posted: int = 0
+    seen_rules: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def names(self) -> dict[Any, str]:
+        names: dict[Any, str] = {v: k for k, v in self.tenant.engagement_users.items()}
+        names.update({v: k for k, v in self.tenant.salesforce_users.items()})
+        names.update({v: f"queue {k}" for k, v in self.tenant.queues.items()})
+        return names
+
+    async def settle(self) -> None:
+        await wait_until_idle(self.live, settled=self.posted)
+
+    async def last_audit_id(self) -> int:
+        async with self.live.runtime.engine.connect() as conn:
+            return int((await conn.execute(select(func.max(audit_log.c.id)))).scalar() or 0)
+
+    async def audit_since(self, since: int, **where: Any) -> list[Any]:
+        query = (
+            select(audit_log, records.c.prospect_id, records.c.sf_record_id)
+            .outerjoin(records, records.c.id == audit_log.c.record_id)
+            .where(audit_log.c.id > since)
+        )
+        for column, value in where.items():
+            query = query.where(records.c[column] == value)
+        async with self.live.runtime.engine.connect() as conn:
+            return list(await conn.execute(query.order_by(audit_log.c.id)))
+
+    async def record(self, **where: Any) -> Any:
+        query = select(records).where(records.c.tenant_id == self.tenant.tenant)
+        for column, value in where.items():
+            query = query.where(records.c[column] == value)
+        async with self.live.runtime.engine.connect() as conn:
+            return (await conn.execute(query)).first()
+
+    def ae_owner(self, prospect_id: int | None) -> str:
+        assert self.live.ae_sim is not None
+        prospect = self.live.ae_sim.prospects.get(prospect_id) if prospect_id else None
+        if prospect is None:
+            return "no prospect"
+        if prospect.get("assignedUserId") is not None:
+            user = prospect["assignedUserId"]
+            return f"user {user} ({self.names.get(user, '?')})"
+        if prospect.get("assignedQueueId") is not None:
+            return self.names.get(prospect["assignedQueueId"], prospect["assignedQueueId"])
+        return "unassigned"
+
+    def sf_owner(self, sf_record_id: str | None) -> str:
+        assert self.live.sf_sim is not None
+        sim = self.live.sf_sim
+        found = sim.leads.get(sf_record_id or "") or sim.contacts.get(sf_record_id or "")
+        if found is None:
+            return "no record"
+        owner = found["OwnerId"]
+        return f"{self.names.get(owner, owner)}"
 
 
 async def run_demo(console: Console) -> None:
@@ -65,123 +174,155 @@ async def run_demo(console: Console) -> None:
             await load_tenant(conn, tenant)
         await engine.dispose()
         stop = asyncio.Event()
-        async with running(settings, ROLES, stop) as live:
-            table = await _replay_salesforce(live, tenant)
-    console.print(table)
+        async with (
+            running(settings, ROLES, stop) as live,
+            httpx.AsyncClient(base_url=live.receiver_url or "", timeout=30) as http,
+        ):
+            story = Story(live, tenant, http)
+            _configure_sf_org(story)
+            ae_table = await _engagement_to_salesforce(story)
+            sf_table = await _salesforce_to_engagement(story)
+    console.print(ae_table)
+    console.print(sf_table)
+    console.print(_seed_table(story))
     console.print(
-        "Every decision is in the audit log with its rule, before, after and reason; "
-        "run [bold]ownersync run[/bold] to keep the service up."
+        "Every decision above is in the audit log with its rule, before, after and reason. "
+        "[bold]ownersync run[/bold] keeps the service up; [bold]ownersync --help[/bold] lists "
+        "the roles."
     )
 
 
-async def _replay_salesforce(live: Running, tenant: TenantFile) -> Table:
-    names = _user_names(tenant)
-    table = Table(title=f"Salesforce -> Account Engagement (tenant {tenant.tenant})")
-    for column in ("SF message", "HTTP", "rule", "AE owner after", "why"):
+def _configure_sf_org(story: Story) -> None:
+    """The org's active lead assignment rule: di@… goes to bob, everything else to carol."""
+    sim = story.live.sf_sim
+    assert sim is not None
+    sim.add_rule_entry(story.tenant.salesforce_users["bob"], [("Email", "startsWith", "di@")])
+    sim.default_owner_id = story.tenant.salesforce_users["carol_unconnected"]
+
+
+async def _engagement_to_salesforce(story: Story) -> Table:
+    table = Table(title="Account Engagement -> Salesforce (signed AE webhooks)")
+    for column in ("AE webhook", "HTTP", "rules", "AE owner after", "SF owner after", "why"):
         table.add_column(column, overflow="fold")
-    seen: set[str] = set()
-    posted = 0
-    async with httpx.AsyncClient(base_url=live.receiver_url or "", timeout=30) as http:
-        for name, action in SF_STORY:
-            body = (SF / name).read_bytes()
-            since = await _last_audit_id(live)
-            response = await http.post(
-                f"/salesforce/{tenant.tenant}/{action}",
-                content=body,
-                headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'},
-            )
-            if response.status_code == 200:
-                posted += len(parse_outbound_message(body).notifications)
-            await wait_until_idle(live, settled=posted)
-            label = name + (" (again)" if name in seen else "")
-            seen.add(name)
-            rows = await _audit_rows(live, tenant.tenant, body, since)
-            owner = await _ae_owner(live, tenant.tenant, body, names)
-            if len(rows) > 1:
-                rules = Counter(r.rule for r in rows)
-                summary = ", ".join(f"{rule} x{n}" for rule, n in sorted(rules.items()))
-                table.add_row(
-                    label,
-                    str(response.status_code),
-                    summary,
-                    "-",
-                    f"{len(rows)} notifications applied",
-                )
-            elif rows:
-                table.add_row(label, str(response.status_code), rows[0].rule, owner, rows[0].reason)
-            else:
-                table.add_row(
-                    label,
-                    str(response.status_code),
-                    "S8",
-                    owner,
-                    "already processed: no effect, acknowledged again",
-                )
-        for bad in sorted((SF / "bad").iterdir()):
-            response = await http.post(
-                f"/salesforce/{tenant.tenant}/record-created",
-                content=bad.read_bytes(),
-                headers={"Content-Type": "text/xml; charset=utf-8"},
-            )
-            table.add_row(
-                f"bad/{bad.name}",
-                str(response.status_code),
-                "refused",
-                "-",
-                _faultstring(response.text),
-            )
+    for name in AE_STORY:
+        body = _engagement_body(name, story)
+        prospect = json.loads(body)["prospect"]
+        _seed_ae_prospect(story, prospect)
+        since = await story.last_audit_id()
+        status = await _post_webhook(story, body)
+        await story.settle()
+        rows = await story.audit_since(since, prospect_id=prospect["id"])
+        record = await story.record(prospect_id=prospect["id"])
+        rules = ", ".join(r.rule for r in rows) or "-"
+        story.seen_rules[f"AE: {name}"] = rules
+        table.add_row(
+            name,
+            str(status),
+            rules,
+            story.ae_owner(prospect["id"]),
+            story.sf_owner(record.sf_record_id if record else None),
+            rows[0].reason if rows else "-",
+        )
     return table
 
 
-async def _last_audit_id(live: Running) -> int:
-    async with live.runtime.engine.connect() as conn:
-        return int((await conn.execute(select(func.max(audit_log.c.id)))).scalar() or 0)
+def _engagement_body(name: str, story: Story) -> bytes:
+    if name != "reassign-in-ae-of-a-record-assigned-in-both.json":
+        return (AE / name).read_bytes()
+    # Prospect 9002 is now assigned in both systems; AE tries to hand it to bob.
+    body = json.loads((AE / "prospect-created-assigned-connected.json").read_bytes())
+    body["type"] = "prospect.reassigned"
+    body["prospect"]["assignedUserId"] = story.tenant.engagement_users["bob"]
+    return json.dumps(body).encode()
 
 
-async def _audit_rows(live: Running, tenant: str, body: bytes, since: int) -> list[Any]:
-    ids = [
-        str(event_id_for(tenant, "sf", n.id)) for n in parse_outbound_message(body).notifications
-    ]
-    async with live.runtime.engine.connect() as conn:
-        result = await conn.execute(
-            select(audit_log.c.rule, audit_log.c.reason)
-            .where(audit_log.c.event_id.in_(ids), audit_log.c.id > since)
-            .order_by(audit_log.c.id)
+def _seed_ae_prospect(story: Story, prospect: dict[str, Any]) -> None:
+    """AE holds the prospects its webhooks talk about."""
+    sim = story.live.ae_sim
+    assert sim is not None
+    if prospect["id"] not in sim.prospects:
+        sim.add_prospect(
+            prospect["email"],
+            prospect_id=prospect["id"],
+            assigned_user_id=prospect["assignedUserId"],
+            assigned_queue_id=prospect["assignedQueueId"],
         )
-        return list(result)
 
 
-async def _ae_owner(live: Running, tenant: str, body: bytes, names: dict[Any, str]) -> str:
-    record_id = parse_outbound_message(body).notifications[0].record.record_id
-    async with live.runtime.engine.connect() as conn:
-        prospect_id = (
-            await conn.execute(
-                select(records.c.prospect_id).where(
-                    records.c.tenant_id == tenant, records.c.sf_record_id == record_id
-                )
-            )
-        ).scalar_one_or_none()
-    if prospect_id is None or live.ae_sim is None:
-        return "no prospect"
-    prospect = live.ae_sim.prospects[prospect_id]
-    return describe_ae_owner(prospect, names)
+async def _post_webhook(story: Story, body: bytes) -> int:
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    timestamp = str(int(time.time()))
+    response = await story.http.post(
+        f"/engagement/{story.tenant.tenant}/events",
+        content=body,
+        headers={
+            "content-type": "application/json",
+            "webhook-id": webhook_id,
+            "webhook-timestamp": timestamp,
+            "webhook-signature": sign(story.tenant.webhook_secret, webhook_id, timestamp, body),
+        },
+    )
+    if response.status_code == 202:
+        story.posted += 1
+    return response.status_code
 
 
-def describe_ae_owner(prospect: dict[str, Any], names: dict[Any, str]) -> str:
-    pid = prospect["id"]
-    if prospect.get("assignedUserId") is not None:
-        user = prospect["assignedUserId"]
-        return f"prospect {pid}: user {user} ({names.get(user, '?')})"
-    if prospect.get("assignedQueueId") is not None:
-        queue = prospect["assignedQueueId"]
-        return f"prospect {pid}: queue {names.get(queue, queue)}"
-    return f"prospect {pid}: unassigned"
+async def _salesforce_to_engagement(story: Story) -> Table:
+    table = Table(title="Salesforce -> Account Engagement (SF outbound messages)")
+    for column in ("SF message", "HTTP", "rule", "AE owner after", "why"):
+        table.add_column(column, overflow="fold")
+    seen: set[str] = set()
+    for name, action in SF_STORY:
+        body = (SF / name).read_bytes()
+        notifications = parse_outbound_message(body).notifications
+        since = await story.last_audit_id()
+        response = await story.http.post(
+            f"/salesforce/{story.tenant.tenant}/{action}",
+            content=body,
+            headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'},
+        )
+        if response.status_code == 200:
+            story.posted += len(notifications)
+        await story.settle()
+        label = name + (" (again)" if name in seen else "")
+        seen.add(name)
+        ids = {str(event_id_for(story.tenant.tenant, "sf", n.id)) for n in notifications}
+        rows = [r for r in await story.audit_since(since) if r.event_id in ids]
+        record = await story.record(sf_record_id=notifications[0].record.record_id)
+        owner = story.ae_owner(record.prospect_id if record else None)
+        if len(rows) > 1:
+            rules = Counter(r.rule for r in rows)
+            summary = ", ".join(f"{rule} x{n}" for rule, n in sorted(rules.items()))
+            row = (summary, "-", f"{len(rows)} notifications applied in one batch")
+        elif rows:
+            row = (rows[0].rule, owner, rows[0].reason)
+        else:
+            row = ("S8", owner, "already processed: no effect, acknowledged again")
+        story.seen_rules.setdefault(f"SF: {name}", row[0])
+        table.add_row(label, str(response.status_code), *row)
+    for bad in sorted((SF / "bad").iterdir()):
+        response = await story.http.post(
+            f"/salesforce/{story.tenant.tenant}/record-created",
+            content=bad.read_bytes(),
+            headers={"Content-Type": "text/xml; charset=utf-8"},
+        )
+        table.add_row(
+            f"bad/{bad.name}",
+            str(response.status_code),
+            "refused",
+            "-",
+            _faultstring(response.text),
+        )
+    return table
 
 
-def _user_names(tenant: TenantFile) -> dict[Any, str]:
-    names: dict[Any, str] = {v: k for k, v in tenant.engagement_users.items()}
-    names.update({v: k for k, v in tenant.queues.items()})
-    return names
+def _seed_table(story: Story) -> Table:
+    table = Table(title="The four scenarios of 'Assignment Actions for Salesforce'")
+    for column in ("scenario", "expected", "shown by", "rules applied"):
+        table.add_column(column, overflow="fold")
+    for scenario, expected, shown_by in SEED_SCENARIOS:
+        table.add_row(scenario, expected, shown_by, story.seen_rules.get(shown_by, "?"))
+    return table
 
 
 def _faultstring(text: str) -> str:
