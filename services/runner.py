@@ -16,6 +16,7 @@ from services.common.bootstrap import Runtime, build_runtime
 from services.common.broker.base import QueueRole
 from services.common.broker.memory import MemoryBroker
 from services.common.db.tables import ae_users, queues, sf_users, tenants
+from services.common.metrics import API_CALLS, worker_app
 from services.common.settings import Settings
 from services.common.sf_client import SfClient
 from services.common.worker import WorkerStats, run_worker
@@ -91,6 +92,11 @@ async def running(
                     stats=live.stats[role],
                 )
                 live.tasks.append(asyncio.create_task(worker, name=role))
+        if "receiver" not in roles and settings.metrics_port:
+            metrics_url = await stack.enter_async_context(
+                serve_app(worker_app(), settings.host, settings.metrics_port)
+            )
+            log.info("metrics and health on %s/metrics", metrics_url)
         if "receiver" in roles:
             live.receiver_url = await stack.enter_async_context(
                 serve_app(create_app(runtime), settings.host, settings.port)
@@ -142,7 +148,7 @@ async def _ae_client(
     if api_key is None:
         raise ConfigurationError("OWNERSYNC_AE_API_KEY is required with OWNERSYNC_AE_BASE_URL")
     live.ae_url = ae_url
-    return await stack.enter_async_context(
+    client = await stack.enter_async_context(
         AeClient(
             ae_url,
             api_key,
@@ -151,6 +157,8 @@ async def _ae_client(
             daily_quota=settings.ae_daily_quota,
         )
     )
+    API_CALLS.track("ae", client)
+    return client
 
 
 async def _sf_client(
@@ -173,7 +181,9 @@ async def _sf_client(
             "OWNERSYNC_SF_BASE_URL"
         )
     live.sf_url = url
-    return await stack.enter_async_context(SfClient(url, client_id, secret))
+    client = await stack.enter_async_context(SfClient(url, client_id, secret))
+    API_CALLS.track("sf", client)
+    return client
 
 
 async def seed_sf_sim(runtime: Runtime) -> tuple[str, SfSimState] | None:

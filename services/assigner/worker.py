@@ -13,7 +13,7 @@ from services.assigner.decide import decide_ae_event
 from services.common.broker.base import AnyEvent
 from services.common.db import store
 from services.common.messages import AeProspectEvent, AssignToGroup, AssignToUser
-from services.common.worker import PermanentError
+from services.common.worker import Decided, PermanentError
 
 log = logging.getLogger("ownersync.assigner")
 
@@ -27,6 +27,7 @@ async def apply_ae_events(conn: AsyncConnection, events: Sequence[AnyEvent], now
     policies = await store.load_policies(conn, by_tenant)
     processed = await store.processed_event_ids(conn, (str(e.event_id) for e in events))
     writer = store.BatchWriter(conn, now)
+    decided: list[Decided] = []
     for tenant_id, tenant_events in by_tenant.items():
         policy = policies.get(tenant_id)
         if policy is None:
@@ -66,6 +67,7 @@ async def apply_ae_events(conn: AsyncConnection, events: Sequence[AnyEvent], now
             )
             decision = result.decision
             processed.add(event_id)
+            decided.append((event.type, decision.rule, decision.refused))
             if not decision.audited:
                 log.info("duplicate webhook %s skipped", event.source_id)
                 continue
@@ -92,3 +94,4 @@ async def apply_ae_events(conn: AsyncConnection, events: Sequence[AnyEvent], now
                 },
             )
     await writer.flush()
+    return decided

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, description="larger request bodies get 413")
     host: str = "127.0.0.1"
     port: int = 8000
+    metrics_port: int = Field(
+        9100, ge=0, description="/healthz and /metrics of a worker-only process (0 = off)"
+    )
 
     ae_base_url: str | None = Field(None, description="AE API base URL; unset = in-process sim")
     ae_api_key: SecretStr | None = None

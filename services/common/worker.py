@@ -17,11 +17,16 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.common import metrics
 from services.common.broker.base import AnyEvent, Broker, Delivery, QueueRole
 
 log = logging.getLogger(__name__)
 
-BatchHandler = Callable[[AsyncConnection, Sequence[AnyEvent], datetime], Awaitable[None]]
+# A handler applies the events and returns what it decided: (event type, rule, refused).
+Decided = tuple[str, str, bool]
+BatchHandler = Callable[
+    [AsyncConnection, Sequence[AnyEvent], datetime], Awaitable[Sequence[Decided]]
+]
 
 
 @dataclass
@@ -63,8 +68,15 @@ async def process_batch(
 
 
 async def _apply(engine: AsyncEngine, events: Sequence[Delivery], handle: BatchHandler) -> None:
+    applied = [d.event for d in events if d.event is not None]
     async with engine.begin() as conn:
-        await handle(conn, [d.event for d in events if d.event is not None], datetime.now(UTC))
+        decided = await handle(conn, applied, datetime.now(UTC))
+    committed = datetime.now(UTC)
+    for event_type, rule, refused in decided:
+        metrics.record_decision(event_type, rule, refused)
+    for event in applied:
+        latency = (committed - event.received_at).total_seconds()
+        metrics.RECEIPT_TO_DECISION.labels(event.type).observe(max(latency, 0.0))
 
 
 async def _settle_failure(delivery: Delivery, exc: Exception) -> None:
@@ -111,6 +123,7 @@ async def run_worker(
             # Shielded: a stop during the batch lets it finish, commit and ack.
             batch = next_batch.result()
             await asyncio.shield(process_batch(engine, batch, handle))
+            metrics.BATCH_SIZE.labels(role.value).observe(len(batch))
             if stats is not None:
                 stats.batches += 1
                 stats.settled += len(batch)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from services.common.bootstrap import Runtime, build_runtime
+from services.common.metrics import metrics_response
 from services.common.settings import Settings
 from services.receiver import engagement, salesforce
 from services.receiver.deps import BodyTooLarge, RuntimeDep
@@ -47,6 +48,10 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         if request.url.path.startswith("/salesforce/"):
             return Response(fault_body(str(exc.detail)), 413, media_type=salesforce.SOAP_MEDIA)
         return error_response(413, "body_too_large", str(exc.detail))
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return metrics_response()
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     async def healthz() -> dict[str, str]:

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from services.common.broker.base import BrokerUnavailable
 from services.common.db.tables import inbox, tenants
 from services.common.messages import AeProspectEvent, AeWebhook, event_id_for
+from services.common.metrics import EVENTS_PUBLISHED, EVENTS_RECEIVED
 from services.receiver.deps import RuntimeDep, limited_body
 from services.receiver.errors import error_response
 from services.receiver.signatures import SignatureError, verify
@@ -102,8 +103,10 @@ async def engagement_event(
         received_at=received_at,
         payload=webhook,
     )
+    EVENTS_RECEIVED.labels(event.type).inc()
     try:
         await runtime.broker.publish([event])
+        EVENTS_PUBLISHED.labels(event.type).inc()
     except BrokerUnavailable as exc:
         log.error("AE webhook %s for %s not accepted: %s", webhook_id, tenant, exc)
         return error_response(503, "broker_unavailable", "the event could not be stored; retry")

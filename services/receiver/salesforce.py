@@ -21,6 +21,7 @@ from services.common.messages import (
     SfRecordEvent,
     event_id_for,
 )
+from services.common.metrics import EVENTS_PUBLISHED, EVENTS_RECEIVED
 from services.receiver.deps import RuntimeDep, limited_body
 from services.receiver.soap import SoapFault, ack_body, parse_outbound_message
 
@@ -65,7 +66,9 @@ async def _receive(tenant: str, body: bytes, event_type: str, runtime: RuntimeDe
             )
             for n in message.notifications
         ]
+        EVENTS_RECEIVED.labels(event_type).inc(len(events))
         await runtime.broker.publish(events)
+        EVENTS_PUBLISHED.labels(event_type).inc(len(events))
     except SoapFault as fault:
         log.warning("refused SF message for %s: %s %s", tenant, fault.status, fault.message)
         return Response(fault.body(), status_code=fault.status, media_type=SOAP_MEDIA)

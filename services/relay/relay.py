@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common import metrics
 from services.common.db.tables import outbox, records
 from services.common.domain import RecordState
 
@@ -66,12 +67,14 @@ class Relay:
         self.backoff_max = backoff_max
         self.sent = 0
         self.wake = asyncio.Event()
+        self._observed_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("relay started for %s", ", ".join(sorted(self.senders)))
         while not stop.is_set():
             try:
                 handled = await self.run_once()
+                await self._observe_outbox()
             except Exception:
                 log.exception("relay pass failed")
                 handled = 0
@@ -95,6 +98,26 @@ class Relay:
         results = await asyncio.gather(*(self._send(g) for g in groups), return_exceptions=True)
         await self._settle(groups, results, datetime.now(UTC))
         return sum(len(g.row_ids) for g in groups)
+
+    async def _observe_outbox(self, every: float = 1.0) -> None:
+        """Outbox depth and age for /metrics, at most once a second."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._observed_at < every:
+            return
+        self._observed_at = loop.time()
+        now = datetime.now(UTC)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(outbox.c.target, func.count(), func.min(outbox.c.created_at))
+                .where(outbox.c.status == "pending")
+                .group_by(outbox.c.target)
+            )
+            seen = {r[0]: (r[1], r[2]) for r in rows}
+        for target in self.senders:
+            count, oldest = seen.get(target, (0, None))
+            metrics.OUTBOX_DEPTH.labels(target).set(count)
+            age = (now - oldest).total_seconds() if oldest is not None else 0.0
+            metrics.OUTBOX_AGE.labels(target).set(age)
 
     async def _claim(self, now: datetime) -> list[_Group]:
         async with self.engine.begin() as conn:

@@ -13,7 +13,7 @@ from services.common.broker.base import AnyEvent
 from services.common.db import store
 from services.common.domain import RecordState
 from services.common.messages import SfRecordEvent
-from services.common.worker import PermanentError
+from services.common.worker import Decided, PermanentError
 from services.syncer.decide import decide_sf_event
 
 log = logging.getLogger("ownersync.syncer")
@@ -28,6 +28,7 @@ async def apply_sf_events(conn: AsyncConnection, events: Sequence[AnyEvent], now
     policies = await store.load_policies(conn, by_tenant)
     processed = await store.processed_event_ids(conn, (str(e.event_id) for e in events))
     writer = store.BatchWriter(conn, now)
+    decided: list[Decided] = []
     for tenant_id, tenant_events in by_tenant.items():
         policy = policies.get(tenant_id)
         if policy is None:
@@ -55,6 +56,7 @@ async def apply_sf_events(conn: AsyncConnection, events: Sequence[AnyEvent], now
                 already_processed=event_id in processed,
             )
             processed.add(event_id)
+            decided.append((event.type, decision.rule, decision.refused))
             if not decision.audited:
                 log.info("duplicate notification %s skipped (S8)", event.source_id)
                 continue
@@ -75,3 +77,4 @@ async def apply_sf_events(conn: AsyncConnection, events: Sequence[AnyEvent], now
                 },
             )
     await writer.flush()
+    return decided

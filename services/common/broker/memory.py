@@ -17,6 +17,7 @@ from services.common.broker.base import (
     topic_matches,
 )
 from services.common.messages import dump_event
+from services.common.metrics import EVENTS_DEAD_LETTERED
 
 
 class MemoryBroker:
@@ -69,6 +70,7 @@ class MemoryBroker:
         return Delivery.decode(body, count, settle)
 
     def _park(self, role: QueueRole, body: bytes, reason: str) -> None:
+        EVENTS_DEAD_LETTERED.labels(role.value).inc()
         self.dead_letters.append(DeadLetter(str(next(self._ids)), role.value, reason, body))
 
     async def ping(self) -> bool:

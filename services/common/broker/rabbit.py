@@ -34,6 +34,7 @@ from services.common.broker.base import (
     QueueRole,
 )
 from services.common.messages import dump_event
+from services.common.metrics import EVENTS_DEAD_LETTERED
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ class RabbitBroker:
             await message.nack(requeue=True)
             return
         await message.ack()
+        EVENTS_DEAD_LETTERED.labels(role.value).inc()
         log.warning("dead-lettered %s from %s: %s", message.message_id, role.value, reason)
 
     async def ping(self) -> bool:

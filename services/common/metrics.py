@@ -1,0 +1,103 @@
+"""Prometheus metrics: what flowed, how fast, and what is waiting. Served at /metrics."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterable
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+EVENTS_RECEIVED = Counter(
+    "ownersync_events_received_total", "Notifications and webhooks received", ["type"]
+)
+EVENTS_PUBLISHED = Counter(
+    "ownersync_events_published_total", "Events confirmed by the broker", ["type"]
+)
+EVENTS_APPLIED = Counter(
+    "ownersync_events_applied_total", "Decisions committed, by rule", ["type", "rule"]
+)
+EVENTS_SKIPPED = Counter(
+    "ownersync_events_skipped_total",
+    "Events that changed nothing: duplicates (S8/DUP), stale (S7), refusals and no-ops",
+    ["type", "rule"],
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "ownersync_events_dead_lettered_total", "Events parked in the dead-letter queue", ["queue"]
+)
+RECEIPT_TO_DECISION = Histogram(
+    "ownersync_receipt_to_decision_seconds",
+    "From the receiver's receipt to the committed decision",
+    ["type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BATCH_SIZE = Histogram(
+    "ownersync_consumer_batch_size",
+    "Events per consumed batch",
+    ["queue"],
+    buckets=(1, 2, 5, 10, 25, 50, 100, 200, 500),
+)
+OUTBOX_DEPTH = Gauge("ownersync_outbox_depth", "Effects waiting to be sent", ["target"])
+OUTBOX_AGE = Gauge(
+    "ownersync_outbox_oldest_age_seconds", "Age of the oldest effect waiting", ["target"]
+)
+
+# Decisions that change nothing anywhere.
+NO_CHANGE_RULES = {"S3", "S7", "S8", "A0", "A3", "DUP"}
+
+
+class ApiCallCollector(Collector):
+    """Reads the SF/AE clients' outcome tallies (and AE's quota) at scrape time."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, object] = {}
+
+    def track(self, system: str, client: object) -> None:
+        self.clients[system] = client
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        calls = CounterMetricFamily(
+            "ownersync_api_calls", "Calls to SF and AE by outcome", labels=["system", "outcome"]
+        )
+        quota = GaugeMetricFamily(
+            "ownersync_ae_quota_remaining", "AE daily API calls left (when a quota is set)"
+        )
+        for system, client in self.clients.items():
+            outcomes: Tally[str] = getattr(client, "outcomes", Tally())
+            for outcome, count in outcomes.items():
+                calls.add_metric([system, outcome], count)
+            remaining = getattr(client, "quota_remaining", None)
+            if system == "ae" and remaining is not None:
+                quota.add_metric([], remaining)
+        yield calls
+        yield quota
+
+
+API_CALLS = ApiCallCollector()
+REGISTRY.register(API_CALLS)
+
+
+def record_decision(event_type: str, rule: str, refused: bool = False) -> None:
+    counter = EVENTS_SKIPPED if refused or rule in NO_CHANGE_RULES else EVENTS_APPLIED
+    counter.labels(event_type, rule).inc()
+
+
+def metrics_response() -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def worker_app() -> FastAPI:
+    """The small HTTP face of a worker process: /healthz and /metrics."""
+    app = FastAPI(title="ownersync worker", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return metrics_response()
+
+    return app
