@@ -130,6 +130,7 @@ async def _start_relay(
         batch_size=settings.relay_batch_size,
         interval=settings.relay_interval_ms / 1000,
         max_attempts=settings.relay_max_attempts,
+        coalesce=settings.relay_coalesce_ms / 1000,
     )
     live.tasks.append(asyncio.create_task(live.relay.run(stop), name="relay"))
 

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
 
     relay_interval_ms: int = Field(200, ge=10, description="outbox poll interval")
     relay_batch_size: int = Field(200, ge=1)
+    relay_coalesce_ms: int = Field(
+        300,
+        ge=0,
+        description="an effect waits this long so repeated changes of one record go in one call",
+    )
     relay_max_attempts: int = Field(10, ge=1, description="attempts before an effect is dead")
 
     operator_key: SecretStr | None = Field(None, description="operator API key (creates tenants)")

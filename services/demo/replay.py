@@ -167,6 +167,7 @@ async def run_demo(console: Console) -> None:
             sf_base_url=None,
             port=free_port(),
             relay_interval_ms=20,
+            relay_coalesce_ms=0,
         )
         await asyncio.to_thread(migrate, settings.database_url)
         engine = make_engine(settings.database_url)

@@ -1,7 +1,8 @@
 """The outbox relay: sends the effects the workers committed to AE (and SF), until done.
 
-Effects of one record are coalesced: only the newest desired state is sent, so a record
-reassigned five times in a minute costs one AE call, not five. Rows are claimed with a lease
+Effects of one record are coalesced: only the newest desired state is sent, and a new effect
+waits `coalesce` seconds for later changes of the same record, so a record reassigned five
+times in quick succession costs one AE call, not five. Rows are claimed with a lease
 (next_attempt_at pushed forward) in a short transaction, sent outside any transaction, then
 settled: done, superseded, retried later with backoff, or dead with the error.
 """
@@ -57,6 +58,7 @@ class Relay:
         max_attempts: int = 10,
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
+        coalesce: float = 0.0,
     ) -> None:
         self.engine = engine
         self.senders = senders
@@ -65,6 +67,7 @@ class Relay:
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.coalesce = timedelta(seconds=coalesce)
         self.sent = 0
         self.wake = asyncio.Event()
         self._observed_at = 0.0
@@ -124,6 +127,7 @@ class Relay:
             due = select(outbox.c.record_id, outbox.c.target).where(
                 outbox.c.status == "pending",
                 outbox.c.next_attempt_at <= now,
+                outbox.c.created_at <= now - self.coalesce,
                 outbox.c.target.in_(list(self.senders)),
             )
             if conn.dialect.name == "postgresql":

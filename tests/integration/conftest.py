@@ -55,6 +55,7 @@ def base_settings(migrated_database: str) -> Settings:
         delivery_limit=3,
         batch_wait_ms=5,
         relay_interval_ms=20,
+        relay_coalesce_ms=0,
         ae_base_url=None,
         sf_base_url=None,
     )

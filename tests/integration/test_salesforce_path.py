@@ -3,6 +3,7 @@ the AE simulator: the fixtures give the results their MANIFEST.json describes.""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from services.common.db.tables import audit_log, inbox, records
+from services.common.sfid import to18
 from services.receiver.soap import parse_outbound_message
 from services.runner import Running, wait_until_idle
 from tests.integration.conftest import table_counts, table_rows
@@ -236,3 +238,30 @@ async def test_relay_retries_transient_ae_failures_until_the_prospect_exists(
 async def test_inbox_rows_name_the_sf_notification_ids(poster: Poster) -> None:
     await poster.post("lead-created-owner-connected.xml")
     assert [r["source_id"] for r in await table_rows(poster.live, inbox)] == ["04l5g0000UoNypnAQC"]
+
+
+async def test_repeated_reassignments_of_one_record_cost_one_ae_call(
+    poster: Poster,
+) -> None:
+    await poster.post("lead-created-owner-connected.xml")
+    assert poster.live.relay is not None and poster.live.ae_sim is not None
+    poster.live.relay.coalesce = timedelta(seconds=1)
+    patches_before = len(poster.live.ae_sim.calls("PATCH"))
+    body = (poster.fixtures / "lead-reassigned-connected.xml").read_text()
+    owners = ["0055g0000Zti3ElAQI", "0055g0000M6fuVCAQY"] * 3  # alice, bob, alice, ...
+    async with httpx.AsyncClient(base_url=poster.live.receiver_url or "") as http:
+        for minute, owner in enumerate(owners, start=11):
+            message = (
+                body.replace("04l5g0000u45n6cAAA", to18(f"04l5g0000u45n{minute:02d}"))
+                .replace("0055g0000M6fuVCAQY", owner)
+                .replace("T09:10:00.000Z", f"T09:{minute}:00.000Z")
+            )
+            response = await http.post(
+                "/salesforce/acme/record-reassigned", content=message, headers=SOAP_HEADERS
+            )
+            assert _is_ack(response)
+    poster.posted += len(owners)
+    await wait_until_idle(poster.live, settled=poster.posted)
+    kim = await poster.record(KIM)
+    assert poster.ae_prospect(kim["prospect_id"])["assignedUserId"] == 102  # the last: bob
+    assert len(poster.live.ae_sim.calls("PATCH")) - patches_before == 1
