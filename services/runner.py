@@ -141,6 +141,11 @@ async def _ae_client(
     ae_url = settings.ae_base_url
     api_key = settings.ae_api_key.get_secret_value() if settings.ae_api_key else None
     if ae_url is None:
+        if not settings.simulate:
+            raise ConfigurationError(
+                "OWNERSYNC_AE_BASE_URL is required with a real broker "
+                "(or set OWNERSYNC_USE_SIMULATORS=true to run the AE simulator in-process)"
+            )
         live.ae_sim = AeSimState()
         await seed_ae_sim(live.runtime, live.ae_sim)
         ae_url = await stack.enter_async_context(serve_app(create_ae_app(live.ae_sim)))
@@ -168,6 +173,11 @@ async def _sf_client(
     url, client_id = settings.sf_base_url, settings.sf_client_id
     secret = settings.sf_client_secret.get_secret_value() if settings.sf_client_secret else None
     if url is None:
+        if not settings.simulate:
+            raise ConfigurationError(
+                "OWNERSYNC_SF_BASE_URL is required with a real broker "
+                "(or set OWNERSYNC_USE_SIMULATORS=true to run the SF simulator in-process)"
+            )
         seeded = await seed_sf_sim(live.runtime)
         if seeded is None:
             log.warning("no tenant in the store: the embedded SF simulator is not started")

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     )
     relay_max_attempts: int = Field(10, ge=1, description="attempts before an effect is dead")
 
+    use_simulators: bool | None = Field(
+        None,
+        description="serve SF and AE simulators in-process when their URLs are unset; "
+        "unset = only on the embedded default (no AMQP URL)",
+    )
+
     operator_key: SecretStr | None = Field(None, description="operator API key (creates tenants)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"
@@ -74,9 +80,9 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
     @property
-    def embedded(self) -> bool:
-        """True when any part runs in-process (broker or simulators)."""
-        return self.amqp_url is None or self.ae_base_url is None or self.sf_base_url is None
+    def simulate(self) -> bool:
+        """Whether a missing AE/SF URL means an in-process simulator (never by accident)."""
+        return self.use_simulators if self.use_simulators is not None else self.amqp_url is None
 
 
 @lru_cache

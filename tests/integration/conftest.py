@@ -58,6 +58,7 @@ def base_settings(migrated_database: str) -> Settings:
         relay_coalesce_ms=0,
         ae_base_url=None,
         sf_base_url=None,
+        use_simulators=True,
     )
 
 
