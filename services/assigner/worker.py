@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -13,25 +12,19 @@ from services.assigner.decide import decide_ae_event
 from services.common.broker.base import AnyEvent
 from services.common.db import store
 from services.common.messages import AeProspectEvent, AssignToGroup, AssignToUser
-from services.common.worker import Decided, PermanentError
+from services.common.worker import Decided, by_tenant
 
 log = logging.getLogger("ownersync.assigner")
 
 
-async def apply_ae_events(conn: AsyncConnection, events: Sequence[AnyEvent], now: datetime) -> None:
-    by_tenant: dict[str, list[AeProspectEvent]] = defaultdict(list)
-    for event in events:
-        if not isinstance(event, AeProspectEvent):
-            raise PermanentError(f"the assigner does not handle {event.type}")
-        by_tenant[event.tenant].append(event)
-    policies = await store.load_policies(conn, by_tenant)
-    processed = await store.processed_event_ids(conn, (str(e.event_id) for e in events))
+async def apply_ae_events(
+    conn: AsyncConnection, events: Sequence[AnyEvent], now: datetime
+) -> list[Decided]:
+    tenants, processed = await by_tenant(conn, events, AeProspectEvent, "assigner")
     writer = store.BatchWriter(conn, now)
     decided: list[Decided] = []
-    for tenant_id, tenant_events in by_tenant.items():
-        policy = policies.get(tenant_id)
-        if policy is None:
-            raise PermanentError(f"unknown tenant {tenant_id!r}")
+    for policy, tenant_events in tenants:
+        tenant_id = policy.tenant_id
         prospects = [e.payload.prospect for e in tenant_events]
         known = await store.records_by(conn, tenant_id, "prospect_id", (p.id for p in prospects))
         group_ids = {

@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common import metrics
 from services.common.broker.base import AnyEvent, Broker, Delivery, QueueRole
+from services.common.db import store
+from services.common.domain import TenantPolicy
+from services.common.messages import AeProspectEvent, SfRecordEvent
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,25 @@ class WorkerStats:
 
 class PermanentError(Exception):
     """An event that can never be applied (unknown tenant, …): dead-letter it at once."""
+
+
+E = TypeVar("E", SfRecordEvent, AeProspectEvent)
+
+
+async def by_tenant(
+    conn: AsyncConnection, events: Sequence[AnyEvent], kind: type[E], worker: str
+) -> tuple[list[tuple[TenantPolicy, list[E]]], set[str]]:
+    """The batch grouped by tenant with each tenant's policy, and the event ids already applied."""
+    grouped: dict[str, list[E]] = defaultdict(list)
+    for event in events:
+        if not isinstance(event, kind):
+            raise PermanentError(f"the {worker} does not handle {event.type}")
+        grouped[event.tenant].append(event)
+    policies = await store.load_policies(conn, grouped)
+    if unknown := set(grouped) - set(policies):
+        raise PermanentError(f"unknown tenant {sorted(unknown)[0]!r}")
+    processed = await store.processed_event_ids(conn, (str(e.event_id) for e in events))
+    return [(policies[t], tenant_events) for t, tenant_events in grouped.items()], processed
 
 
 async def process_batch(
