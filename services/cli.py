@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from services.cli_admin import SUB_APPS, tenants_app
 from services.common.db.engine import make_engine, migrate
 from services.common.logs import configure_logging
 from services.common.settings import Settings
@@ -25,8 +26,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-tenant_app = typer.Typer(help="Tenants: load one from a file.", no_args_is_help=True)
-app.add_typer(tenant_app, name="tenant")
+tenant_app = tenants_app  # `ownersync tenant load|create|list|show|set|rotate-secret|keys`
+for sub_app, sub_name in SUB_APPS:  # tenants, users, mappings, user-sync, record, …
+    app.add_typer(sub_app, name=sub_name)
 console = Console(emoji=False, highlight=False)
 err = Console(stderr=True)
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from services.api import install_api
 from services.common.bootstrap import Runtime, build_runtime
 from services.common.metrics import metrics_response
 from services.common.settings import Settings
@@ -42,6 +43,7 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
     )
     app.include_router(salesforce.router)
     app.include_router(engagement.router)
+    install_api(app)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge) -> Response:

@@ -74,7 +74,22 @@ tenants = Table(
     Column("connector_verified", Boolean, nullable=False),
     Column("webhook_secret", Text, nullable=False),
     Column("created_at", TS, nullable=False),
+    Column("previous_webhook_secret", Text, doc="still accepted until previous_secret_expires_at"),
+    Column("previous_secret_expires_at", TS),
     CheckConstraint("sync_mode in ('leads', 'contacts')", name="sync_mode"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True, doc="the public part of the key"),
+    Column("tenant_id", ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("key_hash", String(64), nullable=False, doc="SHA-256 of the whole key, hex"),
+    Column("created_at", TS, nullable=False),
+    Column("revoked_at", TS),
+    Index("ix_api_keys_tenant", "tenant_id"),
 )
 
 sf_users = Table(

@@ -1,0 +1,108 @@
+"""Assignment requests from internal callers: the AE webhook actions, without AE.
+
+The request becomes the same `ae.prospect.assignment_requested` event a webhook would, with a
+deterministic event id (the same request id is the same event), and the answer carries a
+preview of the assigner's decision computed by its pure function on the current state.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.assigner.decide import decide_ae_event
+from services.common.admin.errors import Unavailable
+from services.common.admin.schemas import AssignmentAccepted, AssignmentRequest, DecisionPreview
+from services.common.admin.tenants import tenant_row
+from services.common.broker.base import Broker, BrokerUnavailable
+from services.common.db import store
+from services.common.domain import TenantPolicy
+from services.common.messages import (
+    AE_ASSIGNMENT_REQUESTED,
+    AeProspectEvent,
+    AeWebhook,
+    AssignToGroup,
+    AssignToUser,
+    event_id_for,
+)
+
+
+def assignment_event(tenant_id: str, request: AssignmentRequest, now: datetime) -> AeProspectEvent:
+    return AeProspectEvent(
+        type=AE_ASSIGNMENT_REQUESTED,
+        tenant=tenant_id,
+        event_id=event_id_for(tenant_id, "api", request.request_id),
+        source_id=request.request_id,
+        occurred_at=now,
+        received_at=now,
+        payload=AeWebhook(
+            type="prospect.assignment_requested",
+            occurred_at=now,
+            prospect=request.prospect,
+            action=request.action,
+        ),
+    )
+
+
+async def preview_assignment(
+    conn: AsyncConnection, event: AeProspectEvent, now: datetime
+) -> DecisionPreview:
+    """The assigner's decision on the current state. Run it in a transaction that is rolled
+    back (and ended before publishing): the loaders lock what the worker would lock."""
+    tenant = await tenant_row(conn, event.tenant)
+    policy = TenantPolicy(
+        tenant_id=tenant.id,
+        connector_user_id=tenant.connector_user_id,
+        sync_mode=tenant.sync_mode,
+        auto_create_prospects=tenant.auto_create_prospects,
+        connector_verified=tenant.connector_verified,
+    )
+    prospect = event.payload.prospect
+    action = event.payload.action
+    record = (await store.records_by(conn, tenant.id, "prospect_id", [prospect.id])).get(
+        prospect.id
+    )
+    group = action.group_id if isinstance(action, AssignToGroup) else None
+    members = await store.group_members_of(conn, tenant.id, [group] if group is not None else [])
+    users = {prospect.assigned_user_id} | {m.ae_user_id for ms in members.values() for m in ms}
+    if isinstance(action, AssignToUser):
+        users.add(action.user_id)
+    if record is not None:
+        users.add(record.ae_assigned_user_id)
+    sf_user_of = await store.sf_users_connected_to(
+        conn, tenant.id, {u for u in users if u is not None}
+    )
+    processed = await store.processed_event_ids(conn, [str(event.event_id)])
+    decided = decide_ae_event(
+        event,
+        policy=policy,
+        record=record,
+        sf_user_of=sf_user_of,
+        group_members=members.get(group) if group is not None else None,
+        known_queues=await store.tenant_queue_ids(conn, tenant.id),
+        already_processed=bool(processed),
+        now=now,
+    ).decision
+    after = decided.after
+    return DecisionPreview(
+        rule=decided.rule,
+        reason=decided.reason,
+        refused=decided.refused,
+        after=json.loads(json.dumps(after.owners())) if after is not None else None,
+    )
+
+
+async def publish_assignment(
+    broker: Broker, event: AeProspectEvent, preview: DecisionPreview
+) -> AssignmentAccepted:
+    """Publish with confirms. Call it after the preview's transaction ended: the preview's
+    locks must not be held while the broker confirms."""
+    try:
+        await broker.publish([event])
+    except BrokerUnavailable as exc:
+        raise Unavailable(
+            "the request could not be stored; retry later", code="broker_unavailable"
+        ) from exc
+    return AssignmentAccepted(event_id=str(event.event_id), preview=preview)

@@ -1,0 +1,107 @@
+"""Records as ownersync knows them, and their audit timeline: why is this prospect owned by X?"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.admin.errors import NotFound
+from services.common.admin.pagination import Page, decode_cursor, page_of
+from services.common.admin.schemas import AuditEntry, RecordView
+from services.common.db.tables import audit_log, connected_users, records
+from services.common.sfid import is_queue
+
+RecordKey = Literal["prospect", "sf"]
+
+
+async def record_row(conn: AsyncConnection, tenant_id: str, by: RecordKey, key: Any) -> Any:
+    column = records.c.prospect_id if by == "prospect" else records.c.sf_record_id
+    owner_ae = (
+        select(connected_users.c.ae_user_id)
+        .where(
+            connected_users.c.tenant_id == records.c.tenant_id,
+            connected_users.c.sf_user_id == records.c.sf_owner_id,
+        )
+        .scalar_subquery()
+        .label("owner_ae_user_id")
+    )
+    row = (
+        await conn.execute(
+            select(records, owner_ae).where(records.c.tenant_id == tenant_id, column == key)
+        )
+    ).first()
+    if row is None:
+        what = "prospect" if by == "prospect" else "SF record"
+        raise NotFound(f"no record of {what} {key}")
+    return row
+
+
+def owners_agree(row: Any) -> bool | None:
+    """Whether AE's owner is what the connected users give for the SF owner (None: unknowable)."""
+    if row.sf_owner_id is None:
+        return None
+    if is_queue(row.sf_owner_id):
+        return row.ae_assigned_queue_id == row.sf_owner_id and row.ae_assigned_user_id is None
+    if row.owner_ae_user_id is None:
+        return None
+    return row.ae_assigned_user_id == row.owner_ae_user_id and row.ae_assigned_queue_id is None
+
+
+def record_view(row: Any) -> RecordView:
+    return RecordView(
+        id=row.id,
+        prospect_id=row.prospect_id,
+        sf_record_id=row.sf_record_id,
+        sf_object=row.sf_object,
+        email=row.email,
+        ae_assigned_user_id=row.ae_assigned_user_id,
+        ae_assigned_queue_id=row.ae_assigned_queue_id,
+        sf_owner_id=row.sf_owner_id,
+        last_modstamp=row.last_modstamp,
+        owners_agree=owners_agree(row),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+async def get_record(conn: AsyncConnection, tenant_id: str, by: RecordKey, key: Any) -> RecordView:
+    return record_view(await record_row(conn, tenant_id, by, key))
+
+
+def _audit_view(row: Any) -> AuditEntry:
+    return AuditEntry(
+        id=row.id,
+        rule=row.rule,
+        reason=row.reason,
+        before=row.before,
+        after=row.after,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        source_id=row.source_id,
+        created_at=row.created_at,
+    )
+
+
+async def record_audit(
+    conn: AsyncConnection,
+    tenant_id: str,
+    by: RecordKey,
+    key: Any,
+    *,
+    limit: int,
+    cursor: str | None = None,
+) -> Page[AuditEntry]:
+    """Every decision about the record, oldest first."""
+    after = decode_cursor(cursor, int)
+    record = await record_row(conn, tenant_id, by, key)
+    query = (
+        select(audit_log)
+        .where(audit_log.c.tenant_id == tenant_id, audit_log.c.record_id == record.id)
+        .order_by(audit_log.c.id)
+        .limit(limit + 1)
+    )
+    if after is not None:
+        query = query.where(audit_log.c.id > after)
+    return page_of((await conn.execute(query)).all(), limit, lambda r: r.id, _audit_view)

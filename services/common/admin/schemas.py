@@ -1,0 +1,435 @@
+"""The typed shapes of the admin operations: what the API accepts and answers, and the CLI shows.
+
+JSON names are camelCase; every model refuses unknown fields. Inputs accept the camelCase names
+only; views may be built in Python with the snake_case names.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+from services.common.messages import AeProspect, AssignmentAction
+from services.common.sfid import to18
+
+# --- field types -------------------------------------------------------------------------
+
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
+TenantKey = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$"),
+    Field(description="tenant id: lower-case letters, digits, `-` and `_`, 64 at most"),
+]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NO_CONTROL)]
+Email = Annotated[
+    str,
+    StringConstraints(max_length=254, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"),
+    Field(description="compared case-insensitively"),
+]
+BigId = Annotated[int, Field(ge=1, le=9_223_372_036_854_775_807)]
+Secret = Annotated[str, StringConstraints(min_length=16, max_length=200, pattern=r"^[!-~]+$")]
+SyncMode = Literal["leads", "contacts"]
+Scope = Literal["read", "write", "admin"]
+
+
+def _prefixed(prefix: str, what: str) -> Any:
+    def check(value: str) -> str:
+        if not value.startswith(prefix):
+            raise ValueError(f"{what} starts with {prefix}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _sf_id(prefix: str, what: str) -> Any:
+    # The pattern checks the raw input (and shows in the OpenAPI schema); then the id is made
+    # canonical (18 characters, checksum checked) and its key prefix checked.
+    first = "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in prefix)
+    return Annotated[
+        str,
+        StringConstraints(
+            pattern=rf"^{first}[A-Za-z0-9]{{{15 - len(prefix)}}}(?:[A-Za-z0-5]{{3}})?$"
+        ),
+        AfterValidator(to18),
+        _prefixed(prefix, what),
+        Field(description=f"{what}, 15 or 18 characters (stored as 18)"),
+    ]
+
+
+SfUserId = _sf_id("005", "SF user id")
+SfQueueId = _sf_id("00G", "SF queue id")
+SfOrgId = _sf_id("00D", "SF org id")
+SfRecordId = _sf_id("", "SF lead or contact id")
+
+
+class ApiModel(BaseModel):
+    """A view: answered by the API, shown by the CLI."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+class ApiInput(BaseModel):
+    """A request body: camelCase names only, nothing unknown."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=False,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+class ErrorBody(ApiModel):
+    code: str = Field(description="stable, machine-readable: not_found, mapping_conflict, …")
+    message: str
+    details: Any = Field(None, description="the facts behind the error, when there are any")
+
+
+class ErrorResponse(ApiModel):
+    """Every error the API answers has this shape."""
+
+    error: ErrorBody
+
+
+# --- tenants and keys --------------------------------------------------------------------
+
+
+class TenantView(ApiModel):
+    id: str
+    salesforce_org_id: str
+    connector_user_id: str = Field(description="the SF user that owns records by default")
+    sync_mode: SyncMode
+    auto_create_prospects: bool
+    connector_verified: bool
+    previous_secret_expires_at: datetime | None = Field(
+        None, description="until then the previous webhook secret is still accepted"
+    )
+    created_at: datetime
+
+
+class TenantCreate(ApiInput):
+    id: TenantKey
+    salesforce_org_id: SfOrgId
+    connector_user_id: SfUserId
+    connector_user_name: Name = "Connector user"
+    sync_mode: SyncMode = "leads"
+    auto_create_prospects: bool = True
+    connector_verified: bool = False
+    webhook_secret: Secret | None = Field(None, description="generated when omitted")
+
+
+class TenantCreated(ApiModel):
+    tenant: TenantView
+    webhook_secret: str = Field(description="shown this once: AE signs its webhooks with it")
+
+
+class TenantPatch(ApiInput):
+    """Connector settings; an omitted or null field is left as it is."""
+
+    salesforce_org_id: SfOrgId | None = None
+    connector_user_id: SfUserId | None = Field(None, description="must be an active SF user")
+    sync_mode: SyncMode | None = None
+    auto_create_prospects: bool | None = None
+    connector_verified: bool | None = None
+
+
+class SecretRotation(ApiInput):
+    grace_seconds: int = Field(
+        86_400, ge=0, le=7 * 86_400, description="how long the old secret stays valid"
+    )
+    webhook_secret: Secret | None = Field(None, description="generated when omitted")
+
+
+class SecretRotated(ApiModel):
+    webhook_secret: str = Field(description="the new secret, shown this once")
+    previous_secret_expires_at: datetime | None
+
+
+class ApiKeyCreate(ApiInput):
+    name: Name
+    scopes: list[Scope] = Field(
+        min_length=1, max_length=3, description="`write` includes `read`; `admin` includes both"
+    )
+
+
+class ApiKeyView(ApiModel):
+    id: str
+    name: str
+    scopes: list[Scope]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiModel):
+    api_key: ApiKeyView
+    key: str = Field(description="the secret key, shown this once: send it as `Bearer <key>`")
+
+
+# --- users and mappings ------------------------------------------------------------------
+
+
+class SfUserView(ApiModel):
+    id: str
+    name: str | None
+    email: str | None
+    active: bool
+    connected_ae_user_id: int | None
+    created_at: datetime
+
+
+class SfUserCreate(ApiInput):
+    id: SfUserId
+    name: Name | None = None
+    email: Email | None = None
+    active: bool = True
+
+
+class SfUserPatch(ApiInput):
+    """`name` and `email` may be set to null; an omitted field is left as it is. Deactivating
+    a user removes its connected-user mapping."""
+
+    name: Name | None = None
+    email: Email | None = None
+    active: bool | None = None
+
+
+class AeUserView(ApiModel):
+    id: int
+    name: str | None
+    email: str | None
+    salesforce_user_id: str | None
+    active: bool
+    connected_sf_user_id: str | None
+    created_at: datetime
+
+
+class AeUserCreate(ApiInput):
+    id: BigId
+    name: Name | None = None
+    email: Email | None = None
+    salesforce_user_id: SfUserId | None = Field(None, description="the CRM user AE knows, if any")
+    active: bool = True
+
+
+class AeUserPatch(ApiInput):
+    """`name`, `email` and `salesforceUserId` may be set to null; an omitted field is left as
+    it is. Deactivating a user removes its connected-user mapping."""
+
+    name: Name | None = None
+    email: Email | None = None
+    salesforce_user_id: SfUserId | None = None
+    active: bool | None = None
+
+
+class SfUsersLoad(ApiInput):
+    users: list[SfUserCreate] = Field(min_length=1, max_length=5000)
+
+
+class AeUsersLoad(ApiInput):
+    users: list[AeUserCreate] = Field(min_length=1, max_length=5000)
+
+
+class UsersLoaded(ApiModel):
+    created: int
+    updated: int
+    deactivated_mappings_removed: int = 0
+
+
+class MappingView(ApiModel):
+    ae_user_id: int
+    sf_user_id: str
+    created_at: datetime
+
+
+class MappingCreate(ApiInput):
+    ae_user_id: BigId
+    sf_user_id: SfUserId
+
+
+class UserSyncRequest(ApiInput):
+    dry_run: bool = Field(False, description="report what would be mapped, change nothing")
+
+
+UserSyncOutcome = Literal["matched", "already_mapped", "unmatched", "conflicting"]
+
+
+class UserSyncEntry(ApiModel):
+    ae_user_id: int
+    ae_email: str | None
+    sf_user_id: str | None = Field(description="the SF user matched, held or contended")
+    outcome: UserSyncOutcome
+    reason_code: str
+    reason: str
+
+
+class UserSyncReport(ApiModel):
+    dry_run: bool
+    counts: dict[UserSyncOutcome, int]
+    users: list[UserSyncEntry] = Field(description="every AE user of the tenant, by id")
+
+
+# --- queues and groups -------------------------------------------------------------------
+
+
+class QueueView(ApiModel):
+    id: str
+    name: str
+
+
+class QueueCreate(ApiInput):
+    id: SfQueueId
+    name: Name
+
+
+class QueuePatch(ApiInput):
+    name: Name
+
+
+class GroupMemberView(ApiModel):
+    ae_user_id: int
+    weight: int
+    daily_cap: int | None
+    paused: bool
+    last_assigned_at: datetime | None
+    assigned_today: int
+    assigned_total: int
+
+
+class GroupView(ApiModel):
+    id: int
+    name: str
+    members: list[GroupMemberView]
+
+
+class GroupCreate(ApiInput):
+    id: BigId
+    name: Name
+    members: list[BigId] = Field([], max_length=1000, description="AE user ids, weight 1")
+
+
+class GroupPatch(ApiInput):
+    name: Name
+
+
+class GroupMemberPut(ApiInput):
+    weight: int = Field(1, ge=1, le=1000, description="share of the round robin")
+    daily_cap: int | None = Field(None, ge=1, le=1_000_000, description="null: no cap")
+
+
+# --- records, audit, assignment requests, reconcile --------------------------------------
+
+
+class RecordView(ApiModel):
+    id: int
+    prospect_id: int | None
+    sf_record_id: str | None
+    sf_object: str | None
+    email: str | None
+    ae_assigned_user_id: int | None
+    ae_assigned_queue_id: str | None
+    sf_owner_id: str | None
+    last_modstamp: datetime | None
+    owners_agree: bool | None = Field(
+        description="AE's owner is the one the connected users give for the SF owner; null "
+        "when the record is not in SF or its SF owner is not connected"
+    )
+    created_at: datetime
+    updated_at: datetime
+
+
+class AuditEntry(ApiModel):
+    id: int
+    rule: str = Field(description="the decision-table row that applied (A1…A8, S1…S9)")
+    reason: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    event_id: str | None
+    event_type: str | None
+    source_id: str | None = Field(description="the SF notification id, webhook id or request")
+    created_at: datetime
+
+
+class AssignmentRequest(ApiInput):
+    """The same assignment actions as the AE webhooks, for internal callers."""
+
+    request_id: Annotated[
+        str, StringConstraints(min_length=1, max_length=200, pattern=r"^[!-~]+$")
+    ] = Field(description="idempotency key: the same id is the same request")
+    prospect: AeProspect
+    action: AssignmentAction
+
+
+class DecisionPreview(ApiModel):
+    """What the assigner would decide if it applied the request now (it decides for real when
+    the event arrives; a concurrent change may make it decide otherwise)."""
+
+    rule: str
+    reason: str
+    refused: bool
+    after: dict[str, Any] | None = Field(description="the owners the record would have")
+
+
+class AssignmentAccepted(ApiModel):
+    event_id: str = Field(description="the same request id always gives the same event id")
+    status: Literal["accepted"] = "accepted"
+    preview: DecisionPreview
+
+
+class ReconcileRequest(ApiInput):
+    dry_run: bool = Field(False, description="report what would change, change nothing")
+
+
+ReconcileOutcome = Literal[
+    "agree", "fixed", "would_fix", "sf_owner_not_connected", "not_in_salesforce"
+]
+
+
+class ReconcileChange(ApiModel):
+    record_id: int
+    prospect_id: int | None
+    sf_record_id: str | None
+    rule: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+
+class ReconcileReport(ApiModel):
+    run_id: str = Field(description="the event id the audit and outbox rows carry")
+    dry_run: bool
+    examined: int
+    outcomes: dict[ReconcileOutcome, int]
+    fixed_by_rule: dict[str, int]
+    changes: list[ReconcileChange] = Field(description="the first 100 changes")
+    changes_truncated: bool
+
+
+# --- dead letters ------------------------------------------------------------------------
+
+
+class DeadLetterView(ApiModel):
+    id: str = Field(description="the event id (the message id)")
+    queue: str = Field(description="the work queue it was dead-lettered from")
+    reason: str
+    event_type: str | None
+    tenant: str | None
+    source_id: str | None
+    body: Any = Field(description="the message as JSON, or as text when it is not JSON")
+
+
+class DeadLettersReplayed(ApiModel):
+    replayed: list[str]
+    not_replayable: list[str] = Field(description="ids kept: no event type to route them by")
+
+
+class DeadLetterDiscarded(ApiModel):
+    discarded: str
