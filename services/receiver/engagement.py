@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, Response
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
+from services.common.admin.tenants import valid_webhook_secrets
 from services.common.broker.base import BrokerUnavailable
 from services.common.db.tables import inbox, tenants
 from services.common.messages import AeProspectEvent, AeWebhook, event_id_for
@@ -37,14 +38,7 @@ async def webhook_secrets(runtime: RuntimeDep, tenant: str, now: datetime) -> li
     """The secrets a webhook of `tenant` may be signed with (None: no such tenant)."""
     async with runtime.engine.connect() as conn:
         row = (await conn.execute(select(tenants).where(tenants.c.id == tenant))).first()
-    if row is None:
-        return None
-    secrets = [row.webhook_secret]
-    previous = getattr(row, "previous_webhook_secret", None)
-    expires = getattr(row, "previous_secret_expires_at", None)
-    if previous and expires and expires > now:
-        secrets.append(previous)
-    return secrets
+    return None if row is None else valid_webhook_secrets(row, now)
 
 
 @router.post(

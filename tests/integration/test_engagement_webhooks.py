@@ -79,3 +79,35 @@ async def test_refused_webhooks_publish_nothing(stack: Running) -> None:
     await _post_raw(stack, body, signed_headers(body, at=time.time() - 3600))
     assert await stack.runtime.broker.queue_depths() == before
     assert (await table_counts(stack))["inbox"] == 0
+
+
+async def test_the_previous_secret_signs_valid_webhooks_only_during_its_grace_period(
+    stack: Running,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from services.common.db.tables import tenants
+    from tests.integration.webhooks import SECRET
+
+    new_secret = "whsec_" + "bmV3LXNlY3JldC1mb3ItYWNtZS0xMjM0"
+    body = engagement_body(CREATED)
+
+    async def rotate(expires: datetime) -> None:
+        async with stack.runtime.engine.begin() as conn:
+            await conn.execute(
+                update(tenants).values(
+                    webhook_secret=new_secret,
+                    previous_webhook_secret=SECRET,
+                    previous_secret_expires_at=expires,
+                )
+            )
+
+    await rotate(datetime.now(UTC) + timedelta(hours=1))
+    assert (await _post_raw(stack, body, signed_headers(body))).status_code == 202
+    assert (
+        await _post_raw(stack, body, signed_headers(body, secret=new_secret))
+    ).status_code == 202
+    await rotate(datetime.now(UTC) - timedelta(seconds=1))
+    assert (await _post_raw(stack, body, signed_headers(body))).status_code == 401
