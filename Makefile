@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_ARGS ?=
 
 .PHONY: install demo run test test-unit lint bench clean
 
@@ -28,9 +29,13 @@ test: $(STAMP)  ## the whole suite against the real Postgres and RabbitMQ
 test-unit: $(STAMP)  ## the fast tier: pure tests, no services
 	$(BIN)/python -m pytest tests/unit
 
+bench: $(STAMP)  ## the benchmark against the real Postgres and RabbitMQ (prints figures, not a test)
+	./scripts/ensure-services.sh
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check services tests
-	$(BIN)/ruff format --check services tests
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
 
 clean:
 	rm -rf $(VENV) ownersync.db* .pytest_cache

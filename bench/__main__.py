@@ -1,0 +1,128 @@
+"""`python -m bench` (`make bench`): ownersync end to end against the real Postgres and RabbitMQ.
+
+Starts sim, receiver, syncer and relay as separate processes on a database of its own and a
+queue prefix of its own, posts SF outbound messages of 100 notifications over HTTP and prints
+each figure beside its target and beside a raw aio-pika + asyncpg baseline measured in the same
+run. Not a test: it exits 0 when targets are missed; 1 only when it could not measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from rich.console import Console
+
+from bench.run import Options, main_loop
+
+DEFAULT_DB = "postgresql+asyncpg://postgres@127.0.0.1:5432/ownersync_bench"
+DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+QUICK = {
+    "notifications": 3000,
+    "latency_seconds": 3.0,
+    "reassign_records": 20,
+    "reassign_times": 3,
+}
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="ownersync benchmark: throughput, latency, memory and AE calls, beside a "
+        "raw aio-pika + asyncpg baseline, against the real Postgres and RabbitMQ.",
+    )
+    p.add_argument("--notifications", type=int, help="throughput phase size [100000]")
+    p.add_argument(
+        "--latency-seconds", type=float, help="length of the fixed-rate phase, seconds [20]"
+    )
+    p.add_argument("--rate", type=float, default=1000.0, help="offered notifications/s [1000]")
+    p.add_argument("--reassign-records", type=int, help="records of the AE-calls phase [200]")
+    p.add_argument("--reassign-times", type=int, help="reassignments of each record [5]")
+    p.add_argument("--baseline-notifications", type=int, help="baseline size [= --notifications]")
+    p.add_argument("--concurrency", type=int, default=8, help="concurrent HTTP clients [8]")
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("OWNERSYNC_BENCH_DATABASE_URL", DEFAULT_DB),
+        help="the benchmark's own database: created if missing, its schema dropped "
+        f"[OWNERSYNC_BENCH_DATABASE_URL or {DEFAULT_DB}]",
+    )
+    p.add_argument(
+        "--amqp-url",
+        default=os.environ.get("OWNERSYNC_BENCH_AMQP_URL", DEFAULT_AMQP),
+        help=f"RabbitMQ [OWNERSYNC_BENCH_AMQP_URL or {DEFAULT_AMQP}]",
+    )
+    p.add_argument(
+        "--settle-timeout", type=float, default=300.0, help="longest wait for a phase, s [300]"
+    )
+    p.add_argument(
+        "--analyze-every",
+        type=float,
+        help="ANALYZE inbox, records, outbox, audit_log every SECONDS during the run, as "
+        "autovacuum would [10 when the server's autovacuum is off, else 0 = never]",
+    )
+    p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke-sized run: 3,000 notifications, 3 s at the rate, 20 records x 3",
+    )
+    args = p.parse_args(argv)
+    defaults = (
+        QUICK
+        if args.quick
+        else {
+            "notifications": 100_000,
+            "latency_seconds": 20.0,
+            "reassign_records": 200,
+            "reassign_times": 5,
+        }
+    )
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.baseline_notifications is None:
+        args.baseline_notifications = args.notifications
+    if args.reassign_times < 1 or args.reassign_records < 1 or args.notifications < 100:
+        p.error("--notifications >= 100, --reassign-records and --reassign-times >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    options = Options(
+        notifications=args.notifications,
+        latency_seconds=args.latency_seconds,
+        rate=args.rate,
+        reassign_records=args.reassign_records,
+        reassign_times=args.reassign_times,
+        database_url=args.database_url,
+        amqp_url=args.amqp_url,
+        concurrency=args.concurrency,
+        baseline_notifications=args.baseline_notifications,
+        settle_timeout=args.settle_timeout,
+        analyze_every=args.analyze_every,
+    )
+    console = Console(emoji=False, highlight=False)
+    if not console.is_terminal:
+        console = Console(emoji=False, highlight=False, width=150)
+    try:
+        results = main_loop(options)
+    except KeyboardInterrupt:
+        print("[bench] interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # could not measure: say why, exit 1
+        print(f"[bench] failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    from bench.report import render
+
+    render(results, console)
+    if args.json:
+        print(json.dumps(results, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
