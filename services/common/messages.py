@@ -26,6 +26,10 @@ AE_ASSIGNMENT_REQUESTED = "ae.prospect.assignment_requested"
 AE_PROSPECT_REASSIGNED = "ae.prospect.reassigned"
 
 
+# AE ids are positive 64-bit integers (they are stored as BIGINT).
+AeId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
 def event_id_for(tenant: str, source: str, source_id: str) -> uuid.UUID:
     return uuid.uuid5(EVENT_NAMESPACE, f"{tenant}/{source}/{source_id}")
 
@@ -62,9 +66,9 @@ class SfRecordEvent(_Frozen):
 
 
 class AeProspect(_Frozen):
-    id: int
-    email: str | None = None
-    assigned_user_id: int | None = Field(None, alias="assignedUserId")
+    id: AeId
+    email: str | None = Field(None, max_length=320)
+    assigned_user_id: AeId | None = Field(None, alias="assignedUserId")
     assigned_queue_id: SfId | None = Field(None, alias="assignedQueueId")
     salesforce_id: SfId | None = Field(None, alias="salesforceId")
 
@@ -73,13 +77,13 @@ class AeProspect(_Frozen):
 
 class AssignToUser(_Frozen):
     kind: Literal["assign_to_user"]
-    user_id: int = Field(alias="userId")
+    user_id: AeId = Field(alias="userId")
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class AssignToGroup(_Frozen):
     kind: Literal["assign_to_group"]
-    group_id: int = Field(alias="groupId")
+    group_id: AeId = Field(alias="groupId")
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 

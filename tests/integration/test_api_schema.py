@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -69,7 +70,7 @@ async def test_the_document_tested_is_the_one_served(api: Api) -> None:
 
 @schema.parametrize()
 @settings(
-    max_examples=30,
+    max_examples=int(os.environ.get("OWNERSYNC_SCHEMA_EXAMPLES", "30")),
     deadline=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,

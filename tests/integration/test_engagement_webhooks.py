@@ -111,3 +111,13 @@ async def test_the_previous_secret_signs_valid_webhooks_only_during_its_grace_pe
     ).status_code == 202
     await rotate(datetime.now(UTC) - timedelta(seconds=1))
     assert (await _post_raw(stack, body, signed_headers(body))).status_code == 401
+
+
+async def test_ids_beyond_64_bits_are_refused_with_422_not_a_server_error(stack: Running) -> None:
+    body = json.loads(engagement_body(CREATED))
+    body["prospect"]["id"] = -66536608749209657773070420541440
+    body["prospect"]["assignedUserId"] = 2**63
+    response = await post_webhook(stack.receiver_url or "", body)
+    assert response.status_code == 422
+    fields = {d["field"] for d in response.json()["error"]["details"]}
+    assert fields == {"prospect.id", "prospect.assignedUserId"}
