@@ -87,8 +87,7 @@ async def process_batch(
             except Exception as single_exc:
                 await _settle_failure(delivery, single_exc)
         return
-    for delivery in events:
-        await delivery.ack()
+    await Delivery.ack_all(events)
 
 
 async def _apply(engine: AsyncEngine, events: Sequence[Delivery], handle: BatchHandler) -> None:

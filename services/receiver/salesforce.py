@@ -7,6 +7,7 @@ answer <Ack>true</Ack> only when every notification is durably on the broker.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -80,11 +81,21 @@ async def _receive(tenant: str, body: bytes, event_type: str, runtime: RuntimeDe
     return Response(ack_body(), media_type=SOAP_MEDIA)
 
 
+ORG_CACHE_SECONDS = 10.0
+
+
 async def _tenant_org(runtime: RuntimeDep, tenant: str) -> str:
+    """The tenant's org id, cached briefly: SF posts many messages a second per tenant."""
+    cache: dict[str, tuple[str, float]] = runtime.extras.setdefault("tenant_orgs", {})
+    now = time.monotonic()
+    hit = cache.get(tenant)
+    if hit is not None and hit[1] > now:
+        return hit[0]
     async with runtime.engine.connect() as conn:
         org = (
             await conn.execute(select(tenants.c.salesforce_org_id).where(tenants.c.id == tenant))
         ).scalar_one_or_none()
     if org is None:
         raise SoapFault(404, f"unknown tenant {tenant!r}")
+    cache[tenant] = (str(org), now + ORG_CACHE_SECONDS)
     return str(org)

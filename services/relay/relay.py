@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import metrics
@@ -174,6 +174,9 @@ class Relay:
     async def _settle(
         self, groups: list[_Group], results: list[dict[str, Any] | BaseException], now: datetime
     ) -> None:
+        superseded: list[int] = []
+        done: list[dict[str, Any]] = []
+        learned: list[dict[str, Any]] = []
         async with self.engine.begin() as conn:
             for group, result in zip(groups, results, strict=True):
                 *older, newest = group.row_ids
@@ -184,23 +187,10 @@ class Relay:
                         .values(**self._failure(group, result, now))
                     )
                     continue
-                if older:
-                    await conn.execute(
-                        update(outbox)
-                        .where(outbox.c.id.in_(older))
-                        .values(status="superseded", done_at=now)
-                    )
-                await conn.execute(
-                    update(outbox)
-                    .where(outbox.c.id == newest)
-                    .values(status="done", done_at=now, attempts=group.attempts + 1)
-                )
+                superseded += older
+                done.append({"oid": newest, "tries": group.attempts + 1})
                 if result:
-                    await conn.execute(
-                        update(records)
-                        .where(records.c.id == group.record.id)
-                        .values(updated_at=now, **result)
-                    )
+                    learned.append({"rid": group.record.id, "updated_at": now, **result})
                 self.sent += 1
                 log.info(
                     "effect sent",
@@ -210,6 +200,27 @@ class Relay:
                         "target": group.target,
                         "coalesced": len(group.row_ids),
                     },
+                )
+            # A few statements for the whole pass, not a few per record.
+            if superseded:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_(superseded))
+                    .values(status="superseded", done_at=now)
+                )
+            if done:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == bindparam("oid"))
+                    .values(status="done", done_at=now, attempts=bindparam("tries")),
+                    done,
+                )
+            for columns, rows in _by_columns(learned).items():
+                await conn.execute(
+                    update(records)
+                    .where(records.c.id == bindparam("rid"))
+                    .values({c: bindparam(c) for c in columns}),
+                    rows,
                 )
 
     def _failure(self, group: _Group, exc: BaseException, now: datetime) -> dict[str, Any]:
@@ -237,6 +248,14 @@ class Relay:
             "last_error": error,
             "next_attempt_at": now + timedelta(seconds=delay),
         }
+
+
+def _by_columns(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    """Group executemany parameter sets by the columns they set (one statement per shape)."""
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        shapes.setdefault(tuple(sorted(k for k in row if k != "rid")), []).append(row)
+    return shapes
 
 
 def _record(m: Mapping[Any, Any]) -> RecordState:

@@ -49,6 +49,10 @@ class Delivery:
     event: AnyEvent | None = None
     decode_error: str | None = None
     settled: bool = field(default=False)
+    # RabbitMQ: ack this delivery and every earlier one of its channel in one frame
+    # (`basic.ack multiple`), with the delivery tag that orders them.
+    ack_through: Callable[[], Awaitable[None]] | None = None
+    tag: int = 0
 
     @classmethod
     def decode(
@@ -71,6 +75,19 @@ class Delivery:
 
     async def dead_letter(self, reason: str) -> None:
         await self._settle(Outcome.DEAD_LETTER, reason)
+
+    @staticmethod
+    async def ack_all(deliveries: Sequence[Delivery]) -> None:
+        """Ack a whole batch, in one frame when the broker allows it."""
+        if deliveries and all(d.ack_through is not None for d in deliveries):
+            last = max(deliveries, key=lambda d: d.tag)
+            assert last.ack_through is not None
+            await last.ack_through()
+            for delivery in deliveries:
+                delivery.settled = True
+            return
+        for delivery in deliveries:
+            await delivery.ack()
 
     async def _settle(self, outcome: Outcome, reason: str | None) -> None:
         if not self.settled:

@@ -174,7 +174,11 @@ class RabbitBroker:
                     reason = f"{limit}: {reason}" if reason else limit
                 await self._park(dlx, role, message, reason)
 
-        return Delivery.decode(message.body, count, settle)
+        delivery = Delivery.decode(message.body, count, settle)
+        # Safe because a consumer settles each batch before it takes the next one.
+        delivery.ack_through = lambda: message.ack(multiple=True)
+        delivery.tag = int(message.delivery_tag or 0)
+        return delivery
 
     async def _park(
         self,

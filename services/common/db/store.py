@@ -140,9 +140,12 @@ class BatchWriter:
     _audit: list[dict[str, Any]] = field(default_factory=list)
     _outbox: list[dict[str, Any]] = field(default_factory=list)
     _updates: dict[int, RecordState] = field(default_factory=dict)
+    _new: dict[int, tuple[str, RecordState]] = field(default_factory=dict)
 
     async def apply(self, tenant_id: str, event: Event, decision: Decision) -> RecordState | None:
-        """Record the decision; returns the stored record state (with its id) or None."""
+        """Stage the decision; returns the record state to keep using in this batch, or None.
+
+        A record created in this batch carries a temporary negative id until `flush`."""
         self._inbox.append(
             {
                 "event_id": str(event.event_id),
@@ -188,39 +191,56 @@ class BatchWriter:
         return after
 
     async def _store_record(self, tenant_id: str, state: RecordState | None) -> RecordState | None:
+        """Stage the record; a new one gets a temporary negative id until `flush` inserts it."""
         if state is None:
             return None
-        values = {name: getattr(state, name) for name in _RECORD_FIELDS if name != "id"}
-        if values["email"]:
-            values["email"] = values["email"].lower()
+        if state.email and state.email != state.email.lower():
+            state = state.evolve(email=state.email.lower())
         if state.id is None:
-            new_id = (
-                await self.conn.execute(
-                    insert(records)
-                    .values(tenant_id=tenant_id, created_at=self.now, updated_at=self.now, **values)
-                    .returning(records.c.id)
-                )
-            ).scalar_one()
-            return state.evolve(id=new_id, email=values["email"])
-        self._updates[state.id] = state
+            state = state.evolve(id=-(len(self._new) + 1))
+        if state.id < 0:
+            self._new[state.id] = (tenant_id, state)
+        else:
+            self._updates[state.id] = state
         return state
 
     async def flush(self) -> None:
+        """Write the batch: new records in one INSERT … RETURNING, then everything else."""
+        real_id: dict[int, int] = {}
+        if self._new:
+            staged = list(self._new.items())
+            inserted = await self.conn.execute(
+                insert(records).returning(records.c.id, sort_by_parameter_order=True),
+                [
+                    {
+                        "tenant_id": tenant_id,
+                        "created_at": self.now,
+                        "updated_at": self.now,
+                        **_record_values(state),
+                    }
+                    for _, (tenant_id, state) in staged
+                ],
+            )
+            real_id = {tmp: new for (tmp, _), new in zip(staged, inserted.scalars(), strict=True)}
         if self._updates:
             await self.conn.execute(
                 update(records).where(records.c.id == bindparam("rid")),
                 [
-                    {
-                        "rid": s.id,
-                        **{n: getattr(s, n) for n in _RECORD_FIELDS if n != "id"},
-                        "updated_at": self.now,
-                    }
+                    {"rid": s.id, "updated_at": self.now, **_record_values(s)}
                     for s in self._updates.values()
                 ],
             )
+        for rows in (self._audit, self._outbox):
+            for row in rows:
+                if row["record_id"] is not None and row["record_id"] < 0:
+                    row["record_id"] = real_id[row["record_id"]]
         for table, rows in ((inbox, self._inbox), (audit_log, self._audit), (outbox, self._outbox)):
             if rows:
                 await self.conn.execute(insert(table), rows)
+
+
+def _record_values(state: RecordState) -> dict[str, Any]:
+    return {name: getattr(state, name) for name in _RECORD_FIELDS if name != "id"}
 
 
 def _jsonable(state: RecordState | None) -> dict[str, Any] | None:
