@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -152,3 +153,34 @@ def dump_event(event: SfRecordEvent | AeProspectEvent) -> bytes:
 
 def load_event(body: bytes) -> SfRecordEvent | AeProspectEvent:
     return _EVENT.validate_python(upcast(json.loads(body)))
+
+
+# One broker message carries the events of one inbound call (the up to 100 notifications of
+# an SF outbound message): a JSON array, or a single event object when there is one.
+def dump_events(events: Sequence[SfRecordEvent | AeProspectEvent]) -> bytes:
+    if len(events) == 1:
+        return dump_event(events[0])
+    return b"[" + b",".join(dump_event(e) for e in events) + b"]"
+
+
+def load_events(body: bytes) -> list[SfRecordEvent | AeProspectEvent]:
+    data = json.loads(body)
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise ValueError("a message with no events")
+    return [_EVENT.validate_python(upcast(item)) for item in items]
+
+
+def split_message(body: bytes) -> list[tuple[str | None, bytes]]:
+    """The single-event bodies of a message (with their event ids), for dead-lettering one
+    event at a time; an undecodable body stays whole."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return [(None, body)]
+    if not isinstance(data, list):
+        return [(data.get("event_id") if isinstance(data, dict) else None, body)]
+    return [
+        (item.get("event_id") if isinstance(item, dict) else None, json.dumps(item).encode())
+        for item in data
+    ]

@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     exchange: str = "ownersync.events"
     queue_prefix: str = Field("ownersync", description="prefix of every queue ownersync declares")
     delivery_limit: int = Field(5, ge=1, description="x-delivery-limit of the quorum queues")
-    prefetch: int = Field(300, ge=1)
+    prefetch: int = Field(
+        100, ge=1, description="unacked messages per consumer (a message holds up to 100 events)"
+    )
     batch_size: int = Field(200, ge=1, description="most events applied in one transaction")
     batch_wait_ms: int = Field(20, ge=0, description="how long a worker waits to fill a batch")
 

@@ -64,40 +64,74 @@ async def by_tenant(
 
 
 async def process_batch(
-    engine: AsyncEngine, deliveries: Sequence[Delivery], handle: BatchHandler
+    engine: AsyncEngine,
+    deliveries: Sequence[Delivery],
+    handle: BatchHandler,
+    broker: Broker | None = None,
 ) -> None:
-    events: list[Delivery] = []
+    good: list[Delivery] = []
     for delivery in deliveries:
-        if delivery.event is None:
-            await delivery.dead_letter(delivery.decode_error or "undecodable")
+        if delivery.decode_error is not None:
+            await delivery.dead_letter(delivery.decode_error)
         else:
-            events.append(delivery)
-    if not events:
+            good.append(delivery)
+    if not good:
         return
     try:
-        await _apply(engine, events, handle)
+        await _apply(engine, [e for d in good for e in d.events], handle)
     except Exception as exc:
-        if len(events) == 1:
-            await _settle_failure(events[0], exc)
+        if len(good) == 1 and len(good[0].events) == 1:
+            await _settle_failure(good[0], exc)
             return
-        log.warning("batch of %d failed (%r); applying its events one by one", len(events), exc)
-        for delivery in events:
-            try:
-                await _apply(engine, [delivery], handle)
-            except Exception as single_exc:
-                await _settle_failure(delivery, single_exc)
+        log.warning("batch of %d messages failed (%r); applying them one by one", len(good), exc)
+        for delivery in good:
+            await _process_alone(engine, delivery, handle, broker)
         return
-    await Delivery.ack_all(events)
+    await Delivery.ack_all(good)
 
 
-async def _apply(engine: AsyncEngine, events: Sequence[Delivery], handle: BatchHandler) -> None:
-    applied = [d.event for d in events if d.event is not None]
+async def _process_alone(
+    engine: AsyncEngine, delivery: Delivery, handle: BatchHandler, broker: Broker | None
+) -> None:
+    """One message alone; if it carries several events and only some fail, those are sent
+    on as messages of their own (with their own delivery count) and the rest is acked."""
+    try:
+        await _apply(engine, delivery.events, handle)
+    except Exception as exc:
+        if len(delivery.events) == 1 or broker is None:
+            await _settle_failure(delivery, exc)
+            return
+        first_failure = exc
+    else:
+        await delivery.ack()
+        return
+    failed = []
+    for event in delivery.events:
+        try:
+            await _apply(engine, [event], handle)
+        except Exception as exc:
+            failed.append(event)
+            first_failure = exc
+    if len(failed) == len(delivery.events):
+        await _settle_failure(delivery, first_failure)
+        return
+    try:
+        for event in failed:
+            await broker.publish([event])
+    except Exception as exc:
+        await _settle_failure(delivery, exc)  # applied events are in the inbox: no doubles
+        return
+    log.warning("%d of %d events failed; sent on alone", len(failed), len(delivery.events))
+    await delivery.ack()
+
+
+async def _apply(engine: AsyncEngine, events: Sequence[AnyEvent], handle: BatchHandler) -> None:
     async with engine.begin() as conn:
-        decided = await handle(conn, applied, datetime.now(UTC))
+        decided = await handle(conn, events, datetime.now(UTC))
     committed = datetime.now(UTC)
     for event_type, rule, refused in decided:
         metrics.record_decision(event_type, rule, refused)
-    for event in applied:
+    for event in events:
         latency = (committed - event.received_at).total_seconds()
         metrics.RECEIPT_TO_DECISION.labels(event.type).observe(max(latency, 0.0))
 
@@ -106,11 +140,12 @@ async def _settle_failure(delivery: Delivery, exc: Exception) -> None:
     if isinstance(exc, PermanentError):
         await delivery.dead_letter(str(exc))
         return
-    event = delivery.event
+    first = delivery.events[0] if delivery.events else None
     log.error(
-        "event %s (%s) failed on delivery %d: %r",
-        event.event_id if event else "?",
-        event.type if event else "?",
+        "%d event(s) from %s (%s) failed on delivery %d: %r",
+        len(delivery.events),
+        first.event_id if first else "?",
+        first.type if first else "?",
         delivery.delivery_count + 1,
         exc,
     )
@@ -145,11 +180,12 @@ async def run_worker(
                 break
             # Shielded: a stop during the batch lets it finish, commit and ack.
             batch = next_batch.result()
-            await asyncio.shield(process_batch(engine, batch, handle))
-            metrics.BATCH_SIZE.labels(role.value).observe(len(batch))
+            await asyncio.shield(process_batch(engine, batch, handle, broker))
+            events = sum(d.size for d in batch)
+            metrics.BATCH_SIZE.labels(role.value).observe(events)
             if stats is not None:
                 stats.batches += 1
-                stats.settled += len(batch)
+                stats.settled += events
     finally:
         stop_wait.cancel()
         await consumer.aclose()

@@ -145,3 +145,52 @@ async def test_event_of_an_unknown_tenant_is_dead_lettered_at_once(
         await worker
         await runtime.close()
     assert parked.headers[REASON_HEADER] == "unknown tenant 'ghost'"
+
+
+async def test_one_poison_event_in_a_message_of_many_is_parked_alone_and_the_rest_applied(
+    base_settings: Settings, clean: None
+) -> None:
+    from sqlalchemy import func, select
+
+    from services.common.db.tables import inbox
+    from services.common.sfid import to18
+    from services.syncer.worker import apply_sf_events
+
+    runtime = build_runtime(base_settings)
+    events = []
+    for i in range(5):
+        event = _event()
+        payload = event.payload.model_copy(update={"record_id": to18(f"00Q5g0000POIS{i:02d}")})
+        events.append(event.model_copy(update={"payload": payload, "source_id": f"n{i}"}))
+    poison = events[2]
+
+    async def apply_unless_poison(conn: object, batch: object, now: object) -> object:
+        if any(e.event_id == poison.event_id for e in batch):  # type: ignore[attr-defined]
+            raise RuntimeError("this one never applies")
+        return await apply_sf_events(conn, batch, now)  # type: ignore[arg-type]
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(
+        run_worker(
+            runtime.broker,
+            QueueRole.SYNCER,
+            runtime.engine,
+            apply_unless_poison,
+            batch_size=100,
+            batch_wait=0.005,
+            stop=stop,
+        )
+    )
+    try:
+        await runtime.broker.publish(events)  # one message of five events
+        [parked] = await _dead_letters(base_settings, 1)
+    finally:
+        stop.set()
+        await worker
+    async with runtime.engine.connect() as conn:
+        applied = {r.source_id for r in await conn.execute(select(inbox.c.source_id))}
+        assert (await conn.execute(select(func.count()).select_from(inbox))).scalar_one() == 4
+    await runtime.close()
+    assert applied == {"n0", "n1", "n3", "n4"}
+    assert json.loads(parked.body)["event_id"] == str(poison.event_id)
+    assert "this one never applies" in parked.headers[REASON_HEADER]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from services.common.messages import AeProspectEvent, SfRecordEvent, load_event
+from services.common.messages import AeProspectEvent, SfRecordEvent, load_events
 
 AnyEvent = SfRecordEvent | AeProspectEvent
 
@@ -25,6 +25,14 @@ class QueueRole(StrEnum):
 BINDINGS: dict[QueueRole, str] = {QueueRole.SYNCER: "sf.#", QueueRole.ASSIGNER: "ae.#"}
 DEAD_LETTERS = "dead-letters"
 REASON_HEADER = "x-ownersync-reason"
+
+
+def group_by_type(events: Sequence[AnyEvent]) -> dict[str, list[AnyEvent]]:
+    """Events per routing key (their type), in order: each group travels as one message."""
+    groups: dict[str, list[AnyEvent]] = {}
+    for event in events:
+        groups.setdefault(event.type, []).append(event)
+    return groups
 
 
 def topic_matches(pattern: str, routing_key: str) -> bool:
@@ -46,7 +54,7 @@ class Delivery:
     body: bytes
     delivery_count: int
     settle: Callable[[Outcome, str | None], Awaitable[None]]
-    event: AnyEvent | None = None
+    events: list[AnyEvent] = field(default_factory=list)
     decode_error: str | None = None
     settled: bool = field(default=False)
     # RabbitMQ: ack this delivery and every earlier one of its channel in one frame
@@ -62,9 +70,14 @@ class Delivery:
         settle: Callable[[Outcome, str | None], Awaitable[None]],
     ) -> Delivery:
         try:
-            return cls(body, delivery_count, settle, event=load_event(body))
+            return cls(body, delivery_count, settle, events=load_events(body))
         except Exception as exc:
             return cls(body, delivery_count, settle, decode_error=f"undecodable event: {exc}")
+
+    @property
+    def size(self) -> int:
+        """How much of a batch this delivery takes: its events (an undecodable one counts 1)."""
+        return max(1, len(self.events))
 
     async def ack(self) -> None:
         await self._settle(Outcome.ACK, None)

@@ -14,9 +14,10 @@ from services.common.broker.base import (
     Delivery,
     Outcome,
     QueueRole,
+    group_by_type,
     topic_matches,
 )
-from services.common.messages import dump_event
+from services.common.messages import dump_events, split_message
 from services.common.metrics import EVENTS_DEAD_LETTERED
 
 
@@ -34,12 +35,12 @@ class MemoryBroker:
 
     async def publish(self, events: Sequence[AnyEvent]) -> None:
         await self.connect()
-        for event in events:
-            body = dump_event(event)
+        for routing_key, same_type in group_by_type(events).items():
+            body = dump_events(same_type)
             for role, pattern in BINDINGS.items():
-                if topic_matches(pattern, event.type):
+                if topic_matches(pattern, routing_key):
                     self._queues[role].put_nowait((body, 0))
-            self.published += 1
+            self.published += len(same_type)
 
     async def consume(
         self, role: QueueRole, *, batch_size: int, batch_wait: float
@@ -47,14 +48,17 @@ class MemoryBroker:
         await self.connect()
         queue = self._queues[role]
         while True:
-            batch = [await queue.get()]
+            batch = [self._delivery(role, *await queue.get())]
+            size = batch[0].size
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(batch_wait):
-                    while len(batch) < batch_size:
-                        batch.append(await queue.get())
-            while len(batch) < batch_size and not queue.empty():
-                batch.append(queue.get_nowait())
-            yield [self._delivery(role, body, count) for body, count in batch]
+                    while size < batch_size:
+                        batch.append(self._delivery(role, *await queue.get()))
+                        size += batch[-1].size
+            while size < batch_size and not queue.empty():
+                batch.append(self._delivery(role, *queue.get_nowait()))
+                size += batch[-1].size
+            yield batch
 
     def _delivery(self, role: QueueRole, body: bytes, count: int) -> Delivery:
         async def settle(outcome: Outcome, reason: str | None) -> None:
@@ -70,8 +74,9 @@ class MemoryBroker:
         return Delivery.decode(body, count, settle)
 
     def _park(self, role: QueueRole, body: bytes, reason: str) -> None:
-        EVENTS_DEAD_LETTERED.labels(role.value).inc()
-        self.dead_letters.append(DeadLetter(str(next(self._ids)), role.value, reason, body))
+        for _, part in split_message(body):
+            EVENTS_DEAD_LETTERED.labels(role.value).inc()
+            self.dead_letters.append(DeadLetter(str(next(self._ids)), role.value, reason, part))
 
     async def ping(self) -> bool:
         return True

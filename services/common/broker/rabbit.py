@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -32,8 +33,9 @@ from services.common.broker.base import (
     Delivery,
     Outcome,
     QueueRole,
+    group_by_type,
 )
-from services.common.messages import dump_event
+from services.common.messages import dump_events, split_message
 from services.common.metrics import EVENTS_DEAD_LETTERED
 
 log = logging.getLogger(__name__)
@@ -119,7 +121,7 @@ class RabbitBroker:
         await self.connect()
         assert self._exchange is not None
         exchange = self._exchange
-        messages = [(_message(event), event.type) for event in events]
+        messages = [(_message(same), rk) for rk, same in group_by_type(events).items()]
         try:
             async with asyncio.timeout(self.publish_timeout):
                 await asyncio.gather(
@@ -143,14 +145,17 @@ class RabbitBroker:
         tag = await queue.consume(inbox.put, no_ack=False)
         try:
             while True:
-                batch = [await inbox.get()]
+                batch = [self._delivery(role, await inbox.get(), dlx)]
+                size = batch[0].size
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(batch_wait):
-                        while len(batch) < batch_size:
-                            batch.append(await inbox.get())
-                while len(batch) < batch_size and not inbox.empty():
-                    batch.append(inbox.get_nowait())
-                yield [self._delivery(role, message, dlx) for message in batch]
+                        while size < batch_size:
+                            batch.append(self._delivery(role, await inbox.get(), dlx))
+                            size += batch[-1].size
+                while size < batch_size and not inbox.empty():
+                    batch.append(self._delivery(role, inbox.get_nowait(), dlx))
+                    size += batch[-1].size
+                yield batch
         finally:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
@@ -187,26 +192,35 @@ class RabbitBroker:
         message: AbstractIncomingMessage,
         reason: str,
     ) -> None:
-        # Publish to the DLX ourselves (confirmed) so the reason travels with the message,
-        # then ack; if the publish fails, the requeue leaves the message where it was.
+        # Publish to the DLX ourselves (confirmed) so the reason travels with the message, one
+        # event per message so that each can be listed, replayed or discarded on its own; then
+        # ack. If the publish fails, the requeue leaves the message where it was.
         headers = dict(message.headers or {})
         headers.update({REASON_HEADER: reason[:1000], "x-ownersync-queue": role.value})
-        parked = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            message_id=message.message_id,
-            type=message.type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
+        parts = split_message(message.body)
         try:
-            await dlx.publish(parked, routing_key=message.routing_key or "")
+            await asyncio.gather(
+                *(
+                    dlx.publish(
+                        aio_pika.Message(
+                            body,
+                            headers=headers,
+                            content_type=message.content_type,
+                            message_id=event_id or message.message_id,
+                            type=message.type,
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key=message.routing_key or "",
+                    )
+                    for event_id, body in parts
+                )
+            )
         except Exception:
             log.exception("could not dead-letter message %s; requeueing", message.message_id)
             await message.nack(requeue=True)
             return
         await message.ack()
-        EVENTS_DEAD_LETTERED.labels(role.value).inc()
+        EVENTS_DEAD_LETTERED.labels(role.value).inc(len(parts))
         log.warning("dead-lettered %s from %s: %s", message.message_id, role.value, reason)
 
     async def ping(self) -> bool:
@@ -243,15 +257,21 @@ class RabbitBroker:
             self._connection = None
 
 
-def _message(event: AnyEvent) -> aio_pika.Message:
+def _message(events: list[AnyEvent]) -> aio_pika.Message:
+    first = events[0]
     return aio_pika.Message(
-        dump_event(event),
+        dump_events(events),
         content_type="application/json",
-        message_id=str(event.event_id),
-        type=event.type,
-        headers={"tenant": event.tenant, "version": event.version},
+        # A single event keeps its own id; a message of several is named after its events.
+        message_id=str(first.event_id if len(events) == 1 else _message_id(events)),
+        type=first.type,
+        headers={"tenant": first.tenant, "version": first.version, "events": len(events)},
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
     )
+
+
+def _message_id(events: list[AnyEvent]) -> uuid.UUID:
+    return uuid.uuid5(events[0].event_id, ",".join(str(e.event_id) for e in events[1:]))
 
 
 async def purge_queues(broker: RabbitBroker) -> None:
