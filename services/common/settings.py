@@ -32,7 +32,7 @@ class Settings(BaseSettings):
         100, ge=1, description="unacked messages per consumer (a message holds up to 100 events)"
     )
     batch_size: int = Field(200, ge=1, description="most events applied in one transaction")
-    batch_wait_ms: int = Field(20, ge=0, description="how long a worker waits to fill a batch")
+    batch_wait_ms: int = Field(5, ge=0, description="how long a worker waits to fill a batch")
 
     max_body_bytes: int = Field(1_048_576, description="larger request bodies get 413")
     host: str = "127.0.0.1"

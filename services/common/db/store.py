@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -244,7 +243,7 @@ def _record_values(state: RecordState) -> dict[str, Any]:
 
 
 def _jsonable(state: RecordState | None) -> dict[str, Any] | None:
-    return json.loads(json.dumps(state.owners())) if state is not None else None
+    return state.owners() if state is not None else None  # owners() holds JSON types only
 
 
 async def audit_for_record(conn: AsyncConnection, tenant_id: str, record_id: int) -> Sequence[Any]:
