@@ -31,7 +31,7 @@ RECEIPT_TO_DECISION = Histogram(
     "ownersync_receipt_to_decision_seconds",
     "From the receiver's receipt to the committed decision",
     ["type"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 BATCH_SIZE = Histogram(
     "ownersync_consumer_batch_size",
