@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
 import string
 import time
@@ -24,6 +23,7 @@ import httpx
 
 from services.common.messages import event_id_for
 from services.common.sfid import to18
+from services.common.tenant_file import TenantFile
 from services.sim.sf import OutboundNotification, build_outbound_message, format_sf_datetime
 
 NOTIFICATIONS_PER_MESSAGE = 100
@@ -46,22 +46,19 @@ class Fixture:
 
     @classmethod
     def read(cls, path: Path) -> Fixture:
-        data = json.loads(path.read_text())
-        users = {name: to18(sf_id) for name, sf_id in data["salesforce_users"].items()}
-        actions = data.get("outbound_message_actions", {})
+        data = TenantFile.read(path)  # validated, ids in their 18-character form
+        users = data.salesforce_users
+        actions = data.outbound_message_actions
         return cls(
-            tenant=data["tenant"],
-            org_id=to18(data["salesforce_org_id"]),
+            tenant=data.tenant,
+            org_id=data.salesforce_org_id,
             alice=users["alice"],
             bob=users["bob"],
             carol=users["carol_unconnected"],
             dave=users["dave_unconnected"],
-            created_action=to18(actions.get("record-created", "04k5g0000o5gLzdAAE")),
-            reassigned_action=to18(actions.get("record-reassigned", "04k5g0000ECR19BAQT")),
-            ae_user_of={
-                to18(c["salesforce_user"]): int(c["engagement_user"])
-                for c in data["connected_users"]
-            },
+            created_action=actions.get("record-created", to18("04k5g0000o5gLzdAAE")),
+            reassigned_action=actions.get("record-reassigned", to18("04k5g0000ECR19BAQT")),
+            ae_user_of={c.salesforce_user: c.engagement_user for c in data.connected_users},
         )
 
     @property

@@ -103,7 +103,7 @@ async def running(
             )
             log.info("receiver listening on %s", live.receiver_url)
             if live.sf_sim is not None:
-                await _point_outbound_messages(live)
+                _point_outbound_messages(live)
         try:
             yield live
         finally:
@@ -213,7 +213,7 @@ async def seed_sf_sim(runtime: Runtime) -> tuple[str, SfSimState] | None:
     return tenant.id, state
 
 
-async def _point_outbound_messages(live: Running) -> None:
+def _point_outbound_messages(live: Running) -> None:
     assert live.sf_sim is not None and live.receiver_url is not None
     tenant = live.sf_tenant
     live.sf_sim.outbound.configure(

@@ -67,7 +67,6 @@ KEY_PREFIX_QUEUE = "00G"
 KEY_PREFIX_USER = "005"
 KEY_PREFIX_LEAD = "00Q"
 KEY_PREFIX_CONTACT = "003"
-KEY_PREFIX_ORG = "00D"
 
 
 def is_queue(sf_id: str) -> bool:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +32,10 @@ from services.common.db.tables import audit_log, records
 from services.common.messages import event_id_for
 from services.common.settings import Settings
 from services.common.tenant_file import TenantFile, load_tenant
-from services.receiver.signatures import sign
+from services.receiver.signatures import signed_headers
 from services.receiver.soap import parse_outbound_message
 from services.runner import ROLES, Running, running, wait_until_idle
+from services.sim.ae import AeSimState
 from services.sim.server import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -208,7 +207,7 @@ async def _engagement_to_salesforce(story: Story) -> Table:
     for name in AE_STORY:
         body = _engagement_body(name, story)
         prospect = json.loads(body)["prospect"]
-        _seed_ae_prospect(story, prospect)
+        hold_prospect(story.live.ae_sim, prospect)
         since = await story.last_audit_id()
         status = await _post_webhook(story, body)
         await story.settle()
@@ -237,9 +236,8 @@ def _engagement_body(name: str, story: Story) -> bytes:
     return json.dumps(body).encode()
 
 
-def _seed_ae_prospect(story: Story, prospect: dict[str, Any]) -> None:
-    """AE holds the prospects its webhooks talk about."""
-    sim = story.live.ae_sim
+def hold_prospect(sim: AeSimState | None, prospect: dict[str, Any]) -> None:
+    """AE holds the prospects its webhooks talk about, as they were when it sent them."""
     assert sim is not None
     if prospect["id"] not in sim.prospects:
         sim.add_prospect(
@@ -251,17 +249,10 @@ def _seed_ae_prospect(story: Story, prospect: dict[str, Any]) -> None:
 
 
 async def _post_webhook(story: Story, body: bytes) -> int:
-    webhook_id = f"msg_{uuid.uuid4().hex}"
-    timestamp = str(int(time.time()))
     response = await story.http.post(
         f"/engagement/{story.tenant.tenant}/events",
         content=body,
-        headers={
-            "content-type": "application/json",
-            "webhook-id": webhook_id,
-            "webhook-timestamp": timestamp,
-            "webhook-signature": sign(story.tenant.webhook_secret, webhook_id, timestamp, body),
-        },
+        headers=signed_headers(story.tenant.webhook_secret, body),
     )
     if response.status_code == 202:
         story.posted += 1

@@ -6,6 +6,8 @@ import base64
 import binascii
 import hashlib
 import hmac
+import time
+import uuid
 from collections.abc import Iterable
 
 TOLERANCE_SECONDS = 5 * 60
@@ -27,6 +29,20 @@ def sign(secret: str, webhook_id: str, timestamp: int | str, body: bytes) -> str
     signed = f"{webhook_id}.{timestamp}.".encode() + body
     digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(
+    secret: str, body: bytes, *, webhook_id: str | None = None, timestamp: int | None = None
+) -> dict[str, str]:
+    """The headers a sender (AE, the demo, tests) puts on a webhook body."""
+    webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+    sent_at = str(timestamp if timestamp is not None else int(time.time()))
+    return {
+        "content-type": "application/json",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": sent_at,
+        "webhook-signature": sign(secret, webhook_id, sent_at, body),
+    }
 
 
 def verify(

@@ -21,6 +21,7 @@ from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import metrics
+from services.common.db.store import record_from_row
 from services.common.db.tables import outbox, records
 from services.common.domain import RecordState
 
@@ -157,7 +158,7 @@ class Relay:
                 group = groups.get(key)
                 if group is None:
                     group = groups[key] = _Group(
-                        _record(m), m[outbox.c.target], [], m[outbox.c.payload], 0
+                        record_from_row(row), m[outbox.c.target], [], m[outbox.c.payload], 0
                     )
                 group.row_ids.append(m[outbox.c.id])
                 group.payload = m[outbox.c.payload]
@@ -256,20 +257,6 @@ def _by_columns(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[s
     for row in rows:
         shapes.setdefault(tuple(sorted(k for k in row if k != "rid")), []).append(row)
     return shapes
-
-
-def _record(m: Mapping[Any, Any]) -> RecordState:
-    return RecordState(
-        id=m[records.c.id],
-        prospect_id=m[records.c.prospect_id],
-        sf_record_id=m[records.c.sf_record_id],
-        sf_object=m[records.c.sf_object],
-        email=m[records.c.email],
-        ae_assigned_user_id=m[records.c.ae_assigned_user_id],
-        ae_assigned_queue_id=m[records.c.ae_assigned_queue_id],
-        sf_owner_id=m[records.c.sf_owner_id],
-        last_modstamp=m[records.c.last_modstamp],
-    )
 
 
 async def pending_effects(engine: AsyncEngine) -> int:

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from services.common.db.tables import audit_log, group_members, records
+from services.demo.replay import hold_prospect
 from services.runner import Running, wait_until_idle
 from tests.integration.conftest import table_counts, table_rows
 from tests.integration.webhooks import engagement_body, post_webhook
@@ -31,15 +32,7 @@ class Engagement:
         self.posted = 0
 
     async def post(self, body: bytes | dict[str, Any], **kwargs: Any) -> int:
-        # AE holds the prospect a webhook talks about, as it was when AE sent it.
-        prospect = (json.loads(body) if isinstance(body, bytes) else body)["prospect"]
-        if prospect["id"] not in self.ae.prospects:
-            self.ae.add_prospect(
-                prospect["email"],
-                prospect_id=prospect["id"],
-                assigned_user_id=prospect["assignedUserId"],
-                assigned_queue_id=prospect["assignedQueueId"],
-            )
+        hold_prospect(self.ae, (json.loads(body) if isinstance(body, bytes) else body)["prospect"])
         response = await post_webhook(self.live.receiver_url or "", body, **kwargs)
         if response.status_code == 202:
             self.posted += 1

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from typing import Any
 
 import httpx
 
 from services.demo.replay import FIXTURES, demo_tenant
-from services.receiver.signatures import sign
+from services.receiver.signatures import signed_headers as sign_headers
 
 SECRET = demo_tenant().webhook_secret
 
@@ -22,14 +20,8 @@ def engagement_body(name: str) -> bytes:
 def signed_headers(
     body: bytes, *, webhook_id: str | None = None, secret: str = SECRET, at: float | None = None
 ) -> dict[str, str]:
-    webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
-    timestamp = str(int(at if at is not None else time.time()))
-    return {
-        "webhook-id": webhook_id,
-        "webhook-timestamp": timestamp,
-        "webhook-signature": sign(secret, webhook_id, timestamp, body),
-        "content-type": "application/json",
-    }
+    timestamp = int(at) if at is not None else None
+    return sign_headers(secret, body, webhook_id=webhook_id, timestamp=timestamp)
 
 
 async def post_webhook(

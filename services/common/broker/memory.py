@@ -27,7 +27,6 @@ class MemoryBroker:
         self._queues: dict[QueueRole, asyncio.Queue[tuple[bytes, int]]] = {}
         self.dead_letters: list[DeadLetter] = []
         self._ids = itertools.count(1)
-        self.published = 0
 
     async def connect(self) -> None:
         for role in QueueRole:
@@ -40,7 +39,6 @@ class MemoryBroker:
             for role, pattern in BINDINGS.items():
                 if topic_matches(pattern, routing_key):
                     self._queues[role].put_nowait((body, 0))
-            self.published += len(same_type)
 
     async def consume(
         self, role: QueueRole, *, batch_size: int, batch_wait: float

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -40,8 +40,9 @@ _RECORD_FIELDS = (
 
 
 def record_from_row(row: Any) -> RecordState:
+    """The record of a row that selected the `records` table (alone or joined: keyed by column)."""
     m = row._mapping
-    return RecordState(**{name: m[name] for name in _RECORD_FIELDS})
+    return RecordState(**{name: m[records.c[name]] for name in _RECORD_FIELDS})
 
 
 async def load_policies(
@@ -244,15 +245,6 @@ def _record_values(state: RecordState) -> dict[str, Any]:
 
 def _jsonable(state: RecordState | None) -> dict[str, Any] | None:
     return state.owners() if state is not None else None  # owners() holds JSON types only
-
-
-async def audit_for_record(conn: AsyncConnection, tenant_id: str, record_id: int) -> Sequence[Any]:
-    rows = await conn.execute(
-        select(audit_log)
-        .where(and_(audit_log.c.tenant_id == tenant_id, audit_log.c.record_id == record_id))
-        .order_by(audit_log.c.id)
-    )
-    return rows.all()
 
 
 async def group_members_of(
