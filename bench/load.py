@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from services.admin.tenant_file import TenantFile
 from services.common.messages import event_id_for
 from services.common.sfid import to18
-from services.common.tenant_file import TenantFile
 from services.sim.sf import OutboundNotification, build_outbound_message, format_sf_datetime
 
 NOTIFICATIONS_PER_MESSAGE = 100

@@ -12,12 +12,12 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from services.admin.tenant_file import TenantFile, load_tenant
+from services.bootstrap import ROLES, ConfigurationError, running
 from services.cli_admin import SUB_APPS, tenants_app
 from services.common.db.engine import make_engine, migrate
 from services.common.logs import configure_logging
 from services.common.settings import Settings
-from services.common.tenant_file import TenantFile, load_tenant
-from services.runner import ROLES, ConfigurationError, running
 
 app = typer.Typer(
     help="ownersync keeps prospect ownership right between Account Engagement and Salesforce.\n\n"
@@ -128,8 +128,8 @@ def sim(
     ] = None,
 ) -> None:
     """Serve the SF and AE simulators (for the demo profile and local experiments)."""
+    from services.common.web import serve_app
     from services.sim.ae import AeSimState, create_ae_app
-    from services.sim.server import serve_app
     from services.sim.sf import SfSimState, create_sf_app
 
     settings = _settings(host)

@@ -1,5 +1,5 @@
 """The operator commands: tenants, users, connected users, user sync, records, reconcile and
-dead letters, on the same service layer as the /v1 API (`services.common.admin`).
+dead letters, on the same service layer as the /v1 API (`services.admin`).
 
 They act with the rights of whoever holds the database settings (no API key): run them where
 the OWNERSYNC_* settings of the deployment are.
@@ -22,11 +22,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.admin import api_keys, mappings, records, tenants, user_sync, users
-from services.common.admin import dead_letters as dl
-from services.common.admin import reconcile as reconciling
-from services.common.admin.errors import AdminError
-from services.common.admin.schemas import (
+from services.admin import api_keys, mappings, records, tenants, user_sync, users
+from services.admin import dead_letters as dl
+from services.admin import reconcile as reconciling
+from services.admin.errors import AdminError
+from services.admin.schemas import (
     AeUserCreate,
     AeUserPatch,
     SfUserCreate,
@@ -34,10 +34,10 @@ from services.common.admin.schemas import (
     TenantCreate,
     TenantPatch,
 )
-from services.common.bootstrap import build_broker
 from services.common.broker.memory import MemoryBroker
 from services.common.db.engine import make_engine, migrate
 from services.common.logs import configure_logging
+from services.common.runtime import build_broker
 from services.common.settings import Settings
 from services.common.sfid import InvalidSalesforceId, to18
 

@@ -2,7 +2,7 @@
 groups, records and their audit, assignment requests, reconcile, dead letters.
 
 Every route is typed (unknown fields refused), lists are paginated, errors have one shape, and
-the routes call the same service layer as the CLI (`services.common.admin`). Its own OpenAPI
+the routes call the same service layer as the CLI (`services.admin`). Its own OpenAPI
 document is served at `/v1/openapi.json` (docs at `/v1/docs`); the app's `/docs` shows it too.
 """
 

@@ -15,11 +15,11 @@ from typing import Annotated
 from fastapi import Depends, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 
+from services.admin.api_keys import authenticate, effective_scopes
+from services.admin.errors import NotFound
+from services.admin.tenants import NOT_FOUND, tenant_row
 from services.api.errors import Forbidden, Unauthorized
-from services.common.admin.api_keys import authenticate, effective_scopes
-from services.common.admin.errors import NotFound
-from services.common.admin.tenants import NOT_FOUND, tenant_row
-from services.receiver.deps import RuntimeDep
+from services.common.web import RuntimeDep
 
 bearer = HTTPBearer(
     auto_error=False,

@@ -11,9 +11,9 @@ from typing import Annotated
 from fastapi import Path, Query
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.admin.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from services.common.admin.schemas import SfQueueId, SfRecordId, SfUserId
-from services.common.bootstrap import Runtime
+from services.admin.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from services.admin.schemas import SfQueueId, SfRecordId, SfUserId
+from services.common.runtime import Runtime
 
 
 @contextlib.asynccontextmanager

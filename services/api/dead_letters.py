@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from services.admin import dead_letters as dl
+from services.admin.pagination import Page
+from services.admin.schemas import DeadLetterDiscarded, DeadLettersReplayed, DeadLetterView
 from services.api.auth import AdminTenant, Operator, ReadTenant
 from services.api.common import DeadLetterPath, Paging, paging
 from services.api.errors import responses
-from services.common.admin import dead_letters as dl
-from services.common.admin.pagination import Page
-from services.common.admin.schemas import DeadLetterDiscarded, DeadLettersReplayed, DeadLetterView
-from services.receiver.deps import RuntimeDep
+from services.common.web import RuntimeDep
 
 router = APIRouter(tags=["dead letters"], responses=responses(503))
 Pages = Annotated[Paging, Depends(paging)]

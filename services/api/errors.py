@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.common.admin.errors import AdminError, Conflict, Invalid, NotFound, Unavailable
-from services.common.admin.schemas import ErrorResponse
+from services.admin.errors import AdminError, Conflict, Invalid, NotFound, Unavailable
+from services.admin.schemas import ErrorResponse
 
 log = logging.getLogger("ownersync.api")
 PREFIX = "/v1"

@@ -6,12 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from services.api.auth import ReadTenant, WriteTenant
-from services.api.common import AeUserPath, GroupPath, Paging, SfQueuePath, paging, transaction
-from services.api.errors import responses
-from services.common.admin import groups
-from services.common.admin.pagination import Page
-from services.common.admin.schemas import (
+from services.admin import groups
+from services.admin.pagination import Page
+from services.admin.schemas import (
     GroupCreate,
     GroupMemberPut,
     GroupMemberView,
@@ -21,7 +18,10 @@ from services.common.admin.schemas import (
     QueuePatch,
     QueueView,
 )
-from services.receiver.deps import RuntimeDep
+from services.api.auth import ReadTenant, WriteTenant
+from services.api.common import AeUserPath, GroupPath, Paging, SfQueuePath, paging, transaction
+from services.api.errors import responses
+from services.common.web import RuntimeDep
 
 router = APIRouter()
 Pages = Annotated[Paging, Depends(paging)]

@@ -6,12 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from services.api.auth import ReadTenant, WriteTenant
-from services.api.common import AeUserPath, Paging, now, paging, transaction
-from services.api.errors import responses
-from services.common.admin import mappings, user_sync
-from services.common.admin.pagination import Page
-from services.common.admin.schemas import (
+from services.admin import mappings, user_sync
+from services.admin.pagination import Page
+from services.admin.schemas import (
     BigId,
     MappingCreate,
     MappingView,
@@ -19,7 +16,10 @@ from services.common.admin.schemas import (
     UserSyncReport,
     UserSyncRequest,
 )
-from services.receiver.deps import RuntimeDep
+from services.api.auth import ReadTenant, WriteTenant
+from services.api.common import AeUserPath, Paging, now, paging, transaction
+from services.api.errors import responses
+from services.common.web import RuntimeDep
 
 router = APIRouter(tags=["connected users"])
 

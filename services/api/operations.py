@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.api.auth import WriteTenant
-from services.api.common import now, transaction
-from services.api.errors import responses
-from services.common.admin import assignments, reconcile
-from services.common.admin.schemas import (
+from services.admin import assignments, reconcile
+from services.admin.schemas import (
     AssignmentAccepted,
     AssignmentRequest,
     ReconcileReport,
     ReconcileRequest,
 )
-from services.receiver.deps import RuntimeDep
+from services.api.auth import WriteTenant
+from services.api.common import now, transaction
+from services.api.errors import responses
+from services.common.web import RuntimeDep
 
 router = APIRouter(tags=["operations"])
 

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from services.admin import records
+from services.admin.pagination import Page
+from services.admin.schemas import AuditEntry, RecordView
 from services.api.auth import ReadTenant
 from services.api.common import Paging, ProspectPath, SfRecordPath, paging, transaction
-from services.common.admin import records
-from services.common.admin.pagination import Page
-from services.common.admin.schemas import AuditEntry, RecordView
-from services.receiver.deps import RuntimeDep
+from services.common.web import RuntimeDep
 
 router = APIRouter(tags=["records"])
 Pages = Annotated[Paging, Depends(paging)]

@@ -7,12 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from services.api.auth import AdminTenant, Operator, ReadTenant
-from services.api.common import KeyIdPath, Paging, now, paging, transaction
-from services.api.errors import responses
-from services.common.admin import api_keys, tenants
-from services.common.admin.pagination import Page
-from services.common.admin.schemas import (
+from services.admin import api_keys, tenants
+from services.admin.pagination import Page
+from services.admin.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyView,
@@ -23,7 +20,10 @@ from services.common.admin.schemas import (
     TenantPatch,
     TenantView,
 )
-from services.receiver.deps import RuntimeDep
+from services.api.auth import AdminTenant, Operator, ReadTenant
+from services.api.common import KeyIdPath, Paging, now, paging, transaction
+from services.api.errors import responses
+from services.common.web import RuntimeDep
 
 router = APIRouter(tags=["tenants"])
 Pages = Annotated[Paging, Depends(paging)]

@@ -6,12 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from services.api.auth import ReadTenant, WriteTenant
-from services.api.common import AeUserPath, Paging, SfUserPath, now, paging, transaction
-from services.api.errors import responses
-from services.common.admin import users
-from services.common.admin.pagination import Page
-from services.common.admin.schemas import (
+from services.admin import users
+from services.admin.pagination import Page
+from services.admin.schemas import (
     AeUserCreate,
     AeUserPatch,
     AeUsersLoad,
@@ -22,7 +19,10 @@ from services.common.admin.schemas import (
     SfUserView,
     UsersLoaded,
 )
-from services.receiver.deps import RuntimeDep
+from services.api.auth import ReadTenant, WriteTenant
+from services.api.common import AeUserPath, Paging, SfUserPath, now, paging, transaction
+from services.api.errors import responses
+from services.common.web import RuntimeDep
 
 router = APIRouter()
 Pages = Annotated[Paging, Depends(paging)]

@@ -19,24 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from fractions import Fraction
 
-
-@dataclass(frozen=True)
-class Member:
-    ae_user_id: int
-    created_order: int  # the earlier created user is smaller: it wins ties
-    weight: int = 1
-    daily_cap: int | None = None
-    paused: bool = False
-    active: bool = True
-    last_assigned_at: datetime | None = None
-    assigned_today: int = 0
-    assigned_total: int = 0
-
-    def __post_init__(self) -> None:
-        if self.weight < 1:
-            raise ValueError(f"weight must be at least 1, got {self.weight}")
-        if self.daily_cap is not None and self.daily_cap < 0:
-            raise ValueError(f"daily_cap must not be negative, got {self.daily_cap}")
+from services.common.domain import Member
 
 
 @dataclass(frozen=True)

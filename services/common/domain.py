@@ -98,3 +98,22 @@ class Decision:
     effects: tuple[Effect, ...] = field(default=())
     audited: bool = True  # S8 (a duplicate) leaves no trace at all
     refused: bool = False  # the action was refused (A6/A7 preconditions, A8)
+
+
+@dataclass(frozen=True)
+class Member:
+    ae_user_id: int
+    created_order: int  # the earlier created user is smaller: it wins ties
+    weight: int = 1
+    daily_cap: int | None = None
+    paused: bool = False
+    active: bool = True
+    last_assigned_at: datetime | None = None
+    assigned_today: int = 0
+    assigned_total: int = 0
+
+    def __post_init__(self) -> None:
+        if self.weight < 1:
+            raise ValueError(f"weight must be at least 1, got {self.weight}")
+        if self.daily_cap is not None and self.daily_cap < 0:
+            raise ValueError(f"daily_cap must not be negative, got {self.daily_cap}")

@@ -61,10 +61,6 @@ class SfRecordEvent(_Frozen):
     received_at: datetime
     payload: SfRecord
 
-    @property
-    def record_key(self) -> str:
-        return self.payload.record_id
-
 
 class AeProspect(_Frozen):
     id: AeId
@@ -125,10 +121,6 @@ class AeProspectEvent(_Frozen):
     occurred_at: datetime
     received_at: datetime
     payload: AeWebhook
-
-    @property
-    def record_key(self) -> str:
-        return str(self.payload.prospect.id)
 
 
 Event = Annotated[SfRecordEvent | AeProspectEvent, Field(discriminator="type")]

@@ -6,7 +6,6 @@ directory, an in-process broker and in-process simulators of Salesforce and AE.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -85,8 +84,3 @@ class Settings(BaseSettings):
     def simulate(self) -> bool:
         """Whether a missing AE/SF URL means an in-process simulator (never by accident)."""
         return self.use_simulators if self.use_simulators is not None else self.amqp_url is None
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()

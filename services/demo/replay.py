@@ -27,16 +27,17 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from services.admin.tenant_file import TenantFile, load_tenant
+from services.bootstrap import ROLES, Running, running
 from services.common.db.engine import make_engine, migrate
 from services.common.db.tables import audit_log, records
 from services.common.messages import event_id_for
 from services.common.settings import Settings
-from services.common.tenant_file import TenantFile, load_tenant
+from services.common.web import free_port
 from services.receiver.signatures import signed_headers
 from services.receiver.soap import parse_outbound_message
-from services.runner import ROLES, Running, running, wait_until_idle
 from services.sim.ae import AeSimState
-from services.sim.server import free_port
+from services.sim.embedded import wait_until_idle
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SF = FIXTURES / "salesforce"

@@ -1,49 +1,25 @@
-"""The receiver: FastAPI app factory with a lifespan that owns (or borrows) the runtime."""
+"""The receiver's routes: SF outbound messages, AE webhooks, health and metrics.
+
+`services.bootstrap.create_app` composes them with the /v1 API into the served app.
+"""
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from services.api import install_api
-from services.common.bootstrap import Runtime, build_runtime
 from services.common.metrics import metrics_response
-from services.common.settings import Settings
+from services.common.web import BodyTooLarge, RuntimeDep
 from services.receiver import engagement, salesforce
-from services.receiver.deps import BodyTooLarge, RuntimeDep
 from services.receiver.errors import error_response
 from services.receiver.soap import fault_body
 
 
-def create_app(runtime: Runtime | None = None, settings: Settings | None = None) -> FastAPI:
-    """An app on `runtime` (borrowed: the caller closes it) or on its own from `settings`."""
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if runtime is not None:
-            app.state.runtime = runtime
-            yield
-            return
-        owned = build_runtime(settings or Settings())
-        app.state.runtime = owned
-        try:
-            yield
-        finally:
-            await owned.close()
-
-    app = FastAPI(
-        title="ownersync",
-        version="1",
-        summary="Prospect ownership between Account Engagement and Salesforce",
-        lifespan=lifespan,
-    )
+def install_receiver(app: FastAPI) -> None:
+    """Add the SF and AE endpoints, `/healthz`, `/readyz` and `/metrics` to `app`."""
     app.include_router(salesforce.router)
     app.include_router(engagement.router)
-    install_api(app)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge) -> Response:
@@ -71,5 +47,3 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
             checks["broker"] = "down"
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
-
-    return app

@@ -16,12 +16,12 @@ from fastapi import APIRouter, Depends, Header, Response
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
-from services.common.admin.tenants import valid_webhook_secrets
+from services.admin.tenants import valid_webhook_secrets
 from services.common.broker.base import BrokerUnavailable
 from services.common.db.tables import inbox, tenants
 from services.common.messages import AeProspectEvent, AeWebhook, event_id_for
 from services.common.metrics import EVENTS_PUBLISHED, EVENTS_RECEIVED
-from services.receiver.deps import RuntimeDep, limited_body
+from services.common.web import RuntimeDep, limited_body
 from services.receiver.errors import error_response
 from services.receiver.signatures import SignatureError, verify
 

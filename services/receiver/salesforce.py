@@ -23,7 +23,7 @@ from services.common.messages import (
     event_id_for,
 )
 from services.common.metrics import EVENTS_PUBLISHED, EVENTS_RECEIVED
-from services.receiver.deps import RuntimeDep, limited_body
+from services.common.web import RuntimeDep, limited_body
 from services.receiver.soap import SoapFault, ack_body, parse_outbound_message
 
 log = logging.getLogger("ownersync.receiver")

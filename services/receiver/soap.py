@@ -7,7 +7,6 @@ anything is expanded, and every id is checked and normalised to 18 characters.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 from xml.etree.ElementTree import Element, ParseError
 from xml.sax.saxutils import escape
@@ -158,7 +157,3 @@ def fault_body(message: str, code: str = "Client") -> bytes:
         f"<faultcode>soapenv:{code}</faultcode><faultstring>{escape(message)}</faultstring>"
         "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
     ).encode()
-
-
-def parse_timestamp(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -257,14 +257,3 @@ def _by_columns(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[s
     for row in rows:
         shapes.setdefault(tuple(sorted(k for k in row if k != "rid")), []).append(row)
     return shapes
-
-
-async def pending_effects(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        return int(
-            (
-                await conn.execute(
-                    select(func.count()).select_from(outbox).where(outbox.c.status == "pending")
-                )
-            ).scalar_one()
-        )

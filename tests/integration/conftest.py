@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from services.common.bootstrap import build_runtime
+from services.admin.tenant_file import load_tenant
+from services.bootstrap import ROLES, Running, running
 from services.common.broker.rabbit import RabbitBroker, purge_queues
 from services.common.db.engine import make_engine, migrate
 from services.common.db.tables import metadata
+from services.common.runtime import build_runtime
 from services.common.settings import Settings
-from services.common.tenant_file import load_tenant
+from services.common.web import free_port
 from services.demo.replay import demo_tenant
-from services.runner import ROLES, Running, running
-from services.sim.server import free_port
 
 PG_URL = os.environ.get(
     "OWNERSYNC_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

@@ -18,8 +18,8 @@ from services.common.ae_client import (
     AeRequestRejected,
     AeTransientError,
 )
+from services.common.web import serve_app
 from services.sim.ae import AeSimState, create_ae_app
-from services.sim.server import serve_app
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from services import cli_admin
 from services.cli import app
-from services.common.bootstrap import build_broker
 from services.common.broker.base import REASON_HEADER
 from services.common.broker.rabbit import RabbitBroker
 from services.common.db.engine import make_engine
 from services.common.db.tables import audit_log, records
+from services.common.runtime import build_broker
 from services.common.settings import Settings
 from tests.integration.test_api_support import ALICE_SF, DAVE_SF, sf_id
 

@@ -10,9 +10,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from services.bootstrap import Running
 from services.common.db.tables import audit_log, outbox
 from services.receiver.soap import parse_outbound_message
-from services.runner import Running, wait_until_idle
+from services.sim.embedded import wait_until_idle
 from tests.integration.test_api_support import ACME, DAVE_SF, Api, error, sf_id
 
 pytest_plugins = ["tests.integration.test_api_support"]

@@ -21,9 +21,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.api import openapi_document
+from services.bootstrap import create_app
 from services.common.settings import Settings
-from services.receiver.app import create_app
-from services.sim.server import free_port
+from services.common.web import free_port
 from tests.integration.test_api_support import ACME, OPERATOR_KEY, Api, api_settings
 
 pytest_plugins = ["tests.integration.test_api_support"]

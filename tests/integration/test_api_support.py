@@ -12,11 +12,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from services.common.bootstrap import Runtime, build_runtime
+from services.bootstrap import create_app
+from services.common.runtime import Runtime, build_runtime
 from services.common.settings import Settings
 from services.common.sfid import to18
-from services.receiver.app import create_app
-from services.sim.server import serve_app
+from services.common.web import serve_app
 
 OPERATOR_KEY = f"operator-{uuid.uuid4().hex}"
 ACME = "acme"

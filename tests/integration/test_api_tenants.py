@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from services.common.admin.tenants import valid_webhook_secrets
+from services.admin.tenants import valid_webhook_secrets
 from services.common.db.tables import api_keys, tenants
 from tests.integration.test_api_support import (
     ACME,

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from services.bootstrap import Running
 from services.common.db.tables import audit_log, group_members, records
 from services.demo.replay import hold_prospect
-from services.runner import Running, wait_until_idle
+from services.sim.embedded import wait_until_idle
 from tests.integration.conftest import table_counts, table_rows
 from tests.integration.webhooks import engagement_body, post_webhook
 

@@ -10,15 +10,15 @@ from datetime import UTC, datetime
 import aio_pika
 import httpx
 
-from services.common.bootstrap import build_runtime
+from services.bootstrap import create_app
 from services.common.broker.base import REASON_HEADER, QueueRole
 from services.common.broker.rabbit import RabbitBroker
 from services.common.messages import SfRecord, SfRecordEvent, event_id_for
+from services.common.runtime import build_runtime
 from services.common.settings import Settings
+from services.common.web import free_port, serve_app
 from services.common.worker import WorkerStats, run_worker
 from services.demo.replay import FIXTURES
-from services.receiver.app import create_app
-from services.sim.server import free_port, serve_app
 from tests.integration.conftest import AMQP_URL
 
 

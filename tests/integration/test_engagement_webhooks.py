@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from services.runner import Running
+from services.bootstrap import Running
 from tests.integration.conftest import table_counts
 from tests.integration.webhooks import engagement_body, post_webhook, signed_headers
 

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from services.common.bootstrap import build_runtime
 from services.common.broker.base import QueueRole
 from services.common.db.tables import audit_log, inbox
 from services.common.messages import SfRecord, SfRecordEvent, event_id_for
+from services.common.runtime import build_runtime
 from services.common.settings import Settings
 from services.common.sfid import to18
 from services.common.worker import run_worker

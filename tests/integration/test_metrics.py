@@ -5,8 +5,9 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.bootstrap import Running
 from services.demo.replay import FIXTURES
-from services.runner import Running, wait_until_idle
+from services.sim.embedded import wait_until_idle
 from tests.integration.webhooks import engagement_body, post_webhook
 
 

@@ -11,10 +11,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from services.bootstrap import Running
 from services.common.db.tables import audit_log, inbox, records
 from services.common.sfid import to18
 from services.receiver.soap import parse_outbound_message
-from services.runner import Running, wait_until_idle
+from services.sim.embedded import wait_until_idle
 from tests.integration.conftest import table_counts, table_rows
 
 KIM = "00Q5g0000ZWHszxEQD"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from services.common.sf_client import SfClient, SfRequestRejected, SfTransientError
-from services.sim.server import free_port, serve_app
+from services.common.web import free_port, serve_app
 from services.sim.sf import CallRecord, SfSimState, create_sf_app
 
 pytestmark = pytest.mark.integration

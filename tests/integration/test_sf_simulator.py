@@ -15,7 +15,7 @@ from defusedxml import ElementTree as SafeET
 from fastapi import FastAPI, Request, Response
 
 import services.demo
-from services.sim.server import serve_app
+from services.common.web import serve_app
 from services.sim.sf import OUTBOUND_NS, SOBJECT_NS, SfSimState, create_sf_app
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from services.common.admin import dead_letters as dl
+from services.admin import dead_letters as dl
 from services.common.broker.base import DeadLetter, QueueRole
 from services.common.broker.memory import MemoryBroker
 from services.common.messages import SfRecord, SfRecordEvent, dump_event

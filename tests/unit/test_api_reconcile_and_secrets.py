@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.common.admin.errors import Invalid
-from services.common.admin.pagination import decode_cursor, encode_cursor
-from services.common.admin.reconcile import reconcile_record
-from services.common.admin.tenants import valid_webhook_secrets
+from services.admin.errors import Invalid
+from services.admin.pagination import decode_cursor, encode_cursor
+from services.admin.reconcile import reconcile_record
+from services.admin.tenants import valid_webhook_secrets
 from services.common.domain import AeProspectUpsert, RecordState, TenantPolicy
 
 NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)

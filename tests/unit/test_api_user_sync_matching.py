@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.admin.user_sync import AeUser, SfUser, match_users
+from services.admin.user_sync import AeUser, SfUser, match_users
 
 A, B, C = "005000000000001AAA", "005000000000002AAA", "005000000000003AAA"
 

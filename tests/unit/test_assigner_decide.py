@@ -9,8 +9,13 @@ from importlib.resources import files
 from typing import Any
 
 from services.assigner.decide import AssignerDecision, decide_ae_event
-from services.assigner.round_robin import Member
-from services.common.domain import AeProspectUpsert, RecordState, SfRecordUpsert, TenantPolicy
+from services.common.domain import (
+    AeProspectUpsert,
+    Member,
+    RecordState,
+    SfRecordUpsert,
+    TenantPolicy,
+)
 from services.common.messages import AeProspectEvent, AeWebhook, event_id_for
 
 NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)

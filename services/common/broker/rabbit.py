@@ -223,6 +223,12 @@ class RabbitBroker:
         EVENTS_DEAD_LETTERED.labels(role.value).inc(len(parts))
         log.warning("dead-lettered %s from %s: %s", message.message_id, role.value, reason)
 
+    async def open_channel(self, **options: Any) -> AbstractChannel:
+        """A channel of its own on the broker's connection (the caller closes it)."""
+        await self.connect()
+        assert self._connection is not None
+        return await self._connection.channel(**options)
+
     async def ping(self) -> bool:
         try:
             await self.connect()

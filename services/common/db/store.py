@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import and_, bindparam, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.assigner.round_robin import Member
 from services.common.db.tables import (
     ae_users,
     audit_log,
@@ -23,7 +22,7 @@ from services.common.db.tables import (
     records,
     tenants,
 )
-from services.common.domain import Decision, RecordState, TenantPolicy
+from services.common.domain import Decision, Member, RecordState, TenantPolicy
 from services.common.messages import AeProspectEvent, SfRecordEvent
 
 _RECORD_FIELDS = (
@@ -313,3 +312,15 @@ async def save_member_counters(
 async def tenant_queue_ids(conn: AsyncConnection, tenant_id: str) -> set[str]:
     rows = await conn.execute(select(queues.c.id).where(queues.c.tenant_id == tenant_id))
     return {r.id for r in rows}
+
+
+async def pending_effects(engine: AsyncEngine) -> int:
+    """Effects the relay has still to send (or retry)."""
+    async with engine.connect() as conn:
+        return int(
+            (
+                await conn.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.status == "pending")
+                )
+            ).scalar_one()
+        )

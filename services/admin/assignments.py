@@ -12,10 +12,10 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.admin.errors import Unavailable
+from services.admin.schemas import AssignmentAccepted, AssignmentRequest, DecisionPreview
+from services.admin.tenants import tenant_row
 from services.assigner.decide import decide_ae_event
-from services.common.admin.errors import Unavailable
-from services.common.admin.schemas import AssignmentAccepted, AssignmentRequest, DecisionPreview
-from services.common.admin.tenants import tenant_row
 from services.common.broker.base import Broker, BrokerUnavailable
 from services.common.db import store
 from services.common.domain import TenantPolicy

@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.admin.errors import NotFound
-from services.common.admin.pagination import Page, decode_cursor, page_of
-from services.common.admin.schemas import ApiKeyCreated, ApiKeyView, Scope
-from services.common.admin.tenants import tenant_row
+from services.admin.errors import NotFound
+from services.admin.pagination import Page, decode_cursor, page_of
+from services.admin.schemas import ApiKeyCreated, ApiKeyView, Scope
+from services.admin.tenants import tenant_row
 from services.common.db.tables import api_keys
 
 PREFIX = "osk"

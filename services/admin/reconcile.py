@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.admin.schemas import ReconcileChange, ReconcileOutcome, ReconcileReport
-from services.common.admin.tenants import tenant_row
+from services.admin.schemas import ReconcileChange, ReconcileOutcome, ReconcileReport
+from services.admin.tenants import tenant_row
 from services.common.db.store import record_from_row
 from services.common.db.tables import audit_log, connected_users, outbox, records
 from services.common.domain import Decision, RecordState, TenantPolicy

@@ -8,16 +8,16 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.admin.errors import Conflict, Invalid, NotFound
-from services.common.admin.pagination import Page, decode_cursor, page_of
-from services.common.admin.schemas import (
+from services.admin.errors import Conflict, Invalid, NotFound
+from services.admin.pagination import Page, decode_cursor, page_of
+from services.admin.schemas import (
     GroupCreate,
     GroupMemberPut,
     GroupMemberView,
     GroupView,
     QueueView,
 )
-from services.common.admin.tenants import tenant_row
+from services.admin.tenants import tenant_row
 from services.common.db.tables import ae_users, group_members, groups, queues
 
 # --- queues ------------------------------------------------------------------------------

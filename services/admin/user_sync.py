@@ -17,8 +17,8 @@ from typing import Literal
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.admin.schemas import UserSyncEntry, UserSyncReport
-from services.common.admin.tenants import tenant_row
+from services.admin.schemas import UserSyncEntry, UserSyncReport
+from services.admin.tenants import tenant_row
 from services.common.db.tables import ae_users, connected_users, sf_users
 
 

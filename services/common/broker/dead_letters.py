@@ -1,10 +1,10 @@
-"""Dead letters: list them with their reason, replay one or all, discard.
+"""Dead letters on the broker: list them without losing any, replay them, discard them.
 
-The broker side sits behind `DeadLetterStore`, with a RabbitMQ and an in-memory implementation.
-Reading never loses a message: RabbitMQ messages are fetched unacknowledged (basic.get) and
-handed back (nack, requeue) at the end of the scan. Replay republishes the body to the events
-exchange under its original routing key (the event type) with publisher confirms, then removes
-it from the dead letters. A dead letter's id is its message id: the event id.
+A RabbitMQ and an in-memory implementation of `DeadLetterStore`. Reading never loses a message:
+RabbitMQ messages are fetched unacknowledged (basic.get) and handed back (nack, requeue) at the
+end of the scan. Replay republishes the body to the events exchange under its original routing
+key (the event type) with publisher confirms, then removes it from the dead letters. A dead
+letter's id is its message id: the event id. Broker failures raise `BrokerUnavailable`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from typing import Any, Protocol
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from services.common.admin.errors import NotFound, Unavailable
-from services.common.admin.pagination import Page, decode_cursor, encode_cursor
-from services.common.admin.schemas import DeadLetterDiscarded, DeadLettersReplayed, DeadLetterView
 from services.common.broker.base import DEAD_LETTERS, REASON_HEADER, Broker, BrokerUnavailable
 from services.common.broker.memory import MemoryBroker
 from services.common.broker.rabbit import RabbitBroker
@@ -40,21 +37,6 @@ class Parked:
     tenant: str | None
     source_id: str | None
     body: bytes
-
-    def view(self) -> DeadLetterView:
-        try:
-            body: Any = json.loads(self.body)
-        except ValueError:
-            body = self.body.decode("utf-8", "replace")
-        return DeadLetterView(
-            id=self.id,
-            queue=self.queue,
-            reason=self.reason,
-            event_type=self.event_type,
-            tenant=self.tenant,
-            source_id=self.source_id,
-            body=body,
-        )
 
 
 Select = Callable[[Parked], bool]
@@ -113,16 +95,10 @@ class RabbitDeadLetters:
         limit: int,
         act: Callable[[Parked, AbstractIncomingMessage, Any], Any] | None,
     ) -> list[tuple[Parked, bool]]:
-        try:
-            await self.broker.connect()
-        except BrokerUnavailable as exc:
-            raise Unavailable(str(exc), code="broker_unavailable") from exc
-        connection = self.broker._connection
-        assert connection is not None
         found: list[tuple[Parked, bool]] = []
         async with self._lock:
             # on_return_raises: a replay nothing is bound to must fail, not vanish.
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            channel = await self.broker.open_channel(publisher_confirms=True, on_return_raises=True)
             held: list[AbstractIncomingMessage] = []
             seen: set[str] = set()
             try:
@@ -188,7 +164,7 @@ class RabbitDeadLetters:
         try:
             found = await self._scan(select, limit, republish)
         except (aio_pika.exceptions.AMQPError, TimeoutError) as exc:
-            raise Unavailable(f"replay failed: {exc!r}", code="broker_unavailable") from exc
+            raise BrokerUnavailable(f"replay failed: {exc!r}") from exc
         return [p.id for p, done in found if done], [p.id for p, done in found if not done]
 
     async def discard(self, select: Select, limit: int) -> list[str]:
@@ -267,44 +243,3 @@ def dead_letter_store(broker: Broker) -> DeadLetterStore:
             raise TypeError(f"no dead-letter store for {type(broker).__name__}")
         _STORES[broker] = store
     return store
-
-
-def _of(tenant_id: str | None) -> Select:
-    return lambda p: tenant_id is None or p.tenant == tenant_id
-
-
-async def list_dead_letters(
-    store: DeadLetterStore, tenant_id: str | None, *, limit: int, cursor: str | None = None
-) -> Page[DeadLetterView]:
-    """`tenant_id` None: every dead letter (operators only), undecodable ones included."""
-    offset = decode_cursor(cursor, int) or 0
-    mine = [p for p in await store.peek(SCAN_LIMIT) if _of(tenant_id)(p)]
-    page = mine[offset : offset + limit]
-    more = len(mine) > offset + limit
-    return Page[DeadLetterView](
-        items=[p.view() for p in page], next_cursor=encode_cursor(offset + limit) if more else None
-    )
-
-
-async def replay_dead_letters(
-    store: DeadLetterStore, tenant_id: str | None, letter_id: str | None = None
-) -> DeadLettersReplayed:
-    """Replay one (by id) or all of the tenant's dead letters."""
-    select = _of(tenant_id)
-    if letter_id is not None:
-        replayed, kept = await store.replay(lambda p: select(p) and p.id == letter_id, 1)
-        if not replayed and not kept:
-            raise NotFound(f"dead letter {letter_id} not found")
-    else:
-        replayed, kept = await store.replay(select, SCAN_LIMIT)
-    return DeadLettersReplayed(replayed=replayed, not_replayable=kept)
-
-
-async def discard_dead_letter(
-    store: DeadLetterStore, tenant_id: str | None, letter_id: str
-) -> DeadLetterDiscarded:
-    select = _of(tenant_id)
-    dropped = await store.discard(lambda p: select(p) and p.id == letter_id, 1)
-    if not dropped:
-        raise NotFound(f"dead letter {letter_id} not found")
-    return DeadLetterDiscarded(discarded=dropped[0])

@@ -1,4 +1,4 @@
-"""The one place that wires settings to the engine, the broker and the API clients."""
+"""The process runtime: settings with the engine and the broker they choose."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import Field
 
-from services.common.admin.errors import Invalid
-from services.common.admin.schemas import ApiModel
+from services.admin.errors import Invalid
+from services.admin.schemas import ApiModel
 
 T = TypeVar("T")
 DEFAULT_LIMIT = 100

@@ -1,4 +1,9 @@
-"""Starts roles (receiver, syncer, relay, …) in this process, with the simulators when embedded."""
+"""The one place that wires ownersync: the served app, the API clients, the senders, the relay
+and the workers. The CLI, the demo and the tests start roles through `running`.
+
+Simulators are imported only when they are switched on (`OWNERSYNC_USE_SIMULATORS`, on by
+default on the embedded default): production wiring never loads `services.sim`.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +12,71 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from fastapi import FastAPI
 
+from services.api import install_api
 from services.assigner.worker import apply_ae_events
 from services.common.ae_client import AeClient
-from services.common.bootstrap import Runtime, build_runtime
 from services.common.broker.base import QueueRole
 from services.common.broker.memory import MemoryBroker
-from services.common.db.tables import ae_users, queues, sf_users, tenants
 from services.common.metrics import API_CALLS, worker_app
+from services.common.runtime import Runtime, build_runtime
 from services.common.settings import Settings
 from services.common.sf_client import SfClient
+from services.common.web import serve_app
 from services.common.worker import WorkerStats, run_worker
-from services.receiver.app import create_app
+from services.receiver.app import install_receiver
 from services.relay.relay import Relay, Sender
 from services.relay.senders import ae_prospect_sender, sf_record_sender
-from services.sim.ae import AeSimState, create_ae_app
-from services.sim.server import serve_app
-from services.sim.sf import SfSimState, create_sf_app
 from services.syncer.worker import apply_sf_events
+
+if TYPE_CHECKING:
+    from services.sim.ae import AeSimState
+    from services.sim.embedded import EmbeddedAe, EmbeddedSf
+    from services.sim.sf import SfSimState
 
 log = logging.getLogger("ownersync")
 
 ROLES = ("receiver", "assigner", "syncer", "relay")
 
+WORKERS = (
+    ("assigner", QueueRole.ASSIGNER, apply_ae_events),
+    ("syncer", QueueRole.SYNCER, apply_sf_events),
+)
+
 
 class ConfigurationError(Exception):
     pass
+
+
+def create_app(runtime: Runtime | None = None, settings: Settings | None = None) -> FastAPI:
+    """The served app (receiver endpoints and the /v1 API) on `runtime` (borrowed: the caller
+    closes it) or on a runtime of its own built from `settings`."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        owned = build_runtime(settings or Settings())
+        app.state.runtime = owned
+        try:
+            yield
+        finally:
+            await owned.close()
+
+    app = FastAPI(
+        title="ownersync",
+        version="1",
+        summary="Prospect ownership between Account Engagement and Salesforce",
+        lifespan=lifespan,
+    )
+    install_receiver(app)
+    install_api(app)
+    return app
 
 
 @dataclass
@@ -43,14 +85,26 @@ class Running:
 
     runtime: Runtime
     receiver_url: str | None = None
+    ae: EmbeddedAe | None = None  # the embedded simulators, when switched on
+    sf: EmbeddedSf | None = None
     ae_url: str | None = None
-    ae_sim: AeSimState | None = None
     sf_url: str | None = None
-    sf_sim: SfSimState | None = None
-    sf_tenant: str | None = None  # the tenant whose org the embedded SF simulator plays
     relay: Relay | None = None
     stats: dict[str, WorkerStats] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def ae_sim(self) -> AeSimState | None:
+        return self.ae.state if self.ae is not None else None
+
+    @property
+    def sf_sim(self) -> SfSimState | None:
+        return self.sf.state if self.sf is not None else None
+
+    @property
+    def sf_tenant(self) -> str | None:
+        """The tenant whose org the embedded SF simulator plays."""
+        return self.sf.tenant if self.sf is not None else None
 
 
 @contextlib.asynccontextmanager
@@ -102,19 +156,15 @@ async def running(
                 serve_app(create_app(runtime), settings.host, settings.port)
             )
             log.info("receiver listening on %s", live.receiver_url)
-            if live.sf_sim is not None:
-                _point_outbound_messages(live)
+            if live.sf is not None:
+                from services.sim.embedded import point_outbound_messages
+
+                point_outbound_messages(live.sf, live.receiver_url)
         try:
             yield live
         finally:
             stop.set()
             await asyncio.gather(*live.tasks, return_exceptions=True)
-
-
-WORKERS = (
-    ("assigner", QueueRole.ASSIGNER, apply_ae_events),
-    ("syncer", QueueRole.SYNCER, apply_sf_events),
-)
 
 
 async def _start_relay(
@@ -146,9 +196,10 @@ async def _ae_client(
                 "OWNERSYNC_AE_BASE_URL is required with a real broker "
                 "(or set OWNERSYNC_USE_SIMULATORS=true to run the AE simulator in-process)"
             )
-        live.ae_sim = AeSimState()
-        await seed_ae_sim(live.runtime, live.ae_sim)
-        ae_url = await stack.enter_async_context(serve_app(create_ae_app(live.ae_sim)))
+        from services.sim.embedded import start_ae
+
+        live.ae = await start_ae(live.runtime, stack)
+        ae_url = live.ae.url
         api_key = "embedded-simulator"
         log.info("AE simulator listening on %s", ae_url)
     if api_key is None:
@@ -178,13 +229,14 @@ async def _sf_client(
                 "OWNERSYNC_SF_BASE_URL is required with a real broker "
                 "(or set OWNERSYNC_USE_SIMULATORS=true to run the SF simulator in-process)"
             )
-        seeded = await seed_sf_sim(live.runtime)
-        if seeded is None:
+        from services.sim.embedded import start_sf
+
+        live.sf = await start_sf(live.runtime, stack)
+        if live.sf is None:
             log.warning("no tenant in the store: the embedded SF simulator is not started")
             return None
-        live.sf_tenant, live.sf_sim = seeded
-        url = await stack.enter_async_context(serve_app(create_sf_app(live.sf_sim)))
-        client_id, secret = live.sf_sim.client_id, live.sf_sim.client_secret
+        url = live.sf.url
+        client_id, secret = live.sf.state.client_id, live.sf.state.client_secret
         log.info("SF simulator listening on %s", url)
     elif client_id is None or secret is None:
         raise ConfigurationError(
@@ -195,73 +247,3 @@ async def _sf_client(
     client = await stack.enter_async_context(SfClient(url, client_id, secret))
     API_CALLS.track("sf", client)
     return client
-
-
-async def seed_sf_sim(runtime: Runtime) -> tuple[str, SfSimState] | None:
-    """The embedded SF is the org of the first tenant: its users, queues and connector user."""
-    async with runtime.engine.connect() as conn:
-        tenant = (await conn.execute(select(tenants).order_by(tenants.c.created_at))).first()
-        if tenant is None:
-            return None
-        state = SfSimState(org_id=tenant.salesforce_org_id, api_user_id=tenant.connector_user_id)
-        users = await conn.execute(select(sf_users).where(sf_users.c.tenant_id == tenant.id))
-        for user in users:
-            state.add_user(user.name or user.id, user.email, active=user.active, user_id=user.id)
-        found = await conn.execute(select(queues).where(queues.c.tenant_id == tenant.id))
-        for queue in found:
-            state.add_queue(queue.name, queue_id=queue.id)
-    return tenant.id, state
-
-
-def _point_outbound_messages(live: Running) -> None:
-    assert live.sf_sim is not None and live.receiver_url is not None
-    tenant = live.sf_tenant
-    live.sf_sim.outbound.configure(
-        created_url=f"{live.receiver_url}/salesforce/{tenant}/record-created",
-        reassigned_url=f"{live.receiver_url}/salesforce/{tenant}/record-reassigned",
-    )
-
-
-async def seed_ae_sim(runtime: Runtime, state: AeSimState) -> None:
-    """The embedded AE knows the users of every tenant in the store, as the real one would."""
-    async with runtime.engine.connect() as conn:
-        for row in await conn.execute(select(ae_users)):
-            if row.id not in state.users:
-                state.add_user(
-                    row.email or f"user{row.id}@example.com",
-                    user_id=row.id,
-                    first_name=row.name or "",
-                    is_active=row.active,
-                )
-
-
-async def wait_until_idle(
-    live: Running, *, settled: int | None = None, within: float = 30.0
-) -> None:
-    """Wait until everything put in has been applied and sent, three checks in a row.
-
-    `settled` is the number of events the caller put in (SF notifications it posted plus AE
-    webhooks); the notifications the embedded SF simulator sent back are added as they are
-    acked. Without `settled`, the queues must be empty (good enough for a person watching).
-    """
-    from services.relay.relay import pending_effects
-
-    quiet = 0
-    async with asyncio.timeout(within):
-        while quiet < 3:
-            done = sum(s.settled for s in live.stats.values())
-            if settled is not None:
-                busy = done < settled + _sf_sim_acked(live)
-            else:
-                depths = await live.runtime.broker.queue_depths()
-                busy = any(v for k, v in depths.items() if k != "dead-letters")
-            busy = busy or (live.sf_sim is not None and live.sf_sim.outbound.pending_count() > 0)
-            busy = busy or await pending_effects(live.runtime.engine) > 0
-            quiet = 0 if busy else quiet + 1
-            await asyncio.sleep(0.02)
-
-
-def _sf_sim_acked(live: Running) -> int:
-    if live.sf_sim is None:
-        return 0
-    return sum(len(d.notification_ids) for d in live.sf_sim.outbound.deliveries if d.acked)

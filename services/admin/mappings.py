@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import delete, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.admin.errors import Conflict, Invalid, NotFound
-from services.common.admin.pagination import Page, decode_cursor, page_of
-from services.common.admin.schemas import MappingView
-from services.common.admin.tenants import tenant_row
+from services.admin.errors import Conflict, Invalid, NotFound
+from services.admin.pagination import Page, decode_cursor, page_of
+from services.admin.schemas import MappingView
+from services.admin.tenants import tenant_row
 from services.common.db.tables import ae_users, connected_users, sf_users
 
 

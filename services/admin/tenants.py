@@ -9,9 +9,9 @@ from typing import Any, Protocol
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.admin.errors import Conflict, Invalid, NotFound
-from services.common.admin.pagination import Page, decode_cursor, page_of
-from services.common.admin.schemas import (
+from services.admin.errors import Conflict, Invalid, NotFound
+from services.admin.pagination import Page, decode_cursor, page_of
+from services.admin.schemas import (
     SecretRotated,
     TenantCreate,
     TenantCreated,

@@ -7,9 +7,9 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.admin.errors import NotFound
-from services.common.admin.pagination import Page, decode_cursor, page_of
-from services.common.admin.schemas import AuditEntry, RecordView
+from services.admin.errors import NotFound
+from services.admin.pagination import Page, decode_cursor, page_of
+from services.admin.schemas import AuditEntry, RecordView
 from services.common.db.tables import audit_log, connected_users, records
 from services.common.sfid import is_queue
 

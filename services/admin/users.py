@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import Column, Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.admin.errors import Conflict, Invalid, NotFound
-from services.common.admin.pagination import Page, decode_cursor, page_of
-from services.common.admin.schemas import (
+from services.admin.errors import Conflict, Invalid, NotFound
+from services.admin.pagination import Page, decode_cursor, page_of
+from services.admin.schemas import (
     AeUserCreate,
     AeUserPatch,
     AeUserView,
@@ -25,7 +25,7 @@ from services.common.admin.schemas import (
     SfUserView,
     UsersLoaded,
 )
-from services.common.admin.tenants import tenant_row
+from services.admin.tenants import tenant_row
 from services.common.db.tables import ae_users, connected_users, sf_users
 
 

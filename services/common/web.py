@@ -1,0 +1,70 @@
+"""What every HTTP role shares: the runtime dependency, a bounded body reader, and a real
+HTTP server on loopback inside the current event loop (the receiver, the simulators, tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import uvicorn
+from fastapi import Depends, HTTPException, Request
+
+from services.common.runtime import Runtime
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: object, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve `app` until the block exits; yields its base URL (http://host:port)."""
+    port = port or free_port(host)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    # The process owner (CLI or test) handles signals; servers inside it must not steal them.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError(f"server on {host}:{port} stopped before it started")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes")
+
+
+async def limited_body(request: Request, runtime: RuntimeDep) -> bytes:
+    """The request body, refused with 413 past the limit without reading it all."""
+    limit = runtime.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
