@@ -16,15 +16,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 API_PREFIX = "/api/v5/objects"
-PROSPECT_FIELDS = (
-    "id",
-    "email",
-    "assignedUserId",
-    "assignedQueueId",
-    "salesforceId",
-    "createdAt",
-    "updatedAt",
-)
 DEFAULT_PAGE_SIZE = 200
 MAX_PAGE_SIZE = 1000
 
@@ -271,7 +262,8 @@ def _get_prospect(state: AeSimState, prospect_id: int) -> dict[str, Any]:
 
 
 def _sim(request: Request) -> AeSimState:
-    return request.app.state.sim  # type: ignore[no-any-return]
+    state: AeSimState = request.app.state.sim
+    return state
 
 
 # --- routes ---------------------------------------------------------------------------------

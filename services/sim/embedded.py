@@ -16,7 +16,8 @@ from services.common.db.tables import ae_users, queues, sf_users, tenants
 from services.common.runtime import Runtime
 from services.common.web import serve_app
 from services.sim.ae import AeSimState, create_ae_app
-from services.sim.sf import SfSimState, create_sf_app
+from services.sim.sf.app import create_sf_app
+from services.sim.sf.org import SfSimState
 
 
 @dataclass

@@ -1,0 +1,241 @@
+"""The simulated org over HTTP: the OAuth and REST routes ownersync calls, and the `/_sim`
+control routes with their fault switches. The app's lifespan runs the outbound messenger."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from services.sim.sf.org import CallRecord, SfSimError, SfSimState
+from services.sim.sf.soap import SObjectType
+
+_API_VERSION = re.compile(r"^v\d+\.\d$")
+_SOBJECTS: dict[str, SObjectType] = {"lead": "Lead", "contact": "Contact"}
+
+
+def _sim(request: Request) -> SfSimState:
+    state: SfSimState = request.app.state.sim
+    return state
+
+
+def _api_session(request: Request) -> SfSimState:
+    """Every data API call: a valid session first, then the injected faults."""
+    state = _sim(request)
+    fault = state.faults.take_session_fault()
+    if fault is None:
+        state.authorize(request.headers.get("Authorization"))
+        fault = state.faults.take_api_fault()
+    if fault is not None:
+        raise fault
+    return state
+
+
+Sim = Annotated[SfSimState, Depends(_sim)]
+ApiSim = Annotated[SfSimState, Depends(_api_session)]
+
+
+def _sobject(name: str, version: str) -> SObjectType:
+    sobject = _SOBJECTS.get(name.lower())
+    if sobject is None or not _API_VERSION.match(version):
+        raise SfSimError.not_found()
+    return sobject
+
+
+def _auto_assign(request: Request) -> bool:
+    # Missing means TRUE, as in Salesforce: only an explicit FALSE turns the rule off.
+    return (request.headers.get("Sforce-Auto-Assign") or "TRUE").strip().upper() != "FALSE"
+
+
+async def _json_fields(request: Request) -> dict[str, Any]:
+    try:
+        payload = json.loads(await request.body())
+    except ValueError:
+        raise SfSimError(400, "JSON_PARSER_ERROR", "The request body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise SfSimError(400, "JSON_PARSER_ERROR", "Expected a JSON object of field values")
+    return payload
+
+
+def _oauth_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/services/oauth2/token")
+    async def token(request: Request, sim: Sim) -> JSONResponse:
+        # Parsed by hand: form parsing in Starlette needs python-multipart, even for urlencoded.
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+        if form.get("grant_type") != "client_credentials":
+            return _oauth_error("unsupported_grant_type", "grant type not supported")
+        try:
+            access_token = sim.issue_token(form.get("client_id", ""), form.get("client_secret", ""))
+        except ValueError:
+            return _oauth_error("invalid_client", "invalid client credentials")
+        instance_url = sim.instance_url or str(request.base_url).rstrip("/")
+        return JSONResponse(
+            {
+                "access_token": access_token,
+                "instance_url": instance_url,
+                "id": f"{instance_url}/id/{sim.org_id}/{sim.api_user_id}",
+                "token_type": "Bearer",
+                "issued_at": str(int(time.time() * 1000)),
+            }
+        )
+
+    return router
+
+
+def _oauth_error(error: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status_code=400)
+
+
+def _rest_router() -> APIRouter:
+    router = APIRouter(prefix="/services/data/{version}/sobjects")
+
+    @router.post("/{name}", status_code=201)
+    async def create(version: str, name: str, request: Request, sim: ApiSim) -> JSONResponse:
+        sobject = _sobject(name, version)
+        fields = await _json_fields(request)
+        record = sim.create_record(sobject, fields, auto_assign=_auto_assign(request))
+        return JSONResponse({"id": record["Id"], "success": True, "errors": []}, status_code=201)
+
+    @router.patch("/{name}/{record_id}", status_code=204)
+    async def update(
+        version: str, name: str, record_id: str, request: Request, sim: ApiSim
+    ) -> Response:
+        sobject = _sobject(name, version)
+        fields = await _json_fields(request)
+        sim.update_record(sobject, record_id, fields, auto_assign=_auto_assign(request))
+        return Response(status_code=204)
+
+    @router.get("/{name}/{record_id}")
+    async def read(version: str, name: str, record_id: str, sim: ApiSim) -> JSONResponse:
+        sobject = _sobject(name, version)
+        record = sim.get_record(sobject, record_id)
+        url = f"/services/data/{version}/sobjects/{sobject}/{record['Id']}"
+        return JSONResponse({"attributes": {"type": sobject, "url": url}, **record})
+
+    return router
+
+
+class FaultSettings(BaseModel):
+    """Fault switches of the simulator; fields left out keep their current value."""
+
+    latency_ms: int | None = Field(None, ge=0, description="Delay before every API answer.")
+    request_limit_exceeded: int | None = Field(
+        None, ge=0, description="The next N API calls answer 403 REQUEST_LIMIT_EXCEEDED."
+    )
+    server_errors: int | None = Field(
+        None, ge=0, description="The next N API calls answer `server_error_status`."
+    )
+    server_error_status: Literal[500, 503] | None = None
+    invalid_session: int | None = Field(
+        None, ge=0, description="The next N API calls answer 401 INVALID_SESSION_ID."
+    )
+    outbound_duplicate: bool | None = Field(None, description="Deliver every message twice.")
+    outbound_reorder: bool | None = Field(None, description="Deliver out of write order.")
+    outbound_batch_window_ms: int | None = Field(None, ge=0)
+
+
+def _apply_faults(state: SfSimState, settings: FaultSettings) -> dict[str, Any]:
+    for name in ("latency_ms", "request_limit_exceeded", "server_errors", "invalid_session"):
+        value = getattr(settings, name)
+        if value is not None:
+            setattr(state.faults, name, value)
+    if settings.server_error_status is not None:
+        state.faults.server_error_status = settings.server_error_status
+    outbound = state.outbound
+    if settings.outbound_duplicate is not None:
+        outbound.duplicate = settings.outbound_duplicate
+    if settings.outbound_reorder is not None:
+        outbound.reorder = settings.outbound_reorder
+    if settings.outbound_batch_window_ms is not None:
+        outbound.batch_window_ms = settings.outbound_batch_window_ms
+    return {
+        **asdict(state.faults),
+        "outbound_duplicate": outbound.duplicate,
+        "outbound_reorder": outbound.reorder,
+        "outbound_batch_window_ms": outbound.batch_window_ms,
+    }
+
+
+def _control_router() -> APIRouter:
+    router = APIRouter(prefix="/_sim", tags=["simulator control"])
+
+    @router.post("/faults")
+    async def faults(settings: FaultSettings, sim: Sim) -> dict[str, Any]:
+        return _apply_faults(sim, settings)
+
+    @router.get("/state")
+    async def state(sim: Sim) -> dict[str, Any]:
+        return sim.dump()
+
+    @router.get("/calls")
+    async def calls(sim: Sim) -> list[dict[str, Any]]:
+        return [asdict(call) for call in sim.calls]
+
+    @router.get("/outbound")
+    async def outbound(sim: Sim) -> list[dict[str, Any]]:
+        return [asdict(delivery) for delivery in sim.outbound.deliveries]
+
+    @router.post("/reset", status_code=204)
+    async def reset(sim: Sim) -> Response:
+        sim.reset()
+        return Response(status_code=204)
+
+    return router
+
+
+async def _latency_and_call_log(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    if not request.url.path.startswith("/services/"):
+        return await call_next(request)
+    state = _sim(request)
+    if state.faults.latency_ms:
+        await asyncio.sleep(state.faults.latency_ms / 1000)
+    response = await call_next(request)
+    state.calls.append(
+        CallRecord(
+            request.method,
+            request.url.path,
+            response.status_code,
+            request.headers.get("Sforce-Auto-Assign"),
+        )
+    )
+    return response
+
+
+async def _sf_error_response(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SfSimError)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def create_sf_app(state: SfSimState | None = None) -> FastAPI:
+    sim = state or SfSimState()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sim.outbound.start()
+        try:
+            yield
+        finally:
+            await sim.outbound.stop()
+
+    app = FastAPI(title="Salesforce simulator", lifespan=lifespan)
+    app.state.sim = sim
+    app.add_exception_handler(SfSimError, _sf_error_response)
+    app.middleware("http")(_latency_and_call_log)
+    app.include_router(_oauth_router())
+    app.include_router(_rest_router())
+    app.include_router(_control_router())
+    return app
