@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from services.admin.tenant_file import TenantFile
+from services.common.endpoints import SfAction, sf_outbound_url
 from services.common.messages import event_id_for
 from services.common.sfid import to18
 from services.sim.sf import OutboundNotification, build_outbound_message, format_sf_datetime
@@ -43,6 +44,7 @@ class Fixture:
     created_action: str
     reassigned_action: str
     ae_user_of: dict[str, int]
+    endpoint_key: str | None
 
     @classmethod
     def read(cls, path: Path) -> Fixture:
@@ -59,6 +61,7 @@ class Fixture:
             created_action=actions.get("record-created", to18("04k5g0000o5gLzdAAE")),
             reassigned_action=actions.get("record-reassigned", to18("04k5g0000ECR19BAQT")),
             ae_user_of={c.salesforce_user: c.engagement_user for c in data.connected_users},
+            endpoint_key=data.salesforce_endpoint_key,
         )
 
     @property
@@ -156,7 +159,8 @@ class Workload:
             partner_url=f"https://bench.my.salesforce.com/services/Soap/u/62.0/{org15}",
             notifications=notes,
         )
-        path = f"/salesforce/{f.tenant}/record-{kind}"
+        action: SfAction = "record-created" if kind == "created" else "record-reassigned"
+        path = sf_outbound_url("", f.tenant, action, f.endpoint_key)
         return Message(kind, path, body, tuple(n.notification_id for n in notes), stale=stale)
 
     # ---- message kinds

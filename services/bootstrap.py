@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -114,8 +114,12 @@ async def running(
     stop: asyncio.Event,
     *,
     runtime: Runtime | None = None,
+    sf_endpoint_keys: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Running]:
-    """Start `roles`; on exit, set `stop`, let workers finish their batch, close everything."""
+    """Start `roles`; on exit, set `stop`, let workers finish their batch, close everything.
+
+    `sf_endpoint_keys` (tenant -> key) gives the key the embedded SF simulator puts in its
+    outbound-message URLs: the store keeps only its hash."""
     roles = set(roles)
     if unknown := roles - set(ROLES):
         raise ConfigurationError(f"unknown roles: {', '.join(sorted(unknown))}")
@@ -159,7 +163,14 @@ async def running(
             if live.sf is not None:
                 from services.sim.embedded import point_outbound_messages
 
-                point_outbound_messages(live.sf, live.receiver_url)
+                key = (sf_endpoint_keys or {}).get(live.sf.tenant)
+                if key is None:
+                    log.warning(
+                        "no SF endpoint key for tenant %s: the receiver will refuse the embedded "
+                        "SF simulator's outbound messages (401)",
+                        live.sf.tenant,
+                    )
+                point_outbound_messages(live.sf, live.receiver_url, key)
         try:
             yield live
         finally:

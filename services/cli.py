@@ -55,15 +55,19 @@ def _serve(
 ) -> None:
     if settings.is_sqlite:
         migrate(settings.database_url)  # the embedded store migrates itself
+    endpoint_keys: dict[str, str] = {}
     for path in tenant_files or []:
         _load_tenant_file(settings, path)
+        data = TenantFile.read(path)
+        if data.salesforce_endpoint_key:
+            endpoint_keys[data.tenant] = data.salesforce_endpoint_key
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with running(settings, roles, stop) as live:
+        async with running(settings, roles, stop, sf_endpoint_keys=endpoint_keys) as live:
             if live.receiver_url:
                 err.print(
                     f"[green]ownersync {', '.join(roles)} up[/green]: {live.receiver_url}"
@@ -128,6 +132,7 @@ def sim(
     ] = None,
 ) -> None:
     """Serve the SF and AE simulators (for the demo profile and local experiments)."""
+    from services.common.endpoints import sf_outbound_url
     from services.common.web import serve_app
     from services.sim.ae import AeSimState, create_ae_app
     from services.sim.sf import SfSimState, create_sf_app
@@ -144,9 +149,10 @@ def sim(
         for name, ae_id in data.engagement_users.items():
             ae_state.add_user(f"{name}@example.com", user_id=ae_id, first_name=name)
         if receiver_url:
+            key = data.salesforce_endpoint_key
             sf_state.outbound.configure(
-                created_url=f"{receiver_url}/salesforce/{data.tenant}/record-created",
-                reassigned_url=f"{receiver_url}/salesforce/{data.tenant}/record-reassigned",
+                created_url=sf_outbound_url(receiver_url, data.tenant, "record-created", key),
+                reassigned_url=sf_outbound_url(receiver_url, data.tenant, "record-reassigned", key),
             )
 
     async def main() -> None:

@@ -31,6 +31,9 @@ Email = Annotated[
 ]
 BigId = Annotated[int, Field(ge=1, le=9_223_372_036_854_775_807)]
 Secret = Annotated[str, StringConstraints(min_length=16, max_length=200, pattern=r"^[!-~]+$")]
+EndpointKey = Annotated[
+    str, StringConstraints(min_length=32, max_length=200, pattern=r"^[A-Za-z0-9_~.-]+$")
+]  # URL-safe: it travels as a query parameter
 SyncMode = Literal["leads", "contacts"]
 Scope = Literal["read", "write", "admin"]
 
@@ -114,6 +117,12 @@ class TenantView(ApiModel):
     previous_secret_expires_at: datetime | None = Field(
         None, description="until then the previous webhook secret is still accepted"
     )
+    salesforce_endpoint_key_set: bool = Field(
+        False, description="whether SF outbound messages can authenticate (`?key=` in the URL)"
+    )
+    previous_endpoint_key_expires_at: datetime | None = Field(
+        None, description="until then the previous SF endpoint key is still accepted"
+    )
     created_at: datetime
 
 
@@ -126,11 +135,15 @@ class TenantCreate(ApiInput):
     auto_create_prospects: bool = True
     connector_verified: bool = False
     webhook_secret: Secret | None = Field(None, description="generated when omitted")
+    salesforce_endpoint_key: EndpointKey | None = Field(None, description="generated when omitted")
 
 
 class TenantCreated(ApiModel):
     tenant: TenantView
     webhook_secret: str = Field(description="shown this once: AE signs its webhooks with it")
+    salesforce_endpoint_key: str = Field(
+        description="shown this once: the `key` query parameter of the SF outbound-message URLs"
+    )
 
 
 class TenantPatch(ApiInput):
@@ -148,6 +161,18 @@ class SecretRotation(ApiInput):
         86_400, ge=0, le=7 * 86_400, description="how long the old secret stays valid"
     )
     webhook_secret: Secret | None = Field(None, description="generated when omitted")
+
+
+class EndpointKeyRotation(ApiInput):
+    grace_seconds: int = Field(
+        86_400, ge=0, le=7 * 86_400, description="how long the old key stays valid"
+    )
+    salesforce_endpoint_key: EndpointKey | None = Field(None, description="generated when omitted")
+
+
+class EndpointKeyRotated(ApiModel):
+    salesforce_endpoint_key: str = Field(description="the new key, shown this once")
+    previous_endpoint_key_expires_at: datetime | None
 
 
 class SecretRotated(ApiModel):

@@ -20,6 +20,7 @@ from services.common.db.tables import (
     sf_users,
     tenants,
 )
+from services.common.keys import key_hash
 from services.common.sfid import SfId
 
 
@@ -46,6 +47,11 @@ class TenantFile(BaseModel):
     auto_create_prospects: bool
     connector_verified: bool
     webhook_secret: str = Field(min_length=16)
+    # The `key` of the SF outbound-message URLs; without it SF messages are refused until an
+    # operator sets one (`ownersync tenant rotate-endpoint-key`).
+    salesforce_endpoint_key: str | None = Field(
+        None, min_length=32, max_length=200, pattern=r"^[A-Za-z0-9_~.-]+$"
+    )
     salesforce_users: dict[str, SfId]
     engagement_users: dict[str, int]
     connected_users: list[ConnectedUser] = []
@@ -90,6 +96,8 @@ async def load_tenant(conn: AsyncConnection, data: TenantFile) -> dict[str, int]
         "connector_verified": data.connector_verified,
         "webhook_secret": data.webhook_secret,
     }
+    if data.salesforce_endpoint_key is not None:
+        settings["endpoint_key_hash"] = key_hash(data.salesforce_endpoint_key)
     exists = (await conn.execute(select(tenants.c.id).where(tenants.c.id == t))).first()
     if exists:
         await conn.execute(update(tenants).where(tenants.c.id == t).values(**settings))

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.admin.errors import Conflict, Invalid, NotFound
 from services.admin.pagination import Page, decode_cursor, page_of
 from services.admin.schemas import (
+    EndpointKeyRotated,
     SecretRotated,
     TenantCreate,
     TenantCreated,
@@ -19,6 +20,7 @@ from services.admin.schemas import (
     TenantView,
 )
 from services.common.db.tables import sf_users, tenants
+from services.common.keys import key_hash, new_endpoint_key
 
 NOT_FOUND = "not found"  # the same words whether the tenant is missing or someone else's
 
@@ -67,8 +69,14 @@ def tenant_view(row: Any, now: datetime | None = None) -> TenantView:
         auto_create_prospects=row.auto_create_prospects,
         connector_verified=row.connector_verified,
         previous_secret_expires_at=expires,
+        salesforce_endpoint_key_set=row.endpoint_key_hash is not None,
+        previous_endpoint_key_expires_at=_unexpired(row.previous_endpoint_key_expires_at, now),
         created_at=row.created_at,
     )
+
+
+def _unexpired(expires: datetime | None, now: datetime | None) -> datetime | None:
+    return None if now is not None and expires is not None and expires <= now else expires
 
 
 async def get_tenant(conn: AsyncConnection, tenant_id: str, now: datetime) -> TenantView:
@@ -92,9 +100,11 @@ async def create_tenant(conn: AsyncConnection, data: TenantCreate, now: datetime
         raise Conflict(f"tenant {data.id!r} exists", code="tenant_exists")
     await _org_is_free(conn, data.salesforce_org_id, data.id)
     secret = data.webhook_secret or new_webhook_secret()
+    endpoint_key = data.salesforce_endpoint_key or new_endpoint_key()
     await conn.execute(
         insert(tenants).values(
             id=data.id,
+            endpoint_key_hash=key_hash(endpoint_key),
             salesforce_org_id=data.salesforce_org_id,
             connector_user_id=data.connector_user_id,
             sync_mode=data.sync_mode,
@@ -113,7 +123,11 @@ async def create_tenant(conn: AsyncConnection, data: TenantCreate, now: datetime
             created_at=now,
         )
     )
-    return TenantCreated(tenant=await get_tenant(conn, data.id, now), webhook_secret=secret)
+    return TenantCreated(
+        tenant=await get_tenant(conn, data.id, now),
+        webhook_secret=secret,
+        salesforce_endpoint_key=endpoint_key,
+    )
 
 
 async def update_tenant(
@@ -168,6 +182,33 @@ async def rotate_webhook_secret(
         )
     )
     return SecretRotated(webhook_secret=secret, previous_secret_expires_at=expires)
+
+
+async def rotate_endpoint_key(
+    conn: AsyncConnection,
+    tenant_id: str,
+    *,
+    grace: timedelta,
+    now: datetime,
+    new_key: str | None = None,
+) -> EndpointKeyRotated:
+    """A new SF endpoint key; the old one stays valid for `grace` (not at all when zero), so
+    that SF's outbound-message URLs can be switched over without refused deliveries."""
+    row = await tenant_row(conn, tenant_id, lock=True)
+    key = new_key or new_endpoint_key()
+    if key_hash(key) == row.endpoint_key_hash:
+        raise Conflict("the new key is the current one", code="same_key")
+    expires = now + grace if grace > timedelta(0) and row.endpoint_key_hash else None
+    await conn.execute(
+        update(tenants)
+        .where(tenants.c.id == tenant_id)
+        .values(
+            endpoint_key_hash=key_hash(key),
+            previous_endpoint_key_hash=row.endpoint_key_hash if expires else None,
+            previous_endpoint_key_expires_at=expires,
+        )
+    )
+    return EndpointKeyRotated(salesforce_endpoint_key=key, previous_endpoint_key_expires_at=expires)
 
 
 async def _org_is_free(conn: AsyncConnection, org_id: str, tenant_id: str) -> None:

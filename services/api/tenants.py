@@ -13,6 +13,8 @@ from services.admin.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyView,
+    EndpointKeyRotated,
+    EndpointKeyRotation,
     SecretRotated,
     SecretRotation,
     TenantCreate,
@@ -81,6 +83,27 @@ async def rotate_webhook_secret(
             grace=timedelta(seconds=body.grace_seconds),
             now=now(),
             new_secret=body.webhook_secret,
+        )
+
+
+@router.post(
+    "/tenants/{tenant}/endpoint-key/rotate",
+    summary="Rotate the SF endpoint key",
+    responses=responses(409),
+)
+async def rotate_endpoint_key(
+    tenant: AdminTenant, body: EndpointKeyRotation, runtime: RuntimeDep
+) -> EndpointKeyRotated:
+    """A new key for the `key` query parameter of the SF outbound-message URLs; the old one
+    stays valid for `graceSeconds` so that SF's actions can be switched over without refused
+    deliveries. The new key is shown this once."""
+    async with transaction(runtime) as conn:
+        return await tenants.rotate_endpoint_key(
+            conn,
+            tenant,
+            grace=timedelta(seconds=body.grace_seconds),
+            now=now(),
+            new_key=body.salesforce_endpoint_key,
         )
 
 

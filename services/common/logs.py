@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Secrets that travel in URLs (the SF endpoint key): whatever logs a URL, the value never shows.
+_URL_SECRET = re.compile(r"([?&](?:key|access_token|client_secret)=)[^&\s\"'<>]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    return _URL_SECRET.sub(r"\1[redacted]", text)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -26,7 +33,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return redact(json.dumps(line, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -38,7 +45,7 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         if extras:
             text += " " + " ".join(f"{k}={v}" for k, v in extras.items() if v is not None)
-        return text
+        return redact(text)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:

@@ -13,6 +13,11 @@ from prometheus_client.registry import REGISTRY, Collector
 EVENTS_RECEIVED = Counter(
     "ownersync_events_received_total", "Notifications and webhooks received", ["type"]
 )
+EVENTS_REFUSED = Counter(
+    "ownersync_events_refused_total",
+    "Inbound calls refused by a receiver: unauthenticated, timestamps from the future, …",
+    ["source", "reason"],
+)
 EVENTS_PUBLISHED = Counter(
     "ownersync_events_published_total", "Events confirmed by the broker", ["type"]
 )

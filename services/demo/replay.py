@@ -31,6 +31,7 @@ from services.admin.tenant_file import TenantFile, load_tenant
 from services.bootstrap import ROLES, Running, running
 from services.common.db.engine import make_engine, migrate
 from services.common.db.tables import audit_log, records
+from services.common.endpoints import sf_outbound_url
 from services.common.messages import event_id_for
 from services.common.settings import Settings
 from services.common.web import free_port
@@ -93,6 +94,11 @@ SEED_SCENARIOS = [
 
 def demo_tenant() -> TenantFile:
     return TenantFile.read(SF / "tenant.json")
+
+
+def _endpoint_keys(tenant: TenantFile) -> dict[str, str]:
+    key = tenant.salesforce_endpoint_key
+    return {tenant.tenant: key} if key else {}
 
 
 @dataclass
@@ -176,7 +182,7 @@ async def run_demo(console: Console) -> None:
         await engine.dispose()
         stop = asyncio.Event()
         async with (
-            running(settings, ROLES, stop) as live,
+            running(settings, ROLES, stop, sf_endpoint_keys=_endpoint_keys(tenant)) as live,
             httpx.AsyncClient(base_url=live.receiver_url or "", timeout=30) as http,
         ):
             story = Story(live, tenant, http)
@@ -270,7 +276,7 @@ async def _salesforce_to_engagement(story: Story) -> Table:
         notifications = parse_outbound_message(body).notifications
         since = await story.last_audit_id()
         response = await story.http.post(
-            f"/salesforce/{story.tenant.tenant}/{action}",
+            sf_outbound_url("", story.tenant.tenant, action, story.tenant.salesforce_endpoint_key),
             content=body,
             headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'},
         )
@@ -295,7 +301,9 @@ async def _salesforce_to_engagement(story: Story) -> Table:
         table.add_row(label, str(response.status_code), *row)
     for bad in sorted((SF / "bad").iterdir()):
         response = await story.http.post(
-            f"/salesforce/{story.tenant.tenant}/record-created",
+            sf_outbound_url(
+                "", story.tenant.tenant, "record-created", story.tenant.salesforce_endpoint_key
+            ),
             content=bad.read_bytes(),
             headers={"Content-Type": "text/xml; charset=utf-8"},
         )

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from services.common.db.store import pending_effects
 from services.common.db.tables import ae_users, queues, sf_users, tenants
+from services.common.endpoints import sf_outbound_url
 from services.common.runtime import Runtime
 from services.common.web import serve_app
 from services.sim.ae import AeSimState, create_ae_app
@@ -78,10 +79,12 @@ async def seed_ae_sim(runtime: Runtime, state: AeSimState) -> None:
                 )
 
 
-def point_outbound_messages(sf: EmbeddedSf, receiver_url: str) -> None:
+def point_outbound_messages(sf: EmbeddedSf, receiver_url: str, endpoint_key: str | None) -> None:
+    """SF's outbound-message actions, as an admin would set them up: the receiver's URLs with
+    the tenant's endpoint key (without one, the receiver refuses them with 401)."""
     sf.state.outbound.configure(
-        created_url=f"{receiver_url}/salesforce/{sf.tenant}/record-created",
-        reassigned_url=f"{receiver_url}/salesforce/{sf.tenant}/record-reassigned",
+        created_url=sf_outbound_url(receiver_url, sf.tenant, "record-created", endpoint_key),
+        reassigned_url=sf_outbound_url(receiver_url, sf.tenant, "record-reassigned", endpoint_key),
     )
 
 

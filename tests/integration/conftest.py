@@ -18,6 +18,7 @@ from services.common.runtime import build_runtime
 from services.common.settings import Settings
 from services.common.web import free_port
 from services.demo.replay import demo_tenant
+from tests.endpoints import ACME_ENDPOINT_KEY
 
 PG_URL = os.environ.get(
     "OWNERSYNC_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -93,7 +94,8 @@ async def stack(base_settings: Settings, clean: None) -> AsyncIterator[Running]:
     """Receiver, syncer and relay on the real Postgres and RabbitMQ, AE simulator over HTTP."""
     settings = base_settings.model_copy(update={"port": free_port()})
     stop = asyncio.Event()
-    async with running(settings, ROLES, stop) as live:
+    keys = {"acme": ACME_ENDPOINT_KEY} if ACME_ENDPOINT_KEY else {}
+    async with running(settings, ROLES, stop, sf_endpoint_keys=keys) as live:
         yield live
 
 

@@ -14,6 +14,7 @@ from services.bootstrap import Running
 from services.common.db.tables import audit_log, outbox
 from services.receiver.soap import parse_outbound_message
 from services.sim.embedded import wait_until_idle
+from tests.endpoints import sf_path
 from tests.integration.test_api_support import ACME, DAVE_SF, Api, error, sf_id
 
 pytest_plugins = ["tests.integration.test_api_support"]
@@ -29,7 +30,7 @@ class Story:
         body = (self.fixtures / name).read_bytes()
         async with httpx.AsyncClient(base_url=self.live.receiver_url or "") as http:
             response = await http.post(
-                f"/salesforce/{ACME}/{action}",
+                sf_path(action, ACME),
                 content=body,
                 headers={"Content-Type": "text/xml; charset=utf-8"},
             )

@@ -19,6 +19,7 @@ from services.common.settings import Settings
 from services.common.web import free_port, serve_app
 from services.common.worker import WorkerStats, run_worker
 from services.demo.replay import FIXTURES
+from tests.endpoints import sf_path
 from tests.integration.conftest import AMQP_URL
 
 
@@ -33,7 +34,7 @@ async def test_receiver_answers_503_with_a_fault_and_acks_nothing_while_rabbitmq
     body = (FIXTURES / "salesforce/lead-created-batch-100.xml").read_bytes()
     try:
         async with serve_app(create_app(runtime)) as url, httpx.AsyncClient(base_url=url) as http:
-            response = await http.post("/salesforce/acme/record-created", content=body)
+            response = await http.post(sf_path("record-created"), content=body)
             ready = await http.get("/readyz")
     finally:
         await runtime.close()

@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.bootstrap import Running
 from services.demo.replay import FIXTURES
 from services.sim.embedded import wait_until_idle
+from tests.endpoints import sf_path
 from tests.integration.webhooks import engagement_body, post_webhook
 
 
@@ -32,12 +33,10 @@ async def test_metrics_expose_the_flow_by_type_and_rule(stack: Running) -> None:
         before = _samples((await http.get("/metrics")).text)
         for name in ("lead-created-owner-connected.xml", "lead-created-owner-not-connected.xml"):
             body = (FIXTURES / "salesforce" / name).read_bytes()
-            assert (
-                await http.post("/salesforce/acme/record-created", content=body)
-            ).status_code == 200
+            assert (await http.post(sf_path("record-created"), content=body)).status_code == 200
         await wait_until_idle(stack, settled=2)
         body = (FIXTURES / "salesforce" / "lead-created-owner-connected.xml").read_bytes()
-        await http.post("/salesforce/acme/record-created", content=body)  # a duplicate: skipped
+        await http.post(sf_path("record-created"), content=body)  # a duplicate: skipped
         assert stack.ae_sim is not None
         stack.ae_sim.add_prospect("ed@example.com", prospect_id=9005)
         assert (

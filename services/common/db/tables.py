@@ -76,6 +76,9 @@ tenants = Table(
     Column("created_at", TS, nullable=False),
     Column("previous_webhook_secret", Text, doc="still accepted until previous_secret_expires_at"),
     Column("previous_secret_expires_at", TS),
+    Column("endpoint_key_hash", String(64), doc="SHA-256 of the SF outbound-message URL key"),
+    Column("previous_endpoint_key_hash", String(64), doc="accepted until the expiry below"),
+    Column("previous_endpoint_key_expires_at", TS),
     CheckConstraint("sync_mode in ('leads', 'contacts')", name="sync_mode"),
 )
 
