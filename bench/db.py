@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import asyncpg
 
 from bench.procs import REPO
+from services.common.domain import Rule
 
 
 def asyncpg_url(url: str) -> str:
@@ -94,8 +95,11 @@ class Store:
         return int(await self.conn.fetchval("select count(*) from outbox where status = 'dead'"))
 
     async def rule_counts(self, since_audit_id: int) -> dict[str, int]:
+        """Decisions by rule (the relay's rows say what it learned: not decisions)."""
         rows = await self.conn.fetch(
-            "select rule, count(*) from audit_log where id > $1 group by rule", since_audit_id
+            "select rule, count(*) from audit_log where id > $1 and rule <> $2 group by rule",
+            since_audit_id,
+            Rule.RELAY.value,
         )
         return {r[0]: int(r[1]) for r in rows}
 

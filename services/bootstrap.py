@@ -28,7 +28,7 @@ from services.common.sf_client import SfClient
 from services.common.web import serve_app
 from services.common.worker import WorkerStats, run_worker
 from services.receiver.app import install_receiver
-from services.relay.relay import Relay, Sender
+from services.relay.relay import Relay, Senders
 from services.relay.senders import ae_prospect_sender, sf_record_sender
 from services.syncer.worker import apply_sf_events
 
@@ -181,10 +181,11 @@ async def running(
 async def _start_relay(
     live: Running, settings: Settings, stack: contextlib.AsyncExitStack, stop: asyncio.Event
 ) -> None:
-    senders: dict[str, Sender] = {"ae": ae_prospect_sender(await _ae_client(live, settings, stack))}
+    ae = await _ae_client(live, settings, stack)
     sf = await _sf_client(live, settings, stack)
-    if sf is not None:
-        senders["sf"] = sf_record_sender(sf)
+    senders = Senders(
+        ae=ae_prospect_sender(ae), sf=sf_record_sender(sf) if sf is not None else None
+    )
     live.relay = Relay(
         live.runtime.engine,
         senders,

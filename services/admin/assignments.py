@@ -15,16 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.admin.errors import Unavailable
 from services.admin.schemas import AssignmentAccepted, AssignmentRequest, DecisionPreview
 from services.admin.tenants import tenant_row
-from services.assigner.decide import decide_ae_event
+from services.assigner.state import load_assigner_state
 from services.common.broker.base import Broker, BrokerUnavailable
 from services.common.db import store
-from services.common.domain import TenantPolicy
 from services.common.messages import (
     AE_ASSIGNMENT_REQUESTED,
     AeProspectEvent,
     AeWebhook,
-    AssignToGroup,
-    AssignToUser,
     event_id_for,
 )
 
@@ -50,41 +47,11 @@ async def preview_assignment(
     conn: AsyncConnection, event: AeProspectEvent, now: datetime
 ) -> DecisionPreview:
     """The assigner's decision on the current state. Run it in a transaction that is rolled
-    back (and ended before publishing): the loaders lock what the worker would lock."""
-    tenant = await tenant_row(conn, event.tenant)
-    policy = TenantPolicy(
-        tenant_id=tenant.id,
-        connector_user_id=tenant.connector_user_id,
-        sync_mode=tenant.sync_mode,
-        auto_create_prospects=tenant.auto_create_prospects,
-        connector_verified=tenant.connector_verified,
-    )
-    prospect = event.payload.prospect
-    action = event.payload.action
-    record = (await store.records_by(conn, tenant.id, "prospect_id", [prospect.id])).get(
-        prospect.id
-    )
-    group = action.group_id if isinstance(action, AssignToGroup) else None
-    members = await store.group_members_of(conn, tenant.id, [group] if group is not None else [])
-    users = {prospect.assigned_user_id} | {m.ae_user_id for ms in members.values() for m in ms}
-    if isinstance(action, AssignToUser):
-        users.add(action.user_id)
-    if record is not None:
-        users.add(record.ae_assigned_user_id)
-    sf_user_of = await store.sf_users_connected_to(
-        conn, tenant.id, {u for u in users if u is not None}
-    )
+    back (and ended before publishing): the loader locks what the worker would lock."""
+    policy = store.policy_from_row(await tenant_row(conn, event.tenant))
+    state = await load_assigner_state(conn, policy, [event])
     processed = await store.processed_event_ids(conn, [str(event.event_id)])
-    decided = decide_ae_event(
-        event,
-        policy=policy,
-        record=record,
-        sf_user_of=sf_user_of,
-        group_members=members.get(group) if group is not None else None,
-        known_queues=await store.tenant_queue_ids(conn, tenant.id),
-        already_processed=bool(processed),
-        now=now,
-    ).decision
+    decided = state.decide(event, already_processed=bool(processed), now=now).decision
     after = decided.after
     return DecisionPreview(
         rule=decided.rule,

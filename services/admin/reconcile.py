@@ -2,9 +2,10 @@
 connected users now allow, exactly as S5/S6 would on a reassignment notification.
 
 "Disagree" means: the SF owner is a connected SF user whose AE user is not AE's assignee, or
-the SF owner is a queue AE is not assigned to. A fix updates the record and writes an audit row
-(rule S5/S6, reason "reconcile: …") and an AE upsert to the outbox in the caller's transaction;
-the relay sends it. Records whose SF owner is not connected are counted and left alone (S4).
+the SF owner is a queue AE is not assigned to. A fix is written by the workers' `BatchWriter`:
+the record, an audit row (rule S5/S6, reason "reconcile: …") and an AE upsert to the outbox, in
+the caller's transaction; the relay sends it. Records whose SF owner is not connected are
+counted and left alone (S4).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.admin.schemas import ReconcileChange, ReconcileOutcome, ReconcileReport
 from services.admin.tenants import tenant_row
-from services.common.db.store import record_from_row
-from services.common.db.tables import audit_log, connected_users, outbox, records
+from services.common.db.store import BatchWriter, Cause, policy_from_row, record_from_row
+from services.common.db.tables import connected_users, records
 from services.common.domain import Decision, RecordState, TenantPolicy
 from services.common.messages import SF_RECORD_REASSIGNED, SfRecord, SfRecordEvent
 from services.common.sfid import is_queue
@@ -98,20 +99,14 @@ async def reconcile(
     now: datetime,
     on_progress: Progress | None = None,
 ) -> ReconcileReport:
-    tenant = await tenant_row(conn, tenant_id, lock=not dry_run)
-    policy = TenantPolicy(
-        tenant_id=tenant.id,
-        connector_user_id=tenant.connector_user_id,
-        sync_mode=tenant.sync_mode,
-        auto_create_prospects=tenant.auto_create_prospects,
-        connector_verified=tenant.connector_verified,
-    )
+    policy = policy_from_row(await tenant_row(conn, tenant_id, lock=not dry_run))
     total = (
         await conn.execute(
             select(func.count()).select_from(records).where(records.c.tenant_id == tenant_id)
         )
     ).scalar_one()
     run_id = uuid.uuid4()
+    cause = Cause(str(run_id), "reconcile", EVENT_TYPE)
     outcomes: Counter[str] = Counter()
     by_rule: Counter[str] = Counter()
     changes: list[ReconcileChange] = []
@@ -154,7 +149,10 @@ async def reconcile(
             if len(changes) < SHOWN_CHANGES:
                 changes.append(_change(verdict.decision))
         if fixes and not dry_run:
-            await _write(conn, tenant_id, fixes, run_id, now)
+            writer = BatchWriter(conn, now)
+            for fix in fixes:
+                await writer.apply_decision(tenant_id, cause, fix)
+            await writer.flush()
         done += len(rows)
         last_id = rows[-1].id
         if on_progress:
@@ -191,60 +189,4 @@ def _change(decision: Decision) -> ReconcileChange:
         rule=decision.rule,
         before=_owners(before),
         after=_owners(after),
-    )
-
-
-async def _write(
-    conn: AsyncConnection, tenant_id: str, fixes: list[Decision], run_id: uuid.UUID, now: datetime
-) -> None:
-    """One statement per table for the whole chunk."""
-    states = [(d, d.after) for d in fixes if d.after is not None and d.after.id is not None]
-    await conn.execute(
-        update(records).where(records.c.id == bindparam("rid")),
-        [
-            {
-                "rid": after.id,
-                "ae_assigned_user_id": after.ae_assigned_user_id,
-                "ae_assigned_queue_id": after.ae_assigned_queue_id,
-                "updated_at": now,
-            }
-            for _, after in states
-        ],
-    )
-    await conn.execute(
-        insert(audit_log),
-        [
-            {
-                "tenant_id": tenant_id,
-                "record_id": after.id,
-                "event_id": str(run_id),
-                "source_id": "reconcile",
-                "event_type": EVENT_TYPE,
-                "rule": d.rule,
-                "before": _owners(d.before),
-                "after": _owners(after),
-                "reason": d.reason,
-                "created_at": now,
-            }
-            for d, after in states
-        ],
-    )
-    await conn.execute(
-        insert(outbox),
-        [
-            {
-                "tenant_id": tenant_id,
-                "record_id": after.id,
-                "target": effect.target,
-                "kind": effect.kind,
-                "payload": effect.payload(),
-                "event_id": str(run_id),
-                "status": "pending",
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            }
-            for d, after in states
-            for effect in d.effects
-        ],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -11,6 +12,7 @@ from services.admin.errors import NotFound
 from services.admin.pagination import Page, decode_cursor, page_of
 from services.admin.schemas import AuditEntry, RecordView
 from services.common.db.tables import audit_log, connected_users, records
+from services.common.domain import describe_ae_owner
 from services.common.sfid import is_queue
 
 RecordKey = Literal["prospect", "sf"]
@@ -47,6 +49,16 @@ def owners_agree(row: Any) -> bool | None:
     if row.owner_ae_user_id is None:
         return None
     return row.ae_assigned_user_id == row.owner_ae_user_id and row.ae_assigned_queue_id is None
+
+
+def ae_owner_in(owners: Mapping[str, Any] | None) -> str:
+    """AE's owner in an audit entry's `before` or `after`, as the timeline shows it."""
+    owners = owners or {}
+    return describe_ae_owner(
+        owners.get("ae_assigned_user_id"),
+        owners.get("ae_assigned_queue_id"),
+        unassigned="unassigned",
+    )
 
 
 def record_view(row: Any) -> RecordView:

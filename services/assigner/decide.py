@@ -2,10 +2,10 @@
 
 Pure functions: the caller loads the state and applies the returned decision. Two rule names
 are not in the table:
-- "A0": the prospect is recorded and nothing needs syncing (created unassigned and waiting
+- A0: the prospect is recorded and nothing needs syncing (created unassigned and waiting
   for an assignment action, created already linked to a SF record, an AE reassignment that
   names no user, or AE echoing the assignee ownersync already holds).
-- "DUP": the webhook id was already processed; like S8 there is no effect and no audit row.
+- DUP: the webhook id was already processed; like S8 there is no effect and no audit row.
 """
 
 from __future__ import annotations
@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from services.assigner.round_robin import Member, pick_member, record_assignment
+from services.assigner.round_robin import pick_member, record_assignment
 from services.common.domain import (
     AeProspectUpsert,
     Decision,
     Effect,
+    Member,
     RecordState,
+    Rule,
     SfRecordUpsert,
     TenantPolicy,
+    describe_ae_owner,
 )
 from services.common.messages import (
     AE_PROSPECT_CREATED,
@@ -64,7 +67,11 @@ def decide_ae_event(
     if already_processed:
         return AssignerDecision(
             Decision(
-                "DUP", f"webhook {event.source_id} already processed", record, record, audited=False
+                Rule.DUP,
+                f"webhook {event.source_id} already processed",
+                record,
+                record,
+                audited=False,
             )
         )
     webhook = event.payload
@@ -76,15 +83,15 @@ def decide_ae_event(
         if event.type == AE_PROSPECT_CREATED:
             return AssignerDecision(_created(known, record, policy, sf_user_of))
         return AssignerDecision(
-            Decision("A0", "assignment requested without an action", record, known, refused=True)
+            Decision(Rule.A0, "assignment requested without an action", record, known, refused=True)
         )
     match action:
         case AssignToUser(user_id=user):
             if known.ae_assigned:
-                return AssignerDecision(_already_assigned("A3", known, record))
+                return AssignerDecision(_already_assigned(Rule.A3, known, record))
             lead = f"assign to user: AE assignee = user {user}"
             return AssignerDecision(
-                _assign_user(known, record, user, "A4", lead, policy, sf_user_of)
+                _assign_user(known, record, user, Rule.A4, lead, policy, sf_user_of)
             )
         case AssignToGroup(group_id=group):
             return _assign_group(group, known, record, policy, sf_user_of, group_members, now)
@@ -123,13 +130,13 @@ def _created(
 ) -> Decision:
     if not known.ae_assigned:
         reason = "created unassigned; waiting for an assignment action"
-        return Decision("A0", reason, record, known)
+        return Decision(Rule.A0, reason, record, known)
     if _has_sf_record(known):
         reason = (
             f"created already linked to SF record {known.sf_record_id or '(being created)'}: "
             "nothing to create"
         )
-        return Decision("A0", reason, record, known)
+        return Decision(Rule.A0, reason, record, known)
     rule, reason, after, upsert = _create_sf_record(known, policy, sf_user_of)
     return Decision(rule, reason, record, after, (upsert,))
 
@@ -146,19 +153,19 @@ def _assign_group(
     # A misconfigured action is refused whatever the prospect's state, so it gets noticed.
     if group_members is None:
         return AssignerDecision(
-            Decision("A5", f"unknown group {group}", record, known, refused=True)
+            Decision(Rule.A5, f"unknown group {group}", record, known, refused=True)
         )
     if known.ae_assigned:
-        return AssignerDecision(_already_assigned("A3", known, record))
+        return AssignerDecision(_already_assigned(Rule.A3, known, record))
     pick = pick_member(group_members, now)
     if pick.member is None:
         reason = f"round robin in group {group}: {pick.reason}; the prospect stays unassigned"
-        return AssignerDecision(Decision("A5", reason, record, known))
+        return AssignerDecision(Decision(Rule.A5, reason, record, known))
     member = record_assignment(pick.member, now)
     lead = (
         f"round robin in group {group} picked {pick.reason}; AE assignee = user {member.ae_user_id}"
     )
-    decision = _assign_user(known, record, member.ae_user_id, "A5", lead, policy, sf_user_of)
+    decision = _assign_user(known, record, member.ae_user_id, Rule.A5, lead, policy, sf_user_of)
     return AssignerDecision(decision, member)
 
 
@@ -166,7 +173,7 @@ def _assign_user(
     known: RecordState,
     record: RecordState | None,
     user: int,
-    rule: str,
+    rule: Rule,
     lead: str,
     policy: TenantPolicy,
     sf_user_of: Mapping[int, str],
@@ -175,7 +182,7 @@ def _assign_user(
 ) -> Decision:
     """A4 from "AE assignee = user" on: `lead` says how the user was chosen."""
     assigned = known.evolve(ae_assigned_user_id=user, ae_assigned_queue_id=None)
-    ae_effects: tuple[Effect, ...] = () if ae_already_set else (_ae_upsert(assigned),)
+    ae_effects: tuple[Effect, ...] = () if ae_already_set else (AeProspectUpsert.of(assigned),)
     if not _has_sf_record(assigned):
         then, why, after, upsert = _create_sf_record(assigned, policy, sf_user_of)
         return Decision(rule, f"{lead}; then {then}: {why}", record, after, (*ae_effects, upsert))
@@ -195,26 +202,26 @@ def _assign_user(
 
 def _create_sf_record(
     state: RecordState, policy: TenantPolicy, sf_user_of: Mapping[int, str]
-) -> tuple[str, str, RecordState, SfRecordUpsert]:
+) -> tuple[Rule, str, RecordState, SfRecordUpsert]:
     """A1/A2 for an AE-assigned prospect with no SF record: (rule, reason, after, effect)."""
     sobject: SfObject = "Contact" if policy.sync_mode == "contacts" else "Lead"
     user, queue = state.ae_assigned_user_id, state.ae_assigned_queue_id
     connector = policy.connector_user_id
     if user is not None and user in sf_user_of:
-        owner, rule = sf_user_of[user], "A1"
+        owner, rule = sf_user_of[user], Rule.A1
         reason = f"new SF {sobject} owned by {owner}, connected to AE user {user}"
     elif user is None and queue is not None and sobject == "Lead":
-        owner, rule = queue, "A1"
+        owner, rule = queue, Rule.A1
         reason = f"new SF Lead owned by the queue {queue}"
     elif user is not None:
-        owner, rule = connector, "A2"
+        owner, rule = connector, Rule.A2
         reason = (
             f"AE user {user} is not connected: new SF {sobject} owned by the connector user "
             f"{connector} (the default assignment); AE keeps user {user}, so the owners differ "
             "until that user is connected"
         )
     else:
-        owner, rule = connector, "A2"
+        owner, rule = connector, Rule.A2
         reason = (
             f"queues hold leads only: new SF Contact owned by the connector user {connector}; "
             f"AE keeps the queue {queue}"
@@ -234,15 +241,15 @@ def _assign_queue(
     if refusal is None and queue not in known_queues:
         refusal = f"unknown queue {queue}"
     if refusal is not None:
-        return Decision("A6", f"assign to queue refused: {refusal}", record, known, refused=True)
+        return Decision(Rule.A6, f"assign to queue refused: {refusal}", record, known, refused=True)
     if known.ae_assigned:
-        return _already_assigned("A6", known, record)
+        return _already_assigned(Rule.A6, known, record)
     after = known.evolve(
         ae_assigned_user_id=None, ae_assigned_queue_id=queue, sf_object="Lead", sf_owner_id=queue
     )
     reason = f"assign to queue: AE assignee = the queue {queue}; SF Lead owner = {queue}"
     lead = SfRecordUpsert("Lead", queue, auto_assign=False, email=after.email)
-    return Decision("A6", reason, record, after, (_ae_upsert(after), lead))
+    return Decision(Rule.A6, reason, record, after, (AeProspectUpsert.of(after), lead))
 
 
 def _assign_via_active_rule(
@@ -251,14 +258,14 @@ def _assign_via_active_rule(
     refusal = _lead_action_refusal(policy, known, "the active assignment rule assigns leads only")
     if refusal is not None:
         reason = f"assign via active rule refused: {refusal}"
-        return Decision("A7", reason, record, known, refused=True)
+        return Decision(Rule.A7, reason, record, known, refused=True)
     if known.ae_assigned:
-        return _already_assigned("A7", known, record)
+        return _already_assigned(Rule.A7, known, record)
     # The AE owner stays as it is: the owner SF's rule picks comes back through the syncer.
     after = known.evolve(sf_object="Lead")
     reason = "pushed to SF with no owner and Sforce-Auto-Assign: TRUE; the active rule picks it"
     push = SfRecordUpsert("Lead", None, auto_assign=True, email=after.email)
-    return Decision("A7", reason, record, after, (push,))
+    return Decision(Rule.A7, reason, record, after, (push,))
 
 
 def _reassigned(
@@ -277,31 +284,31 @@ def _reassigned(
     ):
         # Usually AE echoing an assignee ownersync itself just wrote.
         reason = f"AE reports {_describe_ae_owner(record)}, as already stored: nothing to do"
-        return Decision("A0", reason, record, before)
+        return Decision(Rule.A0, reason, record, before)
     if before.ae_assigned and _owned_in_sf(before):
         reason = (
-            f"AE reassignment to {_describe_user_or_queue(new_user, new_queue)} refused: the "
+            f"AE reassignment to {describe_ae_owner(new_user, new_queue)} refused: the "
             f"record is assigned in both systems (AE: {_describe_ae_owner(before)}, SF owner: "
             f"{before.sf_owner_id or 'set'}); the reassignment must be made in Salesforce"
         )
-        return Decision("A8", reason, record, before, refused=True)
+        return Decision(Rule.A8, reason, record, before, refused=True)
     if new_user is None:
         after = before.evolve(ae_assigned_user_id=None, ae_assigned_queue_id=new_queue)
         reason = (
-            f"AE reassigned the prospect to {_describe_user_or_queue(new_user, new_queue)}, "
+            f"AE reassigned the prospect to {describe_ae_owner(new_user, new_queue)}, "
             "not a user: stored, nothing to sync to SF"
         )
-        return Decision("A0", reason, record, after)
+        return Decision(Rule.A0, reason, record, after)
     lead = (
         f"reassigned in AE to user {new_user} before the record was assigned in both systems "
         "(AE already holds the new assignee)"
     )
     return _assign_user(
-        before, record, new_user, "A4", lead, policy, sf_user_of, ae_already_set=True
+        before, record, new_user, Rule.A4, lead, policy, sf_user_of, ae_already_set=True
     )
 
 
-def _already_assigned(rule: str, known: RecordState, record: RecordState | None) -> Decision:
+def _already_assigned(rule: Rule, known: RecordState, record: RecordState | None) -> Decision:
     reason = (
         f"doesn't reassign prospects who already have an owner: the prospect is assigned to "
         f"{_describe_ae_owner(known)}"
@@ -337,21 +344,4 @@ def _sobject(state: RecordState, policy: TenantPolicy) -> SfObject:
 
 
 def _describe_ae_owner(state: RecordState) -> str:
-    return _describe_user_or_queue(state.ae_assigned_user_id, state.ae_assigned_queue_id)
-
-
-def _describe_user_or_queue(user: int | None, queue: str | None) -> str:
-    if user is not None:
-        return f"AE user {user}"
-    if queue is not None:
-        return f"the queue {queue}"
-    return "nobody"
-
-
-def _ae_upsert(state: RecordState) -> AeProspectUpsert:
-    return AeProspectUpsert(
-        assigned_user_id=state.ae_assigned_user_id,
-        assigned_queue_id=state.ae_assigned_queue_id,
-        email=state.email,
-        salesforce_id=state.sf_record_id,
-    )
+    return describe_ae_owner(state.ae_assigned_user_id, state.ae_assigned_queue_id)

@@ -28,13 +28,6 @@ DAILY_LIMIT_CODE = 122
 
 M = TypeVar("M", bound="_AeModel")
 
-_UPDATABLE_PROSPECT_FIELDS = {
-    "assigned_user_id": "assignedUserId",
-    "assigned_queue_id": "assignedQueueId",
-    "salesforce_id": "salesforceId",
-    "email": "email",
-}
-
 
 class _AeModel(BaseModel):
     model_config = ConfigDict(
@@ -50,6 +43,18 @@ class AeProspect(_AeModel):
     salesforce_id: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+class AeProspectFields(_AeModel):
+    """The prospect fields ownersync writes. A create sends the ones that are not None; an
+    update sends the ones that were given, None included (None clears the field in AE)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = None
+    assigned_user_id: int | None = None
+    assigned_queue_id: str | None = None
+    salesforce_id: str | None = None
 
 
 class AeUser(_AeModel):
@@ -168,29 +173,16 @@ class AeClient:
 
     # --- API ------------------------------------------------------------------------------
 
-    async def create_prospect(
-        self,
-        email: str | None,
-        *,
-        assigned_user_id: int | None = None,
-        assigned_queue_id: str | None = None,
-        salesforce_id: str | None = None,
-    ) -> AeProspect:
-        fields = {
-            "email": email,
-            "assigned_user_id": assigned_user_id,
-            "assigned_queue_id": assigned_queue_id,
-            "salesforce_id": salesforce_id,
-        }
-        body = _camel_body({name: value for name, value in fields.items() if value is not None})
+    async def create_prospect(self, fields: AeProspectFields) -> AeProspect:
+        body = fields.model_dump(by_alias=True, exclude_none=True)
         data = await self._request("POST", PROSPECTS, json=body, params=_prospect_fields())
         return _parse(AeProspect, data)
 
-    async def update_prospect(self, prospect_id: int, **fields: Any) -> AeProspect:
-        if not fields:
+    async def update_prospect(self, prospect_id: int, changes: AeProspectFields) -> AeProspect:
+        body = changes.model_dump(by_alias=True, exclude_unset=True)
+        if not body:
             raise ValueError("update_prospect needs at least one field")
         path = f"{PROSPECTS}/{prospect_id}"
-        body = _camel_body(fields)
         data = await self._request("PATCH", path, json=body, params=_prospect_fields())
         return _parse(AeProspect, data)
 
@@ -282,13 +274,6 @@ class AeClient:
 
     def _count_retry(self, _: RetryCallState) -> None:
         self.outcomes["retried"] += 1
-
-
-def _camel_body(fields: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(fields) - set(_UPDATABLE_PROSPECT_FIELDS))
-    if unknown:
-        raise TypeError(f"unknown prospect fields: {', '.join(unknown)}")
-    return {_UPDATABLE_PROSPECT_FIELDS[name]: value for name, value in fields.items()}
 
 
 def _prospect_fields() -> dict[str, str]:

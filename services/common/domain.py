@@ -5,11 +5,43 @@ Shared by the syncer (S-rows) and the assigner (A-rows); pure data, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from pydantic import TypeAdapter, ValidationError
 
 SyncMode = Literal["leads", "contacts"]
+Target = Literal["ae", "sf"]
+
+
+class Rule(StrEnum):
+    """The row of the decision table a decision applied, as audit rows, metrics and logs name it."""
+
+    A0 = "A0"  # the prospect is recorded and nothing needs syncing (see assigner/decide.py)
+    A1 = "A1"
+    A2 = "A2"
+    A3 = "A3"
+    A4 = "A4"
+    A5 = "A5"
+    A6 = "A6"
+    A7 = "A7"
+    A8 = "A8"
+    DUP = "DUP"  # a webhook id already processed: no effect, no audit row
+    S1 = "S1"
+    S2 = "S2"
+    S3 = "S3"
+    S4 = "S4"
+    S5 = "S5"
+    S6 = "S6"
+    S7 = "S7"
+    S8 = "S8"
+    S9 = "S9"
+    # Not a decision: what the answer to a sent effect taught ownersync about the record
+    # (the new prospect id, SF record id or SF owner). Audit rows only.
+    RELAY = "RELAY"
 
 
 @dataclass(frozen=True)
@@ -54,6 +86,21 @@ class RecordState:
         return replace(self, **changes)
 
 
+def describe_ae_owner(
+    user_id: int | None, queue_id: str | None, *, unassigned: str = "nobody"
+) -> str:
+    """AE's owner as reasons and timelines name it; `unassigned` fits the sentence it ends."""
+    if user_id is not None:
+        return f"AE user {user_id}"
+    if queue_id is not None:
+        return f"the queue {queue_id}"
+    return unassigned
+
+
+# Effects: what a decision asks AE or SF to do. The outbox stores each as its `kind` and a
+# payload of its fields plus the `version` of their shape; `effect_from_outbox` rebuilds it.
+
+
 @dataclass(frozen=True)
 class AeProspectUpsert:
     """Make the AE prospect look like this (created when AE has no prospect yet)."""
@@ -63,11 +110,19 @@ class AeProspectUpsert:
     email: str | None = None
     salesforce_id: str | None = None
 
-    target = "ae"
-    kind = "ae.prospect.upsert"
+    target: ClassVar[Target] = "ae"
+    kind: ClassVar[str] = "ae.prospect.upsert"
+    version: ClassVar[int] = 1
 
-    def payload(self) -> dict[str, Any]:
-        return asdict(self)
+    @classmethod
+    def of(cls, state: RecordState) -> AeProspectUpsert:
+        """AE's side of the record as ownersync holds it."""
+        return cls(
+            assigned_user_id=state.ae_assigned_user_id,
+            assigned_queue_id=state.ae_assigned_queue_id,
+            email=state.email,
+            salesforce_id=state.sf_record_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -79,19 +134,82 @@ class SfRecordUpsert:
     auto_assign: bool
     email: str | None = None
 
-    target = "sf"
-    kind = "sf.record.upsert"
-
-    def payload(self) -> dict[str, Any]:
-        return asdict(self)
+    target: ClassVar[Target] = "sf"
+    kind: ClassVar[str] = "sf.record.upsert"
+    version: ClassVar[int] = 1
 
 
 Effect = AeProspectUpsert | SfRecordUpsert
 
+_EFFECT_TYPES: Mapping[str, type[Effect]] = {
+    cls.kind: cls for cls in (AeProspectUpsert, SfRecordUpsert)
+}
+_EFFECT_SHAPES: Mapping[str, TypeAdapter[Effect]] = {
+    kind: TypeAdapter[Effect](cls) for kind, cls in _EFFECT_TYPES.items()
+}
+
+# Turns a payload of (kind, version) into the payload of version + 1. Register one here when an
+# effect's fields change, so that rows the relay has not sent yet still load after a deploy.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+EFFECT_UPCASTERS: Mapping[tuple[str, int], Upcaster] = {}
+
+# Payloads written before effects carried a version have exactly the shape of version 1.
+UNVERSIONED = 1
+
+
+class EffectPayloadError(ValueError):
+    """An outbox row that no effect type of this code can be rebuilt from."""
+
+
+def effect_payload(effect: Effect) -> dict[str, Any]:
+    """The outbox payload of an effect: its fields (JSON types) and the version of their shape."""
+    fields: dict[str, Any] = _EFFECT_SHAPES[effect.kind].dump_python(effect, mode="json")
+    return {**fields, "version": effect.version}
+
+
+def effect_from_outbox(
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    upcasters: Mapping[tuple[str, int], Upcaster] = EFFECT_UPCASTERS,
+) -> Effect:
+    """The typed effect of an outbox row, its payload first upcast to the current version."""
+    effect_type = _EFFECT_TYPES.get(kind)
+    if effect_type is None:
+        raise EffectPayloadError(f"unknown effect kind {kind!r}")
+    fields = dict(payload)
+    version = fields.pop("version", UNVERSIONED)
+    if not isinstance(version, int) or version > effect_type.version:
+        raise EffectPayloadError(f"{kind} payload version {version!r} is not known to this code")
+    while version < effect_type.version:
+        upcast = upcasters.get((kind, version))
+        if upcast is None:
+            raise EffectPayloadError(f"no upcaster for {kind} payload version {version}")
+        fields, version = upcast(fields), version + 1
+    try:
+        return _EFFECT_SHAPES[kind].validate_python(fields)
+    except ValidationError as exc:
+        raise EffectPayloadError(f"{kind} payload does not fit version {version}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What the answer to a sent effect taught ownersync about the record (None: nothing)."""
+
+    prospect_id: int | None = None
+    sf_record_id: str | None = None
+    sf_object: str | None = None
+    sf_owner_id: str | None = None
+
+    def columns(self) -> dict[str, Any]:
+        """The record columns to set, named as `RecordState` and the `records` table name them."""
+        learned = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return {name: value for name, value in learned if value is not None}
+
 
 @dataclass(frozen=True)
 class Decision:
-    rule: str
+    rule: Rule
     reason: str
     before: RecordState | None
     after: RecordState | None

@@ -10,6 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
+from services.common.domain import Rule
+
 EVENTS_RECEIVED = Counter(
     "ownersync_events_received_total", "Notifications and webhooks received", ["type"]
 )
@@ -50,7 +52,7 @@ OUTBOX_AGE = Gauge(
 )
 
 # Decisions that change nothing anywhere.
-NO_CHANGE_RULES = {"S3", "S7", "S8", "A0", "A3", "DUP"}
+NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.DUP})
 
 
 class ApiCallCollector(Collector):

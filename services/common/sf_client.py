@@ -16,6 +16,8 @@ from types import TracebackType
 from typing import Any, Literal, Self, get_args
 
 import httpx
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_pascal
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -32,6 +34,21 @@ _SOBJECTS: tuple[str, ...] = get_args(SObject)
 # Worth another try: the network failed or Salesforce gave no answer in time. A create retried
 # after a read timeout may exist twice in Salesforce (its REST API has no idempotency key).
 _TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+class SfRecordFields(BaseModel):
+    """The Lead/Contact fields ownersync writes, sent under SF's names (`Email`, `LastName`,
+    `Company`, `OwnerId`). A create sends the ones that are not None; an update sends the ones
+    that were given."""
+
+    model_config = ConfigDict(
+        alias_generator=to_pascal, validate_by_name=True, frozen=True, extra="forbid"
+    )
+
+    email: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    owner_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,20 +176,20 @@ class SfClient:
 
     # ---- records
 
-    async def create(
-        self, sobject: SObject, fields: Mapping[str, Any], *, auto_assign: bool
-    ) -> str:
+    async def create(self, sobject: SObject, fields: SfRecordFields, *, auto_assign: bool) -> str:
         """Create a record; returns its 18-character id."""
+        body = fields.model_dump(by_alias=True, exclude_none=True)
         response = await self._call(
-            "POST", self._sobject_path(sobject), body=fields, auto_assign=auto_assign
+            "POST", self._sobject_path(sobject), body=body, auto_assign=auto_assign
         )
         return to18(str(response.json()["id"]))
 
     async def update(
-        self, sobject: SObject, record_id: str, fields: Mapping[str, Any], *, auto_assign: bool
+        self, sobject: SObject, record_id: str, changes: SfRecordFields, *, auto_assign: bool
     ) -> None:
+        body = changes.model_dump(by_alias=True, exclude_unset=True)
         path = self._record_path(sobject, record_id)
-        await self._call("PATCH", path, body=fields, auto_assign=auto_assign)
+        await self._call("PATCH", path, body=body, auto_assign=auto_assign)
 
     async def get(self, sobject: SObject, record_id: str) -> dict[str, Any]:
         response = await self._call("GET", self._record_path(sobject, record_id))

@@ -31,6 +31,7 @@ from services.admin.tenant_file import TenantFile, load_tenant
 from services.bootstrap import ROLES, Running, running
 from services.common.db.engine import make_engine, migrate
 from services.common.db.tables import audit_log, records
+from services.common.domain import Rule
 from services.common.endpoints import sf_outbound_url
 from services.common.messages import event_id_for
 from services.common.settings import Settings
@@ -124,10 +125,11 @@ class Story:
             return int((await conn.execute(select(func.max(audit_log.c.id)))).scalar() or 0)
 
     async def audit_since(self, since: int, **where: Any) -> list[Any]:
+        """The decisions audited since `since` (what the relay learned is not a decision)."""
         query = (
             select(audit_log, records.c.prospect_id, records.c.sf_record_id)
             .outerjoin(records, records.c.id == audit_log.c.record_id)
-            .where(audit_log.c.id > since)
+            .where(audit_log.c.id > since, audit_log.c.rule != Rule.RELAY)
         )
         for column, value in where.items():
             query = query.where(records.c[column] == value)

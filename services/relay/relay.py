@@ -5,6 +5,10 @@ waits `coalesce` seconds for later changes of the same record, so a record reass
 times in quick succession costs one AE call, not five. Rows are claimed with a lease
 (next_attempt_at pushed forward) in a short transaction, sent outside any transaction, then
 settled: done, superseded, retried later with backoff, or dead with the error.
+
+Each row is rebuilt into its typed effect from its `kind` and versioned payload, and the effect's
+type picks the sender. What an answer teaches (a new prospect id, SF record id or SF owner) is
+written to the record with an audit row, in the settling transaction.
 """
 
 from __future__ import annotations
@@ -15,15 +19,24 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, assert_never
 
 from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import metrics
-from services.common.db.store import record_from_row
+from services.common.db.store import Answered, apply_relay_answers, record_from_row
 from services.common.db.tables import outbox, records
-from services.common.domain import RecordState
+from services.common.domain import (
+    AeProspectUpsert,
+    Effect,
+    EffectPayloadError,
+    Learned,
+    RecordState,
+    SfRecordUpsert,
+    Target,
+    effect_from_outbox,
+)
 
 log = logging.getLogger("ownersync.relay")
 
@@ -34,17 +47,51 @@ class Rejected(Exception):
     """The remote side refused the effect for good (a 4xx): retrying cannot help."""
 
 
-# A sender applies one effect payload to a record and returns the record columns it learned
-# (e.g. the new prospect id). It raises Rejected for permanent failures, anything else is retried.
-Sender = Callable[[RecordState, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+# A sender applies one effect to a record and returns what the answer taught (e.g. the new
+# prospect id). It raises Rejected for permanent failures; anything else is retried.
+AeSender = Callable[[RecordState, AeProspectUpsert], Awaitable[Learned]]
+SfSender = Callable[[RecordState, SfRecordUpsert], Awaitable[Learned]]
+
+
+@dataclass(frozen=True)
+class Senders:
+    """How each type of effect leaves. Without an SF sender (no SF org to write to) SF effects
+    are not claimed: they wait in the outbox."""
+
+    ae: AeSender
+    sf: SfSender | None = None
+
+    @property
+    def kinds(self) -> list[str]:
+        return [AeProspectUpsert.kind] + ([SfRecordUpsert.kind] if self.sf is not None else [])
+
+    @property
+    def targets(self) -> list[Target]:
+        return [AeProspectUpsert.target] + ([SfRecordUpsert.target] if self.sf is not None else [])
+
+    async def send(self, record: RecordState, effect: Effect) -> Learned:
+        match effect:
+            case AeProspectUpsert():
+                return await self.ae(record, effect)
+            case SfRecordUpsert():
+                if self.sf is None:
+                    raise RuntimeError("an SF effect was claimed with no SF sender")
+                return await self.sf(record, effect)
+            case _:
+                assert_never(effect)
 
 
 @dataclass
 class _Group:
+    """The pending rows of one record and effect kind: only the newest is sent."""
+
     record: RecordState
-    target: str
+    tenant_id: str
+    kind: str
+    target: Target
     row_ids: list[int]
     payload: Mapping[str, Any]
+    event_id: str | None
     attempts: int
 
 
@@ -52,7 +99,7 @@ class Relay:
     def __init__(
         self,
         engine: AsyncEngine,
-        senders: Mapping[str, Sender],
+        senders: Senders,
         *,
         batch_size: int = 200,
         interval: float = 0.2,
@@ -74,7 +121,7 @@ class Relay:
         self._observed_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("relay started for %s", ", ".join(sorted(self.senders)))
+        log.info("relay started for %s", ", ".join(sorted(self.senders.targets)))
         while not stop.is_set():
             try:
                 handled = await self.run_once()
@@ -117,7 +164,7 @@ class Relay:
                 .group_by(outbox.c.target)
             )
             seen = {r[0]: (r[1], r[2]) for r in rows}
-        for target in self.senders:
+        for target in self.senders.targets:
             count, oldest = seen.get(target, (0, None))
             metrics.OUTBOX_DEPTH.labels(target).set(count)
             age = (now - oldest).total_seconds() if oldest is not None else 0.0
@@ -125,16 +172,16 @@ class Relay:
 
     async def _claim(self, now: datetime) -> list[_Group]:
         async with self.engine.begin() as conn:
-            due = select(outbox.c.record_id, outbox.c.target).where(
+            due = select(outbox.c.record_id, outbox.c.kind).where(
                 outbox.c.status == "pending",
                 outbox.c.next_attempt_at <= now,
                 outbox.c.created_at <= now - self.coalesce,
-                outbox.c.target.in_(list(self.senders)),
+                outbox.c.kind.in_(self.senders.kinds),
             )
             if conn.dialect.name == "postgresql":
                 due = due.with_for_update(skip_locked=True)
             keys = {
-                (r.record_id, r.target)
+                (r.record_id, r.kind)
                 for r in await conn.execute(due.order_by(outbox.c.id).limit(self.batch_size))
             }
             if not keys:
@@ -146,7 +193,7 @@ class Relay:
                     .join(records, records.c.id == outbox.c.record_id)
                     .where(
                         outbox.c.status == "pending",
-                        tuple_(outbox.c.record_id, outbox.c.target).in_(list(keys)),
+                        tuple_(outbox.c.record_id, outbox.c.kind).in_(list(keys)),
                     )
                     .order_by(outbox.c.id)
                 )
@@ -154,14 +201,22 @@ class Relay:
             groups: dict[tuple[int, str], _Group] = {}
             for row in rows:
                 m = row._mapping
-                key = (m[outbox.c.record_id], m[outbox.c.target])
+                key = (m[outbox.c.record_id], m[outbox.c.kind])
                 group = groups.get(key)
                 if group is None:
                     group = groups[key] = _Group(
-                        record_from_row(row), m[outbox.c.target], [], m[outbox.c.payload], 0
+                        record=record_from_row(row),
+                        tenant_id=m[outbox.c.tenant_id],
+                        kind=m[outbox.c.kind],
+                        target=m[outbox.c.target],
+                        row_ids=[],
+                        payload={},
+                        event_id=None,
+                        attempts=0,
                     )
                 group.row_ids.append(m[outbox.c.id])
                 group.payload = m[outbox.c.payload]
+                group.event_id = m[outbox.c.event_id]
                 group.attempts = max(group.attempts, m[outbox.c.attempts])
             ids = [i for g in groups.values() for i in g.row_ids]
             await conn.execute(
@@ -169,15 +224,19 @@ class Relay:
             )
             return list(groups.values())
 
-    async def _send(self, group: _Group) -> dict[str, Any]:
-        return await self.senders[group.target](group.record, group.payload)
+    async def _send(self, group: _Group) -> Learned:
+        try:
+            effect = effect_from_outbox(group.kind, group.payload)
+        except EffectPayloadError as exc:
+            raise Rejected(str(exc)) from exc
+        return await self.senders.send(group.record, effect)
 
     async def _settle(
-        self, groups: list[_Group], results: list[dict[str, Any] | BaseException], now: datetime
+        self, groups: list[_Group], results: list[Learned | BaseException], now: datetime
     ) -> None:
         superseded: list[int] = []
         done: list[dict[str, Any]] = []
-        learned: list[dict[str, Any]] = []
+        answered: list[Answered] = []
         async with self.engine.begin() as conn:
             for group, result in zip(groups, results, strict=True):
                 *older, newest = group.row_ids
@@ -190,14 +249,16 @@ class Relay:
                     continue
                 superseded += older
                 done.append({"oid": newest, "tries": group.attempts + 1})
-                if result:
-                    learned.append({"rid": group.record.id, "updated_at": now, **result})
+                assert group.record.id is not None
+                answered.append(
+                    Answered(group.tenant_id, group.record.id, newest, group.event_id, result)
+                )
                 self.sent += 1
                 log.info(
                     "effect sent",
                     extra={
                         "record": group.record.sf_record_id,
-                        "prospect": result.get("prospect_id", group.record.prospect_id),
+                        "prospect": result.prospect_id or group.record.prospect_id,
                         "target": group.target,
                         "coalesced": len(group.row_ids),
                     },
@@ -216,13 +277,7 @@ class Relay:
                     .values(status="done", done_at=now, attempts=bindparam("tries")),
                     done,
                 )
-            for columns, rows in _by_columns(learned).items():
-                await conn.execute(
-                    update(records)
-                    .where(records.c.id == bindparam("rid"))
-                    .values({c: bindparam(c) for c in columns}),
-                    rows,
-                )
+            await apply_relay_answers(conn, answered, now)
 
     def _failure(self, group: _Group, exc: BaseException, now: datetime) -> dict[str, Any]:
         attempts = group.attempts + 1
@@ -249,11 +304,3 @@ class Relay:
             "last_error": error,
             "next_attempt_at": now + timedelta(seconds=delay),
         }
-
-
-def _by_columns(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
-    """Group executemany parameter sets by the columns they set (one statement per shape)."""
-    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        shapes.setdefault(tuple(sorted(k for k in row if k != "rid")), []).append(row)
-    return shapes

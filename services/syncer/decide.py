@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from services.common.domain import AeProspectUpsert, Decision, RecordState, TenantPolicy
+from services.common.domain import (
+    AeProspectUpsert,
+    Decision,
+    RecordState,
+    Rule,
+    TenantPolicy,
+    describe_ae_owner,
+)
 from services.common.messages import SF_RECORD_CREATED, SfRecordEvent
 from services.common.sfid import is_queue
 
@@ -30,12 +37,16 @@ def decide_sf_event(
     sf = event.payload
     if already_processed:
         return Decision(
-            "S8", f"notification {event.source_id} already processed", record, record, audited=False
+            Rule.S8,
+            f"notification {event.source_id} already processed",
+            record,
+            record,
+            audited=False,
         )
     if record is not None:
         if record.last_modstamp is not None and sf.system_modstamp <= record.last_modstamp:
             return Decision(
-                "S7",
+                Rule.S7,
                 f"stale: SystemModstamp {sf.system_modstamp.isoformat()} is not newer than the "
                 f"applied {record.last_modstamp.isoformat()}",
                 record,
@@ -46,7 +57,7 @@ def decide_sf_event(
         linked = unlinked_same_email.evolve(sf_record_id=sf.record_id, sf_object=sf.object)
         synced = _sync_owner(event, linked, ae_user_of, force_effect=True)
         return Decision(
-            "S9",
+            Rule.S9,
             f"linked to prospect {linked.prospect_id} with the same email; then "
             f"{synced.rule}: {synced.reason}",
             unlinked_same_email,
@@ -56,7 +67,7 @@ def decide_sf_event(
     if not policy.auto_create_prospects:
         seen = "created" if event.type == SF_RECORD_CREATED else "reassigned, unknown to ownersync,"
         return Decision(
-            "S3", f"SF record {seen} and auto-create prospects is off: no prospect", None, None
+            Rule.S3, f"SF record {seen} and auto-create prospects is off: no prospect", None, None
         )
     return _create_prospect(event, ae_user_of)
 
@@ -72,16 +83,16 @@ def _create_prospect(event: SfRecordEvent, ae_user_of: Mapping[str, int]) -> Dec
     )
     if is_queue(sf.owner_id):
         after = new.evolve(ae_assigned_queue_id=sf.owner_id)
-        rule, reason = "S2", f"SF owner is the queue {sf.owner_id}: prospect assigned to it"
+        rule, reason = Rule.S2, f"SF owner is the queue {sf.owner_id}: prospect assigned to it"
     elif sf.owner_id in ae_user_of:
         after = new.evolve(ae_assigned_user_id=ae_user_of[sf.owner_id])
-        rule = "S2"
+        rule = Rule.S2
         reason = f"SF owner {sf.owner_id} is connected to AE user {ae_user_of[sf.owner_id]}"
     else:
         after = new
-        rule = "S1"
+        rule = Rule.S1
         reason = f"SF owner {sf.owner_id} is not a connected user: prospect created unassigned"
-    return Decision(rule, reason, None, after, (_upsert(after),))
+    return Decision(rule, reason, None, after, (AeProspectUpsert.of(after),))
 
 
 def _sync_owner(
@@ -100,15 +111,19 @@ def _sync_owner(
     )
     if is_queue(sf.owner_id):
         after = moved.evolve(ae_assigned_user_id=None, ae_assigned_queue_id=sf.owner_id)
-        rule, reason = "S6", f"SF owner is the queue {sf.owner_id}: AE assigned to that queue"
+        rule, reason = Rule.S6, f"SF owner is the queue {sf.owner_id}: AE assigned to that queue"
     elif sf.owner_id in ae_user_of:
         user = ae_user_of[sf.owner_id]
         after = moved.evolve(ae_assigned_user_id=user, ae_assigned_queue_id=None)
-        rule, reason = "S5", f"SF owner {sf.owner_id} is connected to AE user {user}"
+        rule, reason = Rule.S5, f"SF owner {sf.owner_id} is connected to AE user {user}"
     else:
         after = moved
-        kept = _describe_ae_owner(record)
-        rule = "S4"
+        kept = describe_ae_owner(
+            record.ae_assigned_user_id,
+            record.ae_assigned_queue_id,
+            unassigned="the prospect unassigned",
+        )
+        rule = Rule.S4
         reason = (
             f"SF owner {sf.owner_id} is not a connected user: AE keeps {kept} "
             "(owners differ until that user is connected)"
@@ -117,22 +132,5 @@ def _sync_owner(
         record.ae_assigned_user_id,
         record.ae_assigned_queue_id,
     )
-    effects = (_upsert(after),) if changed or force_effect else ()
+    effects = (AeProspectUpsert.of(after),) if changed or force_effect else ()
     return Decision(rule, reason, record, after, effects)
-
-
-def _describe_ae_owner(record: RecordState) -> str:
-    if record.ae_assigned_user_id is not None:
-        return f"AE user {record.ae_assigned_user_id}"
-    if record.ae_assigned_queue_id is not None:
-        return f"the queue {record.ae_assigned_queue_id}"
-    return "the prospect unassigned"
-
-
-def _upsert(state: RecordState) -> AeProspectUpsert:
-    return AeProspectUpsert(
-        assigned_user_id=state.ae_assigned_user_id,
-        assigned_queue_id=state.ae_assigned_queue_id,
-        email=state.email,
-        salesforce_id=state.sf_record_id,
-    )

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from services.common.ae_client import (
     AeClient,
     AeNotFound,
+    AeProspectFields,
     AeQuotaExhausted,
     AeRequestRejected,
     AeTransientError,
@@ -69,10 +70,16 @@ async def test_prospect_round_trips_through_create_read_update_and_email_query(
 ) -> None:
     owner = sim.add_user("owner@example.com", first_name="Ada", last_name="Owner")
 
-    created = await ae.create_prospect("lead@example.com", assigned_user_id=owner["id"])
+    created = await ae.create_prospect(
+        AeProspectFields(email="lead@example.com", assigned_user_id=owner["id"])
+    )
     read = await ae.get_prospect(created.id)
-    requeued = await ae.update_prospect(created.id, assigned_queue_id="00G5e000001QueueAAA")
-    linked = await ae.update_prospect(created.id, salesforce_id="00Q5e000001LeadAAA")
+    requeued = await ae.update_prospect(
+        created.id, AeProspectFields(assigned_queue_id="00G5e000001QueueAAA")
+    )
+    linked = await ae.update_prospect(
+        created.id, AeProspectFields(salesforce_id="00Q5e000001LeadAAA")
+    )
     found = await ae.find_prospects_by_email("LEAD@example.com")
 
     assert created.id == 5001
@@ -89,7 +96,7 @@ async def test_assigning_a_user_clears_the_queue_owner(sim: AeSimState, ae: AeCl
     user = sim.add_user("rep@example.com")
     seeded = sim.add_prospect("p@example.com", assigned_queue_id="00G5e000001QueueAAA")
 
-    updated = await ae.update_prospect(seeded["id"], assigned_user_id=user["id"])
+    updated = await ae.update_prospect(seeded["id"], AeProspectFields(assigned_user_id=user["id"]))
 
     assert (updated.assigned_user_id, updated.assigned_queue_id) == (user["id"], None)
 
@@ -174,7 +181,7 @@ async def test_unknown_prospect_field_is_refused(ae_url: str) -> None:
 
 async def test_bad_request_is_not_retried(sim: AeSimState, ae: AeClient) -> None:
     with pytest.raises(AeRequestRejected) as refused:
-        await ae.create_prospect("x@example.com", assigned_user_id=424242)
+        await ae.create_prospect(AeProspectFields(email="x@example.com", assigned_user_id=424242))
 
     assert refused.value.status == 400
     assert "424242" in str(refused.value)
@@ -186,7 +193,7 @@ async def test_unknown_prospect_raises_not_found_without_retrying(
     sim: AeSimState, ae: AeClient
 ) -> None:
     with pytest.raises(AeNotFound):
-        await ae.update_prospect(9999, assigned_user_id=None)
+        await ae.update_prospect(9999, AeProspectFields(assigned_user_id=None))
 
     assert sim.calls("PATCH", f"{PROSPECTS}/9999") == [404]
     assert len(sim.call_log) == 1
@@ -200,7 +207,7 @@ async def test_throttled_request_is_retried_until_it_succeeds(
 ) -> None:
     sim.faults.configure(fail_next=2, fail_status=429)
 
-    created = await ae.create_prospect("retry@example.com")
+    created = await ae.create_prospect(AeProspectFields(email="retry@example.com"))
 
     assert sim.calls("POST", PROSPECTS) == [429, 429, 201]
     assert list(sim.prospects) == [created.id]
@@ -256,7 +263,7 @@ async def test_client_keeps_twenty_simultaneous_updates_within_five_concurrent_r
     sim.faults.configure(latency_ms=30)
 
     updated = await asyncio.gather(
-        *(ae.update_prospect(pid, assigned_user_id=user["id"]) for pid in ids)
+        *(ae.update_prospect(pid, AeProspectFields(assigned_user_id=user["id"])) for pid in ids)
     )
 
     assert all(p.assigned_user_id == user["id"] for p in updated)
@@ -318,7 +325,7 @@ async def test_latency_set_over_http_slows_every_call(ae_url: str, ae: AeClient)
 async def test_state_is_dumped_and_reset_over_http(
     sim: AeSimState, ae_url: str, ae: AeClient
 ) -> None:
-    await ae.create_prospect("dump@example.com")
+    await ae.create_prospect(AeProspectFields(email="dump@example.com"))
 
     async with httpx.AsyncClient(base_url=ae_url) as raw:
         dumped = (await raw.get("/_sim/state")).json()

@@ -56,21 +56,26 @@ async def test_audit_timeline_says_why_the_prospect_is_owned_by_whom(
     by_prospect = await api.get(f"{T}/records/prospect/{record['prospectId']}", key="read")
     assert by_prospect.json() == record
     audit = (await api.get(f"{T}/records/sf/{KIM[:15]}/audit", key="read")).json()
-    assert [a["rule"] for a in audit["items"]] == ["S2", "S4", "S5"]
-    s4 = audit["items"][1]
+    # The prospect id AE gave the relay for S2's new prospect is on the timeline too.
+    assert [a["rule"] for a in audit["items"]] == ["S2", "RELAY", "S4", "S5"]
+    learned = audit["items"][1]
+    assert learned["reason"] == f"the relay learned: AE created prospect {record['prospectId']}"
+    assert learned["eventType"] == "ownersync.relay"
+    assert learned["after"]["prospect_id"] == record["prospectId"]
+    s4 = audit["items"][2]
     assert "not a connected user" in s4["reason"]
     assert s4["eventType"] == "sf.record.reassigned" and s4["sourceId"]
     assert s4["before"]["ae_assigned_user_id"] == 101 and s4["after"]["sf_owner_id"] == DAVE_SF
     first = (
         await api.get(
-            f"{T}/records/prospect/{record['prospectId']}/audit", key="read", params={"limit": 2}
+            f"{T}/records/prospect/{record['prospectId']}/audit", key="read", params={"limit": 3}
         )
     ).json()
-    assert [a["rule"] for a in first["items"]] == ["S2", "S4"]
+    assert [a["rule"] for a in first["items"]] == ["S2", "RELAY", "S4"]
     rest = await api.get(
         f"{T}/records/prospect/{record['prospectId']}/audit",
         key="read",
-        params={"limit": 2, "cursor": first["nextCursor"]},
+        params={"limit": 3, "cursor": first["nextCursor"]},
     )
     assert [a["rule"] for a in rest.json()["items"]] == ["S5"] and rest.json()["nextCursor"] is None
 

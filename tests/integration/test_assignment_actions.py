@@ -14,7 +14,7 @@ from services.bootstrap import Running
 from services.common.db.tables import audit_log, group_members, records
 from services.demo.replay import hold_prospect
 from services.sim.embedded import wait_until_idle
-from tests.integration.conftest import table_counts, table_rows
+from tests.integration.conftest import decision_rows, table_counts, table_rows
 from tests.integration.webhooks import engagement_body, post_webhook
 
 CONNECTOR = "0055g00000ePONxAAO"
@@ -48,11 +48,10 @@ class Engagement:
         return dict(row._mapping)
 
     async def rules(self, prospect_id: int) -> list[str]:
+        """The rules of the decisions about the prospect's record, oldest first."""
         record = await self.record(prospect_id)
-        rows = await table_rows(self.live, audit_log)
-        return [
-            r["rule"] for r in sorted(rows, key=lambda r: r["id"]) if r["record_id"] == record["id"]
-        ]
+        rows = await decision_rows(self.live)
+        return [r["rule"] for r in rows if r["record_id"] == record["id"]]
 
     def sf_lead(self, lead_id: str) -> dict[str, Any]:
         return self.sf.leads[lead_id]
@@ -78,6 +77,10 @@ async def test_seed_scenario_1_unconnected_assignee_gets_a_lead_owned_by_the_con
     assert rules[0] == "A2"
     # SF's record-created message comes back: the connector user is not connected (S4).
     assert rules[1:] == ["S4"]
+    learned = [r for r in await table_rows(engagement.live, audit_log) if r["rule"] == "RELAY"]
+    assert [r["reason"] for r in learned] == [
+        f"the relay learned: SF created Lead {record['sf_record_id']}"
+    ]
     audit = [r for r in await table_rows(engagement.live, audit_log) if r["rule"] == "A2"]
     assert "connector" in audit[0]["reason"]
     assert [
@@ -125,7 +128,7 @@ async def test_assign_to_user_does_not_reassign_a_prospect_that_has_an_owner(
     assert await engagement.rules(9002) == ["A3"]
     assert engagement.ae.prospects[9002]["assignedUserId"] == 102
     assert not engagement.sf.leads
-    rows = await table_rows(engagement.live, audit_log)
+    rows = await decision_rows(engagement.live)
     assert "already" in rows[-1]["reason"]
 
 
@@ -172,9 +175,7 @@ async def test_active_rule_loop_with_an_unconnected_owner_leaves_the_prospect_un
     record = await engagement.record(9004)
     assert engagement.sf_lead(record["sf_record_id"])["OwnerId"] == CAROL_SF
     assert engagement.ae.prospects[9004]["assignedUserId"] is None
-    rows = [
-        r for r in await table_rows(engagement.live, audit_log) if r["record_id"] == record["id"]
-    ]
+    rows = [r for r in await decision_rows(engagement.live) if r["record_id"] == record["id"]]
     assert rows[-1]["rule"] in {"S4", "S9"}
     assert "not a connected user" in rows[-1]["reason"]
 

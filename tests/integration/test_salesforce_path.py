@@ -17,7 +17,7 @@ from services.common.sfid import to18
 from services.receiver.soap import parse_outbound_message
 from services.sim.embedded import wait_until_idle
 from tests.endpoints import sf_path
-from tests.integration.conftest import table_counts, table_rows
+from tests.integration.conftest import decision_rows, table_counts, table_rows
 
 KIM = "00Q5g0000ZWHszxEQD"
 QUEUE = "00G5g0000QQQdLAEQ1"
@@ -51,8 +51,7 @@ class Poster:
         return self.live.ae_sim.prospects[prospect_id]
 
     async def last_rule(self) -> str:
-        rows = await table_rows(self.live, audit_log)
-        return str(max(rows, key=lambda r: r["id"])["rule"])
+        return str((await decision_rows(self.live))[-1]["rule"])
 
 
 @pytest.fixture
@@ -129,12 +128,13 @@ async def test_batch_of_100_is_acked_once_and_yields_100_applied_events(poster: 
     assert response.text.count("<Ack>") == 1
     counts = await table_counts(poster.live)
     assert counts["inbox"] == 100
-    assert counts["audit_log"] == 100
+    decisions = await decision_rows(poster.live)
+    assert len(decisions) == 100
+    assert counts["audit_log"] == 200  # and the relay learned 100 new prospect ids
     assert counts["records"] == 100
     assert poster.live.ae_sim is not None
     assert len(poster.live.ae_sim.prospects) == 100
-    rules = {r["rule"] for r in await table_rows(poster.live, audit_log)}
-    assert rules == {"S1", "S2"}
+    assert {r["rule"] for r in decisions} == {"S1", "S2"}
 
 
 async def test_posting_the_same_message_twice_changes_nothing_the_second_time(
@@ -182,6 +182,7 @@ async def test_bad_message_is_refused_with_a_soap_fault_and_leaves_no_trace(
 ) -> None:
     await poster.post("lead-created-owner-connected.xml")  # something to leave untouched
     before = await table_counts(poster.live)
+    decisions_before = len(await decision_rows(poster.live))
     assert poster.live.ae_sim is not None
     ae_before = poster.live.ae_sim.snapshot()
     depths_before = await poster.live.runtime.broker.queue_depths()
@@ -199,7 +200,7 @@ async def test_bad_message_is_refused_with_a_soap_fault_and_leaves_no_trace(
     assert poster.live.stats["syncer"].settled == 2
     after = await table_counts(poster.live)
     assert after["inbox"] == before["inbox"] + 1
-    assert after["audit_log"] == before["audit_log"] + 1
+    assert len(await decision_rows(poster.live)) == decisions_before + 1
     assert await poster.live.runtime.broker.queue_depths() == depths_before
     assert len(poster.live.ae_sim.snapshot()["prospects"]) == len(ae_before["prospects"]) + 1
 
@@ -224,6 +225,25 @@ async def test_relay_retries_transient_ae_failures_until_the_prospect_exists(
     assert kim["prospect_id"] is not None
     assert poster.ae_prospect(kim["prospect_id"])["assignedUserId"] == 101
     assert poster.live.ae_sim.calls("POST").count(503) == 6
+
+
+async def test_prospect_id_the_relay_learns_from_ae_is_audited_on_its_record(
+    poster: Poster,
+) -> None:
+    await poster.post("lead-created-owner-connected.xml")
+    kim = await poster.record(KIM)
+    learned = [r for r in await table_rows(poster.live, audit_log) if r["rule"] == "RELAY"]
+    assert len(learned) == 1
+    row = learned[0]
+    assert row["record_id"] == kim["id"] and row["event_type"] == "ownersync.relay"
+    assert row["reason"] == f"the relay learned: AE created prospect {kim['prospect_id']}"
+    assert row["before"]["prospect_id"] is None
+    assert row["after"]["prospect_id"] == kim["prospect_id"]
+    assert row["after"]["ae_assigned_user_id"] == 101
+    # It names the effect it learned from, and the event that asked for that effect.
+    (s2,) = await decision_rows(poster.live)
+    assert row["event_id"] == s2["event_id"] and row["source_id"].startswith("outbox ")
+    assert row["id"] > s2["id"]
 
 
 async def test_inbox_rows_name_the_sf_notification_ids(poster: Poster) -> None:

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from services.common.sf_client import SfClient, SfRequestRejected, SfTransientError
+from services.common.sf_client import (
+    SfClient,
+    SfRecordFields,
+    SfRequestRejected,
+    SfTransientError,
+)
 from services.common.web import free_port, serve_app
 from services.sim.sf import CallRecord, SfSimState, create_sf_app
 
@@ -53,8 +58,8 @@ async def client(org: Org) -> AsyncIterator[SfClient]:
         yield sf
 
 
-def lead(email: str) -> dict[str, str]:
-    return {"LastName": "Lee", "Company": "Acme", "Email": email}
+def lead(email: str, owner_id: str | None = None) -> SfRecordFields:
+    return SfRecordFields(last_name="Lee", company="Acme", email=email, owner_id=owner_id)
 
 
 async def test_token_is_fetched_once_and_reused_across_concurrent_and_later_calls(
@@ -131,9 +136,7 @@ async def test_unknown_owner_is_rejected_without_retry_and_carries_salesforce_me
     unknown_user = org.state.new_id("005")
 
     with pytest.raises(SfRequestRejected) as caught:
-        await client.create(
-            "Lead", {**lead("kim@example.com"), "OwnerId": unknown_user}, auto_assign=False
-        )
+        await client.create("Lead", lead("kim@example.com", unknown_user), auto_assign=False)
 
     error = caught.value
     assert error.status == 400
@@ -155,12 +158,10 @@ async def test_missing_record_is_rejected_as_not_found(org: Org, client: SfClien
 async def test_auto_assign_header_is_sent_as_false_or_true_on_every_write(
     org: Org, client: SfClient
 ) -> None:
-    owned = await client.create(
-        "Lead", {**lead("a@example.com"), "OwnerId": org.alice}, auto_assign=False
-    )
+    owned = await client.create("Lead", lead("a@example.com", org.alice), auto_assign=False)
     ruled = await client.create("Lead", lead("b@example.com"), auto_assign=True)
-    await client.update("Lead", owned, {"Title": "CTO"}, auto_assign=False)
-    await client.update("Lead", ruled, {"Title": "CFO"}, auto_assign=True)
+    await client.update("Lead", owned, SfRecordFields(last_name="Lim"), auto_assign=False)
+    await client.update("Lead", ruled, SfRecordFields(last_name="Lam"), auto_assign=True)
     await client.get("Lead", owned)
 
     writes = [

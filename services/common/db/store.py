@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,8 +22,20 @@ from services.common.db.tables import (
     records,
     tenants,
 )
-from services.common.domain import Decision, Member, RecordState, TenantPolicy
+from services.common.domain import (
+    Decision,
+    Effect,
+    Learned,
+    Member,
+    RecordState,
+    Rule,
+    TenantPolicy,
+    effect_payload,
+)
 from services.common.messages import AeProspectEvent, SfRecordEvent
+
+# The audit rows of what the relay learned from AE's and SF's answers.
+RELAY_EVENT_TYPE = "ownersync.relay"
 
 _RECORD_FIELDS = (
     "id",
@@ -44,20 +56,22 @@ def record_from_row(row: Any) -> RecordState:
     return RecordState(**{name: m[records.c[name]] for name in _RECORD_FIELDS})
 
 
+def policy_from_row(row: Any) -> TenantPolicy:
+    """The policy the decisions read, from a row that selected the `tenants` table."""
+    return TenantPolicy(
+        tenant_id=row.id,
+        connector_user_id=row.connector_user_id,
+        sync_mode=row.sync_mode,
+        auto_create_prospects=row.auto_create_prospects,
+        connector_verified=row.connector_verified,
+    )
+
+
 async def load_policies(
     conn: AsyncConnection, tenant_ids: Iterable[str]
 ) -> dict[str, TenantPolicy]:
     rows = await conn.execute(select(tenants).where(tenants.c.id.in_(set(tenant_ids))))
-    return {
-        r.id: TenantPolicy(
-            tenant_id=r.id,
-            connector_user_id=r.connector_user_id,
-            sync_mode=r.sync_mode,
-            auto_create_prospects=r.auto_create_prospects,
-            connector_verified=r.connector_verified,
-        )
-        for r in rows
-    }
+    return {r.id: policy_from_row(r) for r in rows}
 
 
 async def processed_event_ids(conn: AsyncConnection, event_ids: Iterable[str]) -> set[str]:
@@ -129,9 +143,25 @@ async def oldest_unlinked_by_email(
 Event = SfRecordEvent | AeProspectEvent
 
 
+@dataclass(frozen=True)
+class Cause:
+    """What made a decision, as its audit and outbox rows name it: an event, or an operator's
+    run (reconcile) that is not an event and leaves no inbox row."""
+
+    event_id: str | None
+    source_id: str
+    event_type: str
+
+    @classmethod
+    def of(cls, event: Event) -> Cause:
+        return cls(str(event.event_id), event.source_id, event.type)
+
+
 @dataclass
 class BatchWriter:
-    """Collects what one batch of decisions changes and writes it in a few statements."""
+    """Collects what one batch of decisions changes and writes it in a few statements.
+
+    The one writer of decisions: the workers and reconcile stage theirs here."""
 
     conn: AsyncConnection
     now: datetime
@@ -142,7 +172,8 @@ class BatchWriter:
     _new: dict[int, tuple[str, RecordState]] = field(default_factory=dict)
 
     async def apply(self, tenant_id: str, event: Event, decision: Decision) -> RecordState | None:
-        """Stage the decision; returns the record state to keep using in this batch, or None.
+        """Stage the event as processed and its decision; returns the record state to keep
+        using in this batch, or None.
 
         A record created in this batch carries a temporary negative id until `flush`."""
         self._inbox.append(
@@ -154,39 +185,30 @@ class BatchWriter:
                 "processed_at": self.now,
             }
         )
+        return await self.apply_decision(tenant_id, Cause.of(event), decision)
+
+    async def apply_decision(
+        self, tenant_id: str, cause: Cause, decision: Decision
+    ) -> RecordState | None:
+        """Stage a decision: its record, its audit row and its effects."""
         after = await self._store_record(tenant_id, decision.after)
         if decision.audited:
             record_id = (after or decision.before or RecordState()).id
             self._audit.append(
-                {
-                    "tenant_id": tenant_id,
-                    "record_id": record_id,
-                    "event_id": str(event.event_id),
-                    "source_id": event.source_id,
-                    "event_type": event.type,
-                    "rule": decision.rule,
-                    "before": _jsonable(decision.before),
-                    "after": _jsonable(after),
-                    "reason": decision.reason,
-                    "created_at": self.now,
-                }
+                audit_row(
+                    tenant_id,
+                    record_id,
+                    cause,
+                    decision.rule,
+                    decision.reason,
+                    decision.before,
+                    after,
+                    self.now,
+                )
             )
         for effect in decision.effects:
             assert after is not None and after.id is not None, "an effect needs a stored record"
-            self._outbox.append(
-                {
-                    "tenant_id": tenant_id,
-                    "record_id": after.id,
-                    "target": effect.target,
-                    "kind": effect.kind,
-                    "payload": effect.payload(),
-                    "event_id": str(event.event_id),
-                    "status": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": self.now,
-                    "created_at": self.now,
-                }
-            )
+            self._outbox.append(outbox_row(tenant_id, after.id, cause, effect, self.now))
         return after
 
     async def _store_record(self, tenant_id: str, state: RecordState | None) -> RecordState | None:
@@ -195,12 +217,12 @@ class BatchWriter:
             return None
         if state.email and state.email != state.email.lower():
             state = state.evolve(email=state.email.lower())
-        if state.id is None:
-            state = state.evolve(id=-(len(self._new) + 1))
-        if state.id < 0:
-            self._new[state.id] = (tenant_id, state)
+        record_id = state.id if state.id is not None else -(len(self._new) + 1)
+        state = state.evolve(id=record_id)
+        if record_id < 0:
+            self._new[record_id] = (tenant_id, state)
         else:
-            self._updates[state.id] = state
+            self._updates[record_id] = state
         return state
 
     async def flush(self) -> None:
@@ -242,8 +264,125 @@ def _record_values(state: RecordState) -> dict[str, Any]:
     return {name: getattr(state, name) for name in _RECORD_FIELDS if name != "id"}
 
 
+def audit_row(
+    tenant_id: str,
+    record_id: int | None,
+    cause: Cause,
+    rule: Rule,
+    reason: str,
+    before: RecordState | None,
+    after: RecordState | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """An `audit_log` row: of a decision, or of what the relay learned."""
+    return {
+        "tenant_id": tenant_id,
+        "record_id": record_id,
+        "event_id": cause.event_id,
+        "source_id": cause.source_id,
+        "event_type": cause.event_type,
+        "rule": rule.value,
+        "before": _jsonable(before),
+        "after": _jsonable(after),
+        "reason": reason,
+        "created_at": now,
+    }
+
+
+def outbox_row(
+    tenant_id: str, record_id: int, cause: Cause, effect: Effect, now: datetime
+) -> dict[str, Any]:
+    """An `outbox` row, due now: the effect's kind and its versioned payload."""
+    return {
+        "tenant_id": tenant_id,
+        "record_id": record_id,
+        "target": effect.target,
+        "kind": effect.kind,
+        "payload": effect_payload(effect),
+        "event_id": cause.event_id,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
 def _jsonable(state: RecordState | None) -> dict[str, Any] | None:
     return state.owners() if state is not None else None  # owners() holds JSON types only
+
+
+@dataclass(frozen=True)
+class Answered:
+    """An effect the relay sent (the newest outbox row of its record and kind), and what the
+    answer taught about the record."""
+
+    tenant_id: str
+    record_id: int
+    outbox_id: int
+    event_id: str | None
+    learned: Learned
+
+
+async def apply_relay_answers(
+    conn: AsyncConnection, answers: Sequence[Answered], now: datetime
+) -> None:
+    """Set the record columns the answers taught (a new prospect id, SF record id or SF owner),
+    with an audit row on each record for what it did not hold yet."""
+    taught = [a for a in answers if a.learned.columns()]
+    if not taught:
+        return
+    query = select(records).where(records.c.id.in_({a.record_id for a in taught}))
+    if conn.dialect.name == "postgresql":
+        # The lock the UPDATE below takes anyway (not FOR UPDATE, which would also wait for
+        # the foreign-key checks of the workers' audit and outbox inserts).
+        query = query.order_by(records.c.id).with_for_update(key_share=True)
+    current = {r.id: record_from_row(r) for r in await conn.execute(query)}
+    changes: list[dict[str, Any]] = []
+    audit: list[dict[str, Any]] = []
+    for answer in taught:
+        before = current.get(answer.record_id)
+        if before is None:
+            continue  # deleted with its tenant since it was claimed
+        columns = answer.learned.columns()
+        changes.append({"rid": answer.record_id, "updated_at": now, **columns})
+        new = {name: value for name, value in columns.items() if getattr(before, name) != value}
+        if not new:
+            continue
+        after = current[answer.record_id] = before.evolve(**columns)
+        cause = Cause(answer.event_id, f"outbox {answer.outbox_id}", RELAY_EVENT_TYPE)
+        reason = f"the relay learned: {_what_was_learned(new, after)}"
+        audit.append(
+            audit_row(
+                answer.tenant_id, answer.record_id, cause, Rule.RELAY, reason, before, after, now
+            )
+        )
+    # One statement per set of columns, not one per record.
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in changes:
+        shapes.setdefault(tuple(sorted(row)), []).append(row)
+    for shape, rows in shapes.items():
+        await conn.execute(
+            update(records)
+            .where(records.c.id == bindparam("rid"))
+            .values({c: bindparam(c) for c in shape if c != "rid"}),
+            rows,
+        )
+    if audit:
+        await conn.execute(insert(audit_log), audit)
+
+
+def _what_was_learned(new: dict[str, Any], after: RecordState) -> str:
+    said = []
+    for name, value in new.items():
+        if name == "prospect_id":
+            said.append(f"AE created prospect {value}")
+        elif name == "sf_record_id":
+            said.append(f"SF created {after.sf_object or 'record'} {value}")
+        elif name == "sf_owner_id":
+            said.append(f"SF owner is now {value}")
+        elif name == "sf_object" and "sf_record_id" not in new:
+            said.append(f"the SF record is a {value}")
+    return "; ".join(said)
 
 
 async def group_members_of(
