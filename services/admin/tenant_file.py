@@ -1,157 +1,199 @@
-"""`ownersync tenant load FILE`: a tenant, its users, connected users, queues and groups."""
+"""`ownersync tenant load FILE`: a tenant, its users, connected users, queues and groups.
+
+The file's fields have the types of the API's inputs, so a file the API would answer 422 is
+not a tenant file; what is stored goes through the same admin operations as the API, so a file
+that contradicts their rules (a mapping another user holds, an unknown group member, an org of
+another tenant, …) is refused with the same AdminError, and nothing of it is kept.
+"""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import delete, insert, select, update
+from pydantic import BaseModel, ConfigDict, model_validator
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.db.tables import (
-    ae_users,
-    connected_users,
-    group_members,
-    groups,
-    queues,
-    sf_users,
-    tenants,
+from services.admin import groups, mappings, tenants, users
+from services.admin.errors import NotFound
+from services.admin.schemas import (
+    AeUserCreate,
+    BigId,
+    EndpointKey,
+    GroupCreate,
+    Name,
+    Secret,
+    SfOrgId,
+    SfQueueId,
+    SfUserCreate,
+    SfUserId,
+    SyncMode,
+    TenantCreate,
+    TenantKey,
+    TenantPatch,
 )
+from services.common.db import tables
 from services.common.keys import key_hash
 from services.common.sfid import SfId
 
 
 class ConnectedUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    engagement_user: int
-    salesforce_user: SfId
+    engagement_user: BigId
+    salesforce_user: SfUserId
 
 
 class Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
-    members: list[int]
+    name: Name
+    members: list[BigId]
 
 
 class TenantFile(BaseModel):
     """The format of `fixtures/salesforce/tenant.json`."""
 
     model_config = ConfigDict(extra="forbid")
-    tenant: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    salesforce_org_id: SfId
-    connector_user: SfId
-    sync_mode: Literal["leads", "contacts"]
+    tenant: TenantKey
+    salesforce_org_id: SfOrgId
+    connector_user: SfUserId
+    sync_mode: SyncMode
     auto_create_prospects: bool
     connector_verified: bool
-    webhook_secret: str = Field(min_length=16)
+    webhook_secret: Secret
     # The `key` of the SF outbound-message URLs; without it SF messages are refused until an
     # operator sets one (`ownersync tenant rotate-endpoint-key`).
-    salesforce_endpoint_key: str | None = Field(
-        None, min_length=32, max_length=200, pattern=r"^[A-Za-z0-9_~.-]+$"
-    )
-    salesforce_users: dict[str, SfId]
-    engagement_users: dict[str, int]
+    salesforce_endpoint_key: EndpointKey | None = None
+    salesforce_users: dict[Name, SfUserId]
+    engagement_users: dict[Name, BigId]
     connected_users: list[ConnectedUser] = []
-    queues: dict[str, SfId] = {}
-    groups: dict[int, Group] = {}
+    queues: dict[Name, SfQueueId] = {}
+    groups: dict[BigId, Group] = {}
     outbound_message_actions: dict[str, SfId] = {}
 
     @model_validator(mode="after")
-    def _consistent(self) -> TenantFile:
-        sf = set(self.salesforce_users.values())
-        ae = set(self.engagement_users.values())
-        if self.connector_user not in sf:
+    def _lists_its_connector_user(self) -> TenantFile:
+        # The file lists every SF user of the tenant, so its connector user is one of them.
+        if self.connector_user not in self.salesforce_users.values():
             raise ValueError("connector_user is not one of salesforce_users")
-        seen_ae: set[int] = set()
-        seen_sf: set[str] = set()
-        for c in self.connected_users:
-            if c.engagement_user not in ae or c.salesforce_user not in sf:
-                raise ValueError(f"connected user {c} names an unknown user")
-            if c.engagement_user in seen_ae or c.salesforce_user in seen_sf:
-                raise ValueError(f"connected user {c}: each user may be connected once")
-            seen_ae.add(c.engagement_user)
-            seen_sf.add(c.salesforce_user)
-        for gid, g in self.groups.items():
-            if not set(g.members) <= ae:
-                raise ValueError(f"group {gid} has members that are not engagement_users")
         return self
 
     @classmethod
     def read(cls, path: Path) -> TenantFile:
         return cls.model_validate(json.loads(path.read_text()))
 
+    @property
+    def connector_user_name(self) -> str:
+        return next(n for n, i in self.salesforce_users.items() if i == self.connector_user)
+
 
 async def load_tenant(conn: AsyncConnection, data: TenantFile) -> dict[str, int]:
-    """Create or replace the tenant's settings, users, mappings, queues and groups."""
+    """Create or replace the tenant's settings, users, mappings, queues and groups.
+
+    Run it in one transaction: an AdminError leaves the tenant as it was."""
     now = datetime.now(UTC)
     t = data.tenant
-    settings = {
-        "salesforce_org_id": data.salesforce_org_id,
-        "connector_user_id": data.connector_user,
-        "sync_mode": data.sync_mode,
-        "auto_create_prospects": data.auto_create_prospects,
-        "connector_verified": data.connector_verified,
-        "webhook_secret": data.webhook_secret,
-    }
-    if data.salesforce_endpoint_key is not None:
-        settings["endpoint_key_hash"] = key_hash(data.salesforce_endpoint_key)
-    exists = (await conn.execute(select(tenants.c.id).where(tenants.c.id == t))).first()
-    if exists:
-        await conn.execute(update(tenants).where(tenants.c.id == t).values(**settings))
+    try:
+        stored = await tenants.tenant_row(conn, t, lock=True)
+    except NotFound:
+        stored = None
+        await tenants.create_tenant(conn, _tenant_create(data), now)
+        if data.salesforce_endpoint_key is None:
+            await tenants.clear_endpoint_key(conn, t)
     else:
-        await conn.execute(insert(tenants).values(id=t, created_at=now, **settings))
-    for table in (group_members, groups, connected_users, queues, ae_users, sf_users):
-        await conn.execute(delete(table).where(table.c.tenant_id == t))
-    await conn.execute(
-        insert(sf_users),
+        await _forget_directory(conn, t)
+    await users.load_sf_users(
+        conn,
+        t,
         [
-            {"tenant_id": t, "id": i, "name": n, "active": True, "created_at": now}
+            SfUserCreate.model_validate({"id": i, "name": n})
             for n, i in data.salesforce_users.items()
         ],
+        now,
     )
-    await conn.execute(
-        insert(ae_users),
+    if stored is not None:
+        # After the SF users: the connector user must be one of them.
+        await tenants.update_tenant(conn, t, _tenant_patch(data), now)
+        # The file replaces the tenant: its secret and key are the only ones valid, no grace.
+        if stored.webhook_secret != data.webhook_secret:
+            await tenants.rotate_webhook_secret(
+                conn, t, grace=timedelta(0), now=now, new_secret=data.webhook_secret
+            )
+        key = data.salesforce_endpoint_key
+        if key is not None and stored.endpoint_key_hash != key_hash(key):
+            await tenants.rotate_endpoint_key(conn, t, grace=timedelta(0), now=now, new_key=key)
+    await users.load_ae_users(
+        conn,
+        t,
         [
-            {"tenant_id": t, "id": i, "name": n, "active": True, "created_at": now}
+            AeUserCreate.model_validate({"id": i, "name": n})
             for n, i in data.engagement_users.items()
         ],
+        now,
     )
-    rows = {
-        connected_users: [
-            {
-                "tenant_id": t,
-                "ae_user_id": c.engagement_user,
-                "sf_user_id": c.salesforce_user,
-                "created_at": now,
-            }
-            for c in data.connected_users
-        ],
-        queues: [{"tenant_id": t, "id": i, "name": n} for n, i in data.queues.items()],
-        groups: [{"tenant_id": t, "id": gid, "name": g.name} for gid, g in data.groups.items()],
-        group_members: [
-            {
-                "tenant_id": t,
-                "group_id": gid,
-                "ae_user_id": m,
-                "weight": 1,
-                "paused": False,
-                "assigned_today": 0,
-                "assigned_total": 0,
-            }
-            for gid, g in data.groups.items()
-            for m in g.members
-        ],
-    }
-    for table, values in rows.items():
-        if values:
-            await conn.execute(insert(table), values)
+    connected = 0
+    for c in data.connected_users:
+        _, created = await mappings.create_mapping(
+            conn, t, ae_user_id=c.engagement_user, sf_user_id=c.salesforce_user, now=now
+        )
+        connected += int(created)
+    for name, queue_id in data.queues.items():
+        await groups.create_queue(conn, t, queue_id=queue_id, name=name)
+    for group_id, group in data.groups.items():
+        await groups.create_group(
+            conn,
+            t,
+            GroupCreate.model_validate(
+                {"id": group_id, "name": group.name, "members": group.members}
+            ),
+        )
     return {
         "salesforce_users": len(data.salesforce_users),
         "engagement_users": len(data.engagement_users),
-        "connected_users": len(data.connected_users),
+        "connected_users": connected,
         "queues": len(data.queues),
         "groups": len(data.groups),
     }
+
+
+def _tenant_create(data: TenantFile) -> TenantCreate:
+    return TenantCreate.model_validate(
+        {
+            "id": data.tenant,
+            "salesforceOrgId": data.salesforce_org_id,
+            "connectorUserId": data.connector_user,
+            "connectorUserName": data.connector_user_name,
+            "syncMode": data.sync_mode,
+            "autoCreateProspects": data.auto_create_prospects,
+            "connectorVerified": data.connector_verified,
+            "webhookSecret": data.webhook_secret,
+            "salesforceEndpointKey": data.salesforce_endpoint_key,
+        }
+    )
+
+
+def _tenant_patch(data: TenantFile) -> TenantPatch:
+    return TenantPatch.model_validate(
+        {
+            "salesforceOrgId": data.salesforce_org_id,
+            "connectorUserId": data.connector_user,
+            "syncMode": data.sync_mode,
+            "autoCreateProspects": data.auto_create_prospects,
+            "connectorVerified": data.connector_verified,
+        }
+    )
+
+
+async def _forget_directory(conn: AsyncConnection, tenant_id: str) -> None:
+    """Replacing a tenant starts from no users, mappings, queues or groups; its records, audit
+    and API keys stay."""
+    for table in (
+        tables.group_members,
+        tables.groups,
+        tables.connected_users,
+        tables.queues,
+        tables.ae_users,
+        tables.sf_users,
+    ):
+        await conn.execute(delete(table).where(table.c.tenant_id == tenant_id))

@@ -211,6 +211,21 @@ async def rotate_endpoint_key(
     return EndpointKeyRotated(salesforce_endpoint_key=key, previous_endpoint_key_expires_at=expires)
 
 
+async def clear_endpoint_key(conn: AsyncConnection, tenant_id: str) -> None:
+    """No SF endpoint key at all: the tenant's SF outbound messages are refused until one is
+    set with `rotate_endpoint_key` (a tenant file that names none)."""
+    await tenant_row(conn, tenant_id, lock=True)
+    await conn.execute(
+        update(tenants)
+        .where(tenants.c.id == tenant_id)
+        .values(
+            endpoint_key_hash=None,
+            previous_endpoint_key_hash=None,
+            previous_endpoint_key_expires_at=None,
+        )
+    )
+
+
 async def _org_is_free(conn: AsyncConnection, org_id: str, tenant_id: str) -> None:
     holder = (
         await conn.execute(select(tenants.c.id).where(tenants.c.salesforce_org_id == org_id))

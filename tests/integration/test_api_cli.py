@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import insert
 from typer.testing import CliRunner
 
-from services import cli_admin
 from services.cli import app
+from services.cli.common import console
 from services.common.broker.base import REASON_HEADER
 from services.common.broker.rabbit import RabbitBroker
 from services.common.db.engine import make_engine
@@ -29,7 +29,7 @@ def cli(base_settings: Settings, clean: None, monkeypatch: pytest.MonkeyPatch) -
     for name in ("database_url", "amqp_url", "exchange", "queue_prefix", "delivery_limit"):
         monkeypatch.setenv(f"OWNERSYNC_{name.upper()}", str(getattr(base_settings, name)))
     monkeypatch.setenv("OWNERSYNC_TENANT", "acme")
-    monkeypatch.setattr(cli_admin.console, "width", 250)  # no wrapped cells to search in
+    monkeypatch.setattr(console, "width", 250)  # no wrapped cells to search in
     return CliRunner()
 
 

@@ -1,4 +1,5 @@
-"""`ownersync`: one command for every role, the demo and the operator tools."""
+"""The roles `ownersync` starts (run, receiver, assigner, syncer, relay, sim), the database
+migration and the demo."""
 
 from __future__ import annotations
 
@@ -9,28 +10,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 
-from services.admin.tenant_file import TenantFile, load_tenant
+from services.admin.tenant_file import TenantFile
 from services.bootstrap import ROLES, ConfigurationError, running
-from services.cli_admin import SUB_APPS, tenants_app
-from services.common.db.engine import make_engine, migrate
+from services.cli.common import console, err, load_settings, migrate_embedded
+from services.cli.tenants import load_tenant_file
+from services.common.db.engine import migrate
 from services.common.logs import configure_logging
 from services.common.settings import Settings
 
-app = typer.Typer(
-    help="ownersync keeps prospect ownership right between Account Engagement and Salesforce.\n\n"
-    "Configuration comes from OWNERSYNC_* environment variables; with none set it runs on the "
-    "embedded default (SQLite ./ownersync.db, in-process broker and simulators).",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-)
-tenant_app = tenants_app  # `ownersync tenant load|create|list|show|set|rotate-secret|keys`
-for sub_app, sub_name in SUB_APPS:  # tenants, users, mappings, user-sync, record, …
-    app.add_typer(sub_app, name=sub_name)
-console = Console(emoji=False, highlight=False)
-err = Console(stderr=True)
+roles_app = typer.Typer()
 
 Host = Annotated[
     str | None, typer.Option(help="listen address [default: OWNERSYNC_HOST or 127.0.0.1]")
@@ -38,26 +27,13 @@ Host = Annotated[
 Port = Annotated[int | None, typer.Option(help="listen port [default: OWNERSYNC_PORT or 8000]")]
 
 
-def _settings(host: str | None = None, port: int | None = None) -> Settings:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        err.print(f"[red]invalid configuration:[/red]\n{exc}")
-        raise typer.Exit(2) from None
-    updates = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    settings = settings.model_copy(update=updates)
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
 def _serve(
     settings: Settings, roles: tuple[str, ...], tenant_files: list[Path] | None = None
 ) -> None:
-    if settings.is_sqlite:
-        migrate(settings.database_url)  # the embedded store migrates itself
+    migrate_embedded(settings)
     endpoint_keys: dict[str, str] = {}
     for path in tenant_files or []:
-        _load_tenant_file(settings, path)
+        load_tenant_file(settings, path)
         data = TenantFile.read(path)
         if data.salesforce_endpoint_key:
             endpoint_keys[data.tenant] = data.salesforce_endpoint_key
@@ -82,7 +58,7 @@ def _serve(
         raise typer.Exit(2) from None
 
 
-@app.command()
+@roles_app.command()
 def run(
     host: Host = None,
     port: Port = None,
@@ -91,34 +67,34 @@ def run(
     ] = None,
 ) -> None:
     """Run every role in one process (receiver, syncer, relay, simulators when embedded)."""
-    _serve(_settings(host, port), ROLES, tenant)
+    _serve(load_settings(host, port), ROLES, tenant)
 
 
-@app.command()
+@roles_app.command()
 def receiver(host: Host = None, port: Port = None) -> None:
     """Run the receiver: SF outbound messages, AE webhooks, internal API, /healthz, /readyz."""
-    _serve(_settings(host, port), ("receiver",))
+    _serve(load_settings(host, port), ("receiver",))
 
 
-@app.command()
+@roles_app.command()
 def assigner() -> None:
     """Run the assigner worker: AE prospect events and assignment actions (A1–A8)."""
-    _serve(_settings(), ("assigner",))
+    _serve(load_settings(), ("assigner",))
 
 
-@app.command()
+@roles_app.command()
 def syncer() -> None:
     """Run the syncer worker: SF created/reassigned events -> reverse-sync decisions (S1–S9)."""
-    _serve(_settings(), ("syncer",))
+    _serve(load_settings(), ("syncer",))
 
 
-@app.command()
+@roles_app.command()
 def relay() -> None:
     """Run the outbox relay: sends committed effects to AE (and SF) with retries."""
-    _serve(_settings(), ("relay",))
+    _serve(load_settings(), ("relay",))
 
 
-@app.command()
+@roles_app.command()
 def sim(
     host: Host = None,
     port: Annotated[int, typer.Option(help="port of the AE simulator")] = 8100,
@@ -137,7 +113,7 @@ def sim(
     from services.sim.ae import AeSimState, create_ae_app
     from services.sim.sf import SfSimState, create_sf_app
 
-    settings = _settings(host)
+    settings = load_settings(host)
     ae_state, sf_state = AeSimState(), SfSimState()
     if tenant is not None:
         data = TenantFile.read(tenant)
@@ -173,55 +149,22 @@ def sim(
     asyncio.run(main())
 
 
-@app.command("migrate")
+@roles_app.command("migrate")
 def migrate_command() -> None:
     """Apply the database migrations (Alembic) to OWNERSYNC_DATABASE_URL."""
-    settings = _settings()
+    settings = load_settings()
     migrate(settings.database_url)
     console.print(f"migrated {_safe_url(settings.database_url)} to head")
 
 
-@app.command()
+@roles_app.command()
 def demo() -> None:
     """Replay the bundled SF fixtures through the whole path on a fresh embedded store."""
     from services.demo.replay import run_demo
 
-    settings = _settings()
+    settings = load_settings()
     configure_logging("ERROR", settings.log_format)  # the table tells the story
     asyncio.run(run_demo(console))
-
-
-@tenant_app.command("load")
-def tenant_load(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="tenant.json")],
-) -> None:
-    """Create or replace a tenant with its users, connected users, queues and groups."""
-    settings = _settings()
-    if settings.is_sqlite:
-        migrate(settings.database_url)
-    counts = _load_tenant_file(settings, file)
-    console.print(
-        f"loaded tenant {counts.pop('tenant')}: "
-        + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
-    )
-
-
-def _load_tenant_file(settings: Settings, path: Path) -> dict[str, object]:
-    try:
-        data = TenantFile.read(path)
-    except (ValidationError, ValueError) as exc:
-        err.print(f"[red]{path}: not a valid tenant file[/red]\n{exc}")
-        raise typer.Exit(2) from None
-
-    async def load() -> dict[str, object]:
-        engine = make_engine(settings.database_url)
-        try:
-            async with engine.begin() as conn:
-                return {"tenant": data.tenant, **await load_tenant(conn, data)}
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(load())
 
 
 def _safe_url(url: str) -> str:
@@ -230,7 +173,3 @@ def _safe_url(url: str) -> str:
 
         return make_url(url).render_as_string(hide_password=True)
     return url
-
-
-if __name__ == "__main__":
-    app()
