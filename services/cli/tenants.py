@@ -63,6 +63,10 @@ def tenant_create(
     created = run_admin(lambda conn: tenants.create_tenant(conn, data, now()))
     console.print(f"created tenant {created.tenant.id}")
     console.print(f"webhook secret (shown once): [bold]{created.webhook_secret}[/bold]")
+    console.print(
+        f"SF endpoint key (shown once): [bold]{created.salesforce_endpoint_key}[/bold]"
+        " (the `key` query parameter of the SF outbound-message URLs)"
+    )
 
 
 @tenants_app.command("list")
@@ -143,6 +147,25 @@ def tenant_rotate_secret(
     console.print(f"new webhook secret (shown once): [bold]{rotated.webhook_secret}[/bold]")
     until = rotated.previous_secret_expires_at
     console.print(f"the previous secret is valid until {until}" if until else "no grace period")
+
+
+@tenants_app.command("rotate-endpoint-key")
+def tenant_rotate_endpoint_key(
+    tenant_id: Annotated[str, typer.Argument()],
+    grace_hours: Annotated[float, typer.Option(min=0, max=168, help="old key stays valid")] = 24,
+) -> None:
+    """A new SF endpoint key (`?key=` of the outbound-message URLs); the old one stays valid
+    for the grace period, while SF's outbound messages are switched over."""
+    rotated = run_admin(
+        lambda conn: tenants.rotate_endpoint_key(
+            conn, tenant_id, grace=timedelta(hours=grace_hours), now=now()
+        )
+    )
+    console.print(
+        f"new SF endpoint key (shown once): [bold]{rotated.salesforce_endpoint_key}[/bold]"
+    )
+    until = rotated.previous_endpoint_key_expires_at
+    console.print(f"the previous key is valid until {until}" if until else "no grace period")
 
 
 @tenants_app.command("load")

@@ -4,6 +4,7 @@ API, the same refusals, tables for people."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -147,6 +148,19 @@ def test_tenant_is_created_with_a_key_and_its_secret_rotated(cli: CliRunner) -> 
     assert "contacts" in ok(cli, "tenant", "set", "initech", "--sync-mode", "contacts")
     assert "valid until" in ok(cli, "tenant", "rotate-secret", "initech", "--grace-hours", "2")
     assert "initech" in ok(cli, "tenant", "list")
+
+
+def test_tenant_endpoint_key_is_shown_once_at_creation_and_rotated(cli: CliRunner) -> None:
+    created = ok(
+        cli, "tenant", "create", "hooli", "--org", sf_id("00D", 5), "--connector", sf_id("005", 5)
+    )
+    first = re.search(r"SF endpoint key \(shown once\): (osek_\S+)", created)
+    assert first is not None
+    assert first.group(1) not in ok(cli, "tenant", "show", "hooli")
+    rotated = ok(cli, "tenant", "rotate-endpoint-key", "hooli", "--grace-hours", "0")
+    second = re.search(r"new SF endpoint key \(shown once\): (osek_\S+)", rotated)
+    assert second is not None and second.group(1) != first.group(1)
+    assert "no grace period" in rotated
 
 
 def test_dead_letters_are_listed_replayed_and_discarded(
