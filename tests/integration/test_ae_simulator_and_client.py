@@ -41,8 +41,8 @@ async def served_ae() -> AsyncIterator[tuple[FastAPI, str]]:
 def sim(served_ae: tuple[FastAPI, str]) -> AeSimState:
     # A fresh state per test isolates tests without paying a server restart each time.
     app, _ = served_ae
-    app.state.sim = AeSimState()
-    return app.state.sim  # type: ignore[no-any-return]
+    state = app.state.sim = AeSimState()
+    return state
 
 
 @pytest.fixture
