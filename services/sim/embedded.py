@@ -34,8 +34,19 @@ class EmbeddedSf:
     tenant: str  # the tenant whose org the embedded SF plays
 
 
-async def start_ae(runtime: Runtime, stack: contextlib.AsyncExitStack) -> EmbeddedAe:
+async def start_ae(
+    runtime: Runtime,
+    stack: contextlib.AsyncExitStack,
+    *,
+    trusted: EmbeddedSf | None,
+    business_unit_id: str,
+) -> EmbeddedAe:
+    """The embedded AE, whose business unit belongs to the `trusted` SF simulator's org: it
+    admits that org's tokens (linked to no SF simulator, it admits any bearer token)."""
     state = AeSimState()
+    if trusted is not None:
+        state.tokens = trusted.state.tokens
+        state.add_business_unit(business_unit_id, trusted.state.org_id)
     await seed_ae_sim(runtime, state)
     url = await stack.enter_async_context(serve_app(create_ae_app(state)))
     return EmbeddedAe(state, url)
