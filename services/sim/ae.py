@@ -380,8 +380,9 @@ def _check_auth(state: AeSimState, request: Request) -> JSONResponse | None:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return _error_response(401, CODE_INVALID_TOKEN, "Missing or malformed bearer token")
-    grant = state.tokens.grant(token) if state.tokens is not None else None
+    grant = None
     if state.tokens is not None:
+        grant = state.tokens.grant(token)
         if grant is None:
             return _error_response(401, CODE_INVALID_TOKEN, "Invalid or expired access token")
         if "pardot_api" not in grant.scopes:

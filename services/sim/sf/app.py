@@ -105,16 +105,15 @@ def _rest_router() -> APIRouter:
 
     @router.get("/User/{user_id}")
     async def read_user(version: str, user_id: str, sim: ApiSim) -> JSONResponse:
-        if not _API_VERSION.match(version):
+        user_id = _user_id(user_id)
+        found = sim.users.get(user_id)
+        if found is None or not _API_VERSION.match(version):
             raise SfSimError.not_found()
-        found = sim.users.get(_user_id(user_id))
-        if found is None:
-            raise SfSimError.not_found()
-        url = f"/services/data/{version}/sobjects/User/{_user_id(user_id)}"
+        url = f"/services/data/{version}/sobjects/User/{user_id}"
         return JSONResponse(
             {
                 "attributes": {"type": "User", "url": url},
-                "Id": _user_id(user_id),
+                "Id": user_id,
                 "Name": found.name,
                 "Email": found.email,
                 "IsActive": found.is_active,
