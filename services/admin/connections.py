@@ -215,7 +215,7 @@ def _update(tenant_id: str) -> Any:
     return update(tenant_connections).where(tenant_connections.c.tenant_id == tenant_id)
 
 
-async def _row(conn: AsyncConnection, tenant_id: str) -> Mapping[str, Any] | None:
+async def _row(conn: AsyncConnection, tenant_id: str) -> Mapping[Any, Any] | None:
     query = select(tenant_connections).where(tenant_connections.c.tenant_id == tenant_id)
     return (await conn.execute(query)).mappings().first()
 
@@ -236,7 +236,7 @@ async def _business_unit_is_free(conn: AsyncConnection, unit: str, tenant_id: st
         )
 
 
-def _view(row: Mapping[str, Any] | None) -> ConnectionsView:
+def _view(row: Mapping[Any, Any] | None) -> ConnectionsView:
     if row is None:
         return ConnectionsView(salesforce=None, engagement=None, updated_at=None)
     return ConnectionsView(

@@ -31,7 +31,7 @@ def secret_context(tenant_id: str, column: str) -> str:
     return f"tenant_connections/{tenant_id}/{column}"
 
 
-def sealed_in(row: Mapping[str, Any], columns: tuple[str, str]) -> Sealed | None:
+def sealed_in(row: Mapping[Any, Any], columns: tuple[str, str]) -> Sealed | None:
     ciphertext, key_id = columns
     if row[ciphertext] is None:
         return None
@@ -68,7 +68,7 @@ class TenantConnections:
     updated_at: datetime
 
 
-def connections_from_row(row: Mapping[str, Any], ring: KeyRing | None) -> TenantConnections:
+def connections_from_row(row: Mapping[Any, Any], ring: KeyRing | None) -> TenantConnections:
     """The row with its secrets opened. SecretsKeyMissing without a ring when the row holds a
     secret; SecretUnreadable when a secret's key is not in the ring or the ciphertext is bad."""
     tenant_id = row["tenant_id"]

@@ -62,13 +62,20 @@ class SfTokenSource:
         self.fetches = 0
 
     @classmethod
-    def for_connection(cls, connection: SalesforceConnection, **options: float) -> SfTokenSource:
+    def for_connection(
+        cls, connection: SalesforceConnection, *, timeout: float = 10.0
+    ) -> SfTokenSource:
         if connection.client_secret is None:
             raise ValueError(
                 "this SF connection has no client secret: only the client-credentials flow is "
                 "supported"
             )
-        return cls(connection.login_url, connection.client_id, connection.client_secret, **options)
+        return cls(
+            connection.login_url,
+            connection.client_id,
+            connection.client_secret,
+            timeout=timeout,
+        )
 
     async def __aenter__(self) -> Self:
         return self

@@ -14,8 +14,10 @@ import pytest
 from services.common.ae_client import AeClient, AeRequestRejected
 from services.common.sf_auth import SfCredentialsRefused, SfTokenSource
 from services.common.sf_client import SfClient
+from services.common.tenant_clients import TenantClients
 from services.common.web import serve_app
 from services.sim.ae import AeSimState, create_ae_app
+from services.sim.embedded import EmbeddedAe, EmbeddedSf, simulated_connections
 from services.sim.sf import SfSimState, create_sf_app
 from services.sim.sf.tokens import AccessTokens
 
@@ -170,3 +172,24 @@ async def test_a_rotated_client_secret_is_refused_in_its_old_form(world: World) 
 
     assert rotated["client_secret"] != "a-secret"
     assert token.scopes == {"api", "pardot_api"}
+
+
+async def test_a_tenants_clients_built_from_the_simulators_reach_both_systems(
+    world: World,
+) -> None:
+    unit = "0Uv5e000000UnitCAA"
+    simulated = simulated_connections(
+        "acme",
+        EmbeddedSf(world.a.state, world.a.url, "acme"),
+        EmbeddedAe(world.ae, world.ae_url),
+        unit,
+    )
+
+    async with TenantClients.open(simulated) as clients:
+        user = await clients.sf.get_user(world.alice)
+        first = await clients.ae.first_user()
+
+    assert user["Email"] == "alice@example.com"
+    assert first is not None and first.email == "rep@example.com"
+    assert world.ae.business_units[unit] == world.a.state.org_id
+    assert world.a.token_requests() == [200]
