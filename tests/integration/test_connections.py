@@ -7,6 +7,7 @@ On the embedded store (SQLite, in-process broker): nothing here needs Postgres o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
+from typer.testing import CliRunner, Result
 
 from services.admin.connections import reseal_secrets
-from services.admin.tenant_file import load_tenant
+from services.admin.tenant_file import ConnectionsFile, load_tenant
 from services.bootstrap import create_app
+from services.cli import app as cli_app
 from services.common.connections import load_connections
 from services.common.crypto import KeyRing, new_key_spec
 from services.common.db.engine import migrate
@@ -337,3 +340,72 @@ async def test_no_secret_reaches_a_log_line_while_setting_rotating_and_checking(
     for secret in (CLIENT_SECRET, NEW_SECRET, KEY_V1.split(":")[1]):
         assert secret not in logged
         assert all(secret not in answer.text for answer in answers)
+
+
+# --- the tenant file and the CLI ------------------------------------------------------------
+
+
+async def test_tenant_file_connections_block_is_stored_sealed(world: World) -> None:
+    data = ACME.model_copy(
+        update={
+            "connections": ConnectionsFile.model_validate(
+                {
+                    "salesforce": {
+                        "login_url": world.sf_url,
+                        "client_id": CLIENT_ID,
+                        "client_secret": CLIENT_SECRET,
+                    },
+                    "engagement": {"base_url": world.ae_url, "business_unit_id": UNIT},
+                }
+            )
+        }
+    )
+    ring = KeyRing.parse(KEY_V1)
+    async with world.runtime.engine.begin() as conn:
+        loaded = await load_tenant(conn, data, ring)
+    assert loaded["connections"] == 1
+    row = await stored_row(world)
+    assert CLIENT_SECRET not in repr(row)
+    async with world.runtime.engine.connect() as conn:
+        opened = await load_connections(conn, ACME.tenant, ring)
+    assert opened is not None and opened.salesforce.client_secret is not None
+    assert opened.salesforce.client_secret.get_secret_value() == CLIENT_SECRET
+    assert (await world.check())["salesforce"]["status"] == "ok"
+
+
+def _cli(database: str, key: str, *args: str) -> Result:
+    env = {"OWNERSYNC_DATABASE_URL": database, "OWNERSYNC_SECRETS_KEY": key}
+    return CliRunner().invoke(cli_app, list(args), env=env)
+
+
+async def test_cli_sets_checks_and_reseals_connections_without_showing_the_secret(
+    world: World, database: str
+) -> None:
+    async def cli(*args: str, key: str = KEY_V1) -> Result:
+        # In a thread: the CLI runs its own event loop while this one serves the simulators.
+        return await asyncio.to_thread(_cli, database, key, *args)
+
+    set_ = await cli(
+        "tenant", "connections", "set", ACME.tenant,
+        "--sf-login-url", world.sf_url, "--sf-client-id", CLIENT_ID,
+        "--sf-client-secret", CLIENT_SECRET,
+        "--ae-base-url", world.ae_url, "--ae-business-unit", UNIT,
+    )  # fmt: skip
+    assert set_.exit_code == 0, set_.output
+    shown = await cli("tenant", "connections", "show", ACME.tenant)
+    checked = await cli("tenant", "check", ACME.tenant)
+    assert checked.exit_code == 0, checked.output
+    assert checked.output.count(" ok ") == 2, checked.output
+
+    world.org.revoke_client_secret()
+    refused = await cli("tenant", "check", ACME.tenant)
+    assert refused.exit_code == 1
+    assert "invalid_client" in refused.output
+
+    new_ring = f"{new_key_spec('v2')},{KEY_V1}"
+    resealed = await cli("secrets", "rotate", key=new_ring)
+    assert resealed.exit_code == 0, resealed.output
+    assert "1 secret(s) sealed under key v2" in resealed.output
+    assert (await stored_row(world))["sf_client_secret_key_id"] == "v2"
+    for result in (set_, shown, checked, refused, resealed):
+        assert CLIENT_SECRET not in result.output
