@@ -41,7 +41,6 @@ OWN_SETTINGS = {
     "PORT",
     "METRICS_PORT",
     "AE_BASE_URL",
-    "AE_API_KEY",
     "SF_BASE_URL",
     "SF_CLIENT_ID",
     "SF_CLIENT_SECRET",
@@ -185,7 +184,6 @@ class Bench:
             env={
                 "OWNERSYNC_METRICS_PORT": str(self.ports["relay"]),
                 "OWNERSYNC_AE_BASE_URL": f"http://127.0.0.1:{ae}",
-                "OWNERSYNC_AE_API_KEY": "bench",
                 "OWNERSYNC_SF_BASE_URL": f"http://127.0.0.1:{sf}",
                 "OWNERSYNC_SF_CLIENT_ID": "ownersync-sim",
                 "OWNERSYNC_SF_CLIENT_SECRET": "ownersync-sim-secret",

@@ -24,6 +24,7 @@ from services.common.broker.memory import MemoryBroker
 from services.common.metrics import API_CALLS, worker_app
 from services.common.runtime import Runtime, build_runtime
 from services.common.settings import Settings
+from services.common.sf_auth import SfTokenSource
 from services.common.sf_client import SfClient
 from services.common.web import serve_app
 from services.common.worker import WorkerStats, run_worker
@@ -181,10 +182,14 @@ async def running(
 async def _start_relay(
     live: Running, settings: Settings, stack: contextlib.AsyncExitStack, stop: asyncio.Event
 ) -> None:
-    ae = await _ae_client(live, settings, stack)
-    sf = await _sf_client(live, settings, stack)
+    tokens = await _sf_tokens(live, settings, stack)
+    ae = await _ae_client(live, settings, stack, tokens)
+    if ae is None or tokens is None:
+        # AE takes the SF connected app's token: with no SF org there is nothing to send with.
+        log.warning("no SF connection: the relay is not started, effects wait in the outbox")
+        return
     senders = Senders(
-        ae=ae_prospect_sender(ae), sf=sf_record_sender(sf) if sf is not None else None
+        ae=ae_prospect_sender(ae), sf=sf_record_sender(await _sf_client(stack, tokens))
     )
     live.relay = Relay(
         live.runtime.engine,
@@ -197,42 +202,11 @@ async def _start_relay(
     live.tasks.append(asyncio.create_task(live.relay.run(stop), name="relay"))
 
 
-async def _ae_client(
+async def _sf_tokens(
     live: Running, settings: Settings, stack: contextlib.AsyncExitStack
-) -> AeClient:
-    ae_url = settings.ae_base_url
-    api_key = settings.ae_api_key.get_secret_value() if settings.ae_api_key else None
-    if ae_url is None:
-        if not settings.simulate:
-            raise ConfigurationError(
-                "OWNERSYNC_AE_BASE_URL is required with a real broker "
-                "(or set OWNERSYNC_USE_SIMULATORS=true to run the AE simulator in-process)"
-            )
-        from services.sim.embedded import start_ae
-
-        live.ae = await start_ae(live.runtime, stack)
-        ae_url = live.ae.url
-        api_key = "embedded-simulator"
-        log.info("AE simulator listening on %s", ae_url)
-    if api_key is None:
-        raise ConfigurationError("OWNERSYNC_AE_API_KEY is required with OWNERSYNC_AE_BASE_URL")
-    live.ae_url = ae_url
-    client = await stack.enter_async_context(
-        AeClient(
-            ae_url,
-            api_key,
-            settings.ae_business_unit_id,
-            max_concurrency=settings.ae_max_concurrency,
-            daily_quota=settings.ae_daily_quota,
-        )
-    )
-    API_CALLS.track("ae", client)
-    return client
-
-
-async def _sf_client(
-    live: Running, settings: Settings, stack: contextlib.AsyncExitStack
-) -> SfClient | None:
+) -> SfTokenSource | None:
+    """The OAuth token source the SF and AE clients share: the connected app of the
+    OWNERSYNC_SF_* settings, or the embedded SF simulator's (None: no tenant to simulate)."""
     url, client_id = settings.sf_base_url, settings.sf_client_id
     secret = settings.sf_client_secret.get_secret_value() if settings.sf_client_secret else None
     if url is None:
@@ -250,12 +224,52 @@ async def _sf_client(
         url = live.sf.url
         client_id, secret = live.sf.state.client_id, live.sf.state.client_secret
         log.info("SF simulator listening on %s", url)
-    elif client_id is None or secret is None:
+    if client_id is None or secret is None:
         raise ConfigurationError(
             "OWNERSYNC_SF_CLIENT_ID and OWNERSYNC_SF_CLIENT_SECRET are required with "
             "OWNERSYNC_SF_BASE_URL"
         )
     live.sf_url = url
-    client = await stack.enter_async_context(SfClient(url, client_id, secret))
+    return await stack.enter_async_context(SfTokenSource(url, client_id, secret))
+
+
+async def _ae_client(
+    live: Running,
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    tokens: SfTokenSource | None,
+) -> AeClient | None:
+    ae_url = settings.ae_base_url
+    if ae_url is None:
+        if not settings.simulate:
+            raise ConfigurationError(
+                "OWNERSYNC_AE_BASE_URL is required with a real broker "
+                "(or set OWNERSYNC_USE_SIMULATORS=true to run the AE simulator in-process)"
+            )
+        from services.sim.embedded import start_ae
+
+        live.ae = await start_ae(
+            live.runtime, stack, trusted=live.sf, business_unit_id=settings.ae_business_unit_id
+        )
+        ae_url = live.ae.url
+        log.info("AE simulator listening on %s", ae_url)
+    live.ae_url = ae_url
+    if tokens is None:
+        return None  # AE takes SF's access token: without a SF connection there is none
+    client = await stack.enter_async_context(
+        AeClient(
+            ae_url,
+            tokens,
+            settings.ae_business_unit_id,
+            max_concurrency=settings.ae_max_concurrency,
+            daily_quota=settings.ae_daily_quota,
+        )
+    )
+    API_CALLS.track("ae", client)
+    return client
+
+
+async def _sf_client(stack: contextlib.AsyncExitStack, tokens: SfTokenSource) -> SfClient:
+    client = await stack.enter_async_context(SfClient(tokens))
     API_CALLS.track("sf", client)
     return client

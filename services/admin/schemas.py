@@ -6,10 +6,12 @@ only; views may be built in Python with the snake_case names.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from services.common.messages import AeProspect, AssignmentAction
@@ -198,6 +200,127 @@ class ApiKeyView(ApiModel):
 class ApiKeyCreated(ApiModel):
     api_key: ApiKeyView
     key: str = Field(description="the secret key, shown this once: send it as `Bearer <key>`")
+
+
+# --- connections ------------------------------------------------------------------------
+
+
+def _service_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("must be an http(s) URL with a host")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must carry no query, fragment or credentials")
+    # Credentials and tokens travel to this URL: in clear text only to this machine.
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError("must be https (http only for localhost)")
+    return value.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+ServiceUrl = Annotated[
+    str,
+    StringConstraints(min_length=8, max_length=300, pattern=r"^[!-~]+$"),
+    AfterValidator(_service_url),
+]
+ClientId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[!-~]+$")]
+ClientSecret = Annotated[
+    SecretStr,
+    Field(
+        min_length=8,
+        max_length=255,
+        description="write-only: stored sealed (OWNERSYNC_SECRETS_KEY), never answered",
+    ),
+]
+BusinessUnitId = Annotated[str, *_sf_id("0Uv", "AE business unit id")]
+
+
+class SalesforceConnectionSet(ApiInput):
+    login_url: ServiceUrl = Field(
+        description="`https://login.salesforce.com`, `https://test.salesforce.com` or the org's "
+        "My Domain URL: the token comes from `{loginUrl}/services/oauth2/token`"
+    )
+    client_id: ClientId = Field(description="the connected app's consumer key")
+    client_secret: ClientSecret | None = Field(
+        None,
+        description="the connected app's consumer secret (client-credentials flow, scopes `api "
+        "pardot_api`); write-only. Required the first time; omitted later, the stored one stays",
+    )
+
+
+class EngagementConnectionSet(ApiInput):
+    base_url: ServiceUrl = Field(
+        "https://pi.pardot.com",
+        description="AE API host (`https://pi.demo.pardot.com` for demo orgs)",
+    )
+    business_unit_id: BusinessUnitId
+
+
+class ConnectionsSet(ApiInput):
+    salesforce: SalesforceConnectionSet
+    engagement: EngagementConnectionSet
+
+
+class ClientSecretRotation(ApiInput):
+    client_secret: ClientSecret
+    client_id: ClientId | None = Field(
+        None, description="the new consumer key, when SF's rotation gave one; omitted: kept"
+    )
+
+
+class SalesforceConnectionView(ApiModel):
+    login_url: str
+    client_id: str
+    client_secret_set: bool = Field(description="the secret itself is never answered")
+    client_secret_key_id: str | None = Field(
+        description="the id of the OWNERSYNC_SECRETS_KEY key that seals it"
+    )
+
+
+class EngagementConnectionView(ApiModel):
+    base_url: str
+    business_unit_id: str
+
+
+class ConnectionsView(ApiModel):
+    """Null systems and time: no connections stored for this tenant."""
+
+    salesforce: SalesforceConnectionView | None
+    engagement: EngagementConnectionView | None
+    updated_at: datetime | None
+
+
+CheckStatus = Literal["ok", "failed", "not_set"]
+
+
+class SystemCheck(ApiModel):
+    status: CheckStatus
+    code: str | None = Field(
+        None,
+        description="why it failed: `invalid_client` (or another OAuth error), `no_token`, "
+        "`unauthorized`, `missing_scope`, `not_found`, `unreachable`, `unavailable`, …",
+    )
+    message: str | None = None
+    user: str | None = Field(None, description="the user read: SF user id, or AE user id")
+
+
+class ConnectionsCheck(ApiModel):
+    salesforce: SystemCheck
+    engagement: SystemCheck
+    checked_at: datetime
+
+
+class SecretsResealed(ApiModel):
+    resealed: int = Field(description="secrets sealed anew under the current key")
+    key_id: str = Field(description="the current key id")
 
 
 # --- users and mappings ------------------------------------------------------------------

@@ -12,15 +12,16 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.admin import groups, mappings, tenants, users
+from services.admin import connections, groups, mappings, tenants, users
 from services.admin.errors import NotFound
 from services.admin.schemas import (
     AeUserCreate,
     BigId,
+    ConnectionsSet,
     EndpointKey,
     GroupCreate,
     Name,
@@ -34,6 +35,7 @@ from services.admin.schemas import (
     TenantKey,
     TenantPatch,
 )
+from services.common.crypto import KeyRing
 from services.common.db import tables
 from services.common.keys import key_hash
 from services.common.sfid import SfId
@@ -49,6 +51,42 @@ class Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
     members: list[BigId]
+
+
+class SalesforceConnectionFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    login_url: str
+    client_id: str
+    client_secret: SecretStr
+
+
+class EngagementConnectionFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_url: str = "https://pi.pardot.com"
+    business_unit_id: str
+
+
+class ConnectionsFile(BaseModel):
+    """The tenant's SF connected app and AE business unit, as `PUT …/connections` takes them."""
+
+    model_config = ConfigDict(extra="forbid")
+    salesforce: SalesforceConnectionFile
+    engagement: EngagementConnectionFile
+
+    def as_input(self) -> ConnectionsSet:
+        return ConnectionsSet.model_validate(
+            {
+                "salesforce": {
+                    "loginUrl": self.salesforce.login_url,
+                    "clientId": self.salesforce.client_id,
+                    "clientSecret": self.salesforce.client_secret.get_secret_value(),
+                },
+                "engagement": {
+                    "baseUrl": self.engagement.base_url,
+                    "businessUnitId": self.engagement.business_unit_id,
+                },
+            }
+        )
 
 
 class TenantFile(BaseModel):
@@ -71,6 +109,7 @@ class TenantFile(BaseModel):
     queues: dict[Name, SfQueueId] = {}
     groups: dict[BigId, Group] = {}
     outbound_message_actions: dict[str, SfId] = {}
+    connections: ConnectionsFile | None = None
 
     @model_validator(mode="after")
     def _lists_its_connector_user(self) -> TenantFile:
@@ -88,8 +127,11 @@ class TenantFile(BaseModel):
         return next(n for n, i in self.salesforce_users.items() if i == self.connector_user)
 
 
-async def load_tenant(conn: AsyncConnection, data: TenantFile) -> dict[str, int]:
-    """Create or replace the tenant's settings, users, mappings, queues and groups.
+async def load_tenant(
+    conn: AsyncConnection, data: TenantFile, ring: KeyRing | None = None
+) -> dict[str, int]:
+    """Create or replace the tenant's settings, users, mappings, queues, groups and, when the
+    file has them, connections (their client secret sealed with `ring`).
 
     Run it in one transaction: an AdminError leaves the tenant as it was."""
     now = datetime.now(UTC)
@@ -148,7 +190,12 @@ async def load_tenant(conn: AsyncConnection, data: TenantFile) -> dict[str, int]
                 {"id": group_id, "name": group.name, "members": group.members}
             ),
         )
+    loaded: dict[str, int] = {}
+    if data.connections is not None:
+        await connections.set_connections(conn, t, data.connections.as_input(), ring, now)
+        loaded["connections"] = 1
     return {
+        **loaded,
         "salesforce_users": len(data.salesforce_users),
         "engagement_users": len(data.engagement_users),
         "connected_users": connected,

@@ -14,11 +14,21 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from services.api import dead_letters, groups, mappings, operations, records, tenants, users
+from services.api import (
+    connections,
+    dead_letters,
+    groups,
+    mappings,
+    operations,
+    records,
+    tenants,
+    users,
+)
 from services.api.errors import PREFIX, install_error_handlers, responses
 
 TAGS = [
     {"name": "tenants", "description": "Tenants, connector settings, webhook secret, API keys"},
+    {"name": "connections", "description": "Each tenant's SF org and AE business unit"},
     {"name": "sf users", "description": "Salesforce users of a tenant"},
     {"name": "ae users", "description": "Account Engagement users of a tenant"},
     {"name": "connected users", "description": "AE user <-> SF user mappings and user sync"},
@@ -32,7 +42,8 @@ TAGS = [
 
 def v1_router() -> APIRouter:
     router = APIRouter(prefix=PREFIX, responses=responses(401, 403, 404, 422))
-    for module in (tenants, users, mappings, groups, records, operations, dead_letters):
+    modules = (tenants, connections, users, mappings, groups, records, operations, dead_letters)
+    for module in modules:
         router.include_router(module.router)
     return router
 
@@ -40,9 +51,9 @@ def v1_router() -> APIRouter:
 DESCRIPTION = (
     "Send `Authorization: Bearer <key>`. Scopes: `read` (every GET), `write` (users, "
     "mappings, user sync, queues, groups, assignment requests, reconcile; includes `read`), "
-    "`admin` (connector settings, webhook secret, API keys, dead-letter replay and discard; "
-    "includes `write`). A tenant's key sees only its tenant: any other answers 404. Lists take "
-    "`limit` and `cursor` and answer `{items, nextCursor}`; errors are "
+    "`admin` (connector settings, connections, webhook secret, API keys, dead-letter replay and "
+    "discard; includes `write`). A tenant's key sees only its tenant: any other answers 404. "
+    "Lists take `limit` and `cursor` and answer `{items, nextCursor}`; errors are "
     "`{error: {code, message, details}}`."
 )
 

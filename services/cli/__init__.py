@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from services.cli.connections import connections_app, secrets_app, tenant_check
 from services.cli.dead_letters import dead_letters_app
 from services.cli.mappings import mappings_app, user_sync_app
 from services.cli.reconcile import reconcile_app
@@ -27,6 +28,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(roles_app)  # unnamed: its commands are top-level (`ownersync run`, …)
+tenants_app.add_typer(connections_app, name="connections")
+tenants_app.command("check")(tenant_check)
 app.add_typer(tenants_app, name="tenant")
 app.add_typer(users_app, name="users")
 app.add_typer(mappings_app, name="mappings")
@@ -34,3 +37,4 @@ app.add_typer(user_sync_app, name="user-sync")
 app.add_typer(record_app, name="record")
 app.add_typer(reconcile_app, name="reconcile")
 app.add_typer(dead_letters_app, name="dead-letters")
+app.add_typer(secrets_app, name="secrets")

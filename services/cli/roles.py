@@ -114,10 +114,17 @@ def sim(
     from services.sim.sf import SfSimState, create_sf_app
 
     settings = load_settings(host)
-    ae_state, sf_state = AeSimState(), SfSimState()
+    sf_state = SfSimState()
+    business_unit = settings.ae_business_unit_id
     if tenant is not None:
         data = TenantFile.read(tenant)
         sf_state = SfSimState(org_id=data.salesforce_org_id, api_user_id=data.connector_user)
+        if data.connections is not None:
+            business_unit = data.connections.engagement.business_unit_id
+    # AE admits the SF simulator's access tokens for its org's business unit, as the real one.
+    ae_state = AeSimState(tokens=sf_state.tokens)
+    ae_state.add_business_unit(business_unit, sf_state.org_id)
+    if tenant is not None:
         for name, sf_id in data.salesforce_users.items():
             sf_state.add_user(name, user_id=sf_id)
         for name, queue_id in data.queues.items():

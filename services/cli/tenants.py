@@ -172,7 +172,8 @@ def tenant_rotate_endpoint_key(
 def tenant_load(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="tenant.json")],
 ) -> None:
-    """Create or replace a tenant with its users, connected users, queues and groups."""
+    """Create or replace a tenant with its users, connected users, queues, groups and
+    connections (a `connections` block: its client secret is sealed with OWNERSYNC_SECRETS_KEY)."""
     settings = load_settings()
     migrate_embedded(settings)
     counts = load_tenant_file(settings, file)
@@ -191,8 +192,10 @@ def load_tenant_file(settings: Settings, path: Path) -> dict[str, object]:
         err.print(f"[red]{path}: not a valid tenant file[/red]\n{exc}")
         raise typer.Exit(2) from None
 
+    ring = settings.keyring if settings.secrets_key is not None else None
+
     async def load(conn: AsyncConnection) -> dict[str, object]:
-        return {"tenant": data.tenant, **await load_tenant(conn, data)}
+        return {"tenant": data.tenant, **await load_tenant(conn, data, ring)}
 
     return in_transaction(settings, load)
 

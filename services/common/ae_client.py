@@ -1,4 +1,9 @@
-"""Async client for the Account Engagement (Pardot) API v5 subset that ownersync calls."""
+"""Async client for the Account Engagement (Pardot) API v5 subset that ownersync calls.
+
+AE authenticates with the access token of the tenant's SF connected app (`Authorization:
+Bearer`, scope `pardot_api`) plus `Pardot-Business-Unit-Id`; the token comes from the tenant's
+token source, shared with its SF client, and is renewed once when AE answers 401.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -20,6 +25,11 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+
+from services.common.sf_client import SfRequestRejected, SfTransientError
+
+if TYPE_CHECKING:
+    from services.common.sf_auth import SfToken, SfTokenSource
 
 PROSPECTS = "/api/v5/objects/prospects"
 USERS = "/api/v5/objects/users"
@@ -121,10 +131,12 @@ def _error_from(response: httpx.Response) -> AeError:
 
 
 class AeClient:
+    """Borrows `tokens` (shared with the tenant's SF client): closing the client leaves it open."""
+
     def __init__(
         self,
         base_url: str,
-        api_key: str,
+        tokens: SfTokenSource,
         business_unit_id: str,
         *,
         max_concurrency: int = 5,
@@ -137,12 +149,9 @@ class AeClient:
         self._http = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout,
-            headers={
-                "Authorization": f"Bearer {api_key}",
-                "Pardot-Business-Unit-Id": business_unit_id,
-                "Accept": "application/json",
-            },
+            headers={"Pardot-Business-Unit-Id": business_unit_id, "Accept": "application/json"},
         )
+        self._tokens = tokens
         self._slots = asyncio.Semaphore(max_concurrency)
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
@@ -193,6 +202,12 @@ class AeClient:
     async def find_prospects_by_email(self, email: str) -> list[AeProspect]:
         params = {**_prospect_fields(), "email": email}
         return [_parse(AeProspect, value) async for value in self._pages(PROSPECTS, params)]
+
+    async def first_user(self) -> AeUser | None:
+        """One AE user (a single call): what a connection check reads."""
+        page = await self._request("GET", USERS, params={"fields": _USER_FIELDS, "limit": "1"})
+        values = page.get("values") or []
+        return _parse(AeUser, values[0]) if values else None
 
     async def list_users(self, *, page_size: int | None = None) -> list[AeUser]:
         params = {"fields": _USER_FIELDS}
@@ -247,6 +262,10 @@ class AeClient:
         except AeError:
             self.outcomes["invalid_response"] += 1
             raise
+        except SfRequestRejected:
+            # No token: the tenant's connected app was refused (SfCredentialsRefused).
+            self.outcomes["no_token"] += 1
+            raise
         self.outcomes["ok"] += 1
         return data
 
@@ -257,15 +276,44 @@ class AeClient:
         json: dict[str, Any] | None,
         params: dict[str, str] | None,
     ) -> dict[str, Any]:
-        async with self._slots:
-            self._spend_quota()
-            try:
-                response = await self._http.request(method, path, json=json, params=params)
-            except httpx.TransportError as exc:  # timeouts, refused connections, dropped sockets
-                raise AeTransientError(None, None, f"{method} {path}: {exc!r}") from exc
+        token = await self._token()
+        response = await self._send(method, path, token, json, params)
+        if response.status_code == 401:
+            # The token expired or was revoked: renew once; a second 401 is a real refusal.
+            token = await self._token(refused=token)
+            response = await self._send(method, path, token, json, params)
         if response.is_success:
             return _json_object(response)
         raise _error_from(response)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        token: SfToken,
+        json: dict[str, Any] | None,
+        params: dict[str, str] | None,
+    ) -> httpx.Response:
+        async with self._slots:
+            self._spend_quota()
+            try:
+                return await self._http.request(
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    headers={"Authorization": f"Bearer {token.access_token}"},
+                )
+            except httpx.TransportError as exc:  # timeouts, refused connections, dropped sockets
+                raise AeTransientError(None, None, f"{method} {path}: {exc!r}") from exc
+
+    async def _token(self, refused: SfToken | None = None) -> SfToken:
+        try:
+            if refused is None:
+                return await self._tokens.token()
+            return await self._tokens.renew(refused)
+        except SfTransientError as exc:
+            raise AeTransientError(exc.status, None, f"no Salesforce token: {exc}") from exc
 
     def _spend_quota(self) -> None:
         if self.quota_remaining == 0:

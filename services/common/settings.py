@@ -11,11 +11,16 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.crypto import KeyRing, SecretsKeyMissing
+
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "xxx", "todo"}
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OWNERSYNC_", extra="ignore")
+    # An error about a setting never echoes its value: the values include keys and secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="OWNERSYNC_", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = Field(
         "sqlite+aiosqlite:///./ownersync.db",
@@ -41,7 +46,6 @@ class Settings(BaseSettings):
     )
 
     ae_base_url: str | None = Field(None, description="AE API base URL; unset = in-process sim")
-    ae_api_key: SecretStr | None = None
     ae_business_unit_id: str = "0Uv000000000000"
     ae_max_concurrency: int = Field(5, ge=1, le=5, description="AE allows 5 concurrent calls")
     ae_daily_quota: int | None = None
@@ -66,15 +70,39 @@ class Settings(BaseSettings):
     )
 
     operator_key: SecretStr | None = Field(None, description="operator API key (creates tenants)")
+    secrets_key: SecretStr | None = Field(
+        None,
+        description="key ring sealing stored secrets: `kid:BASE64KEY[,kid:OLDKEY…]`, the first "
+        "seals, all open; unset = no secret can be stored",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"
 
-    @field_validator("ae_api_key", "sf_client_secret", "operator_key")
+    @field_validator("sf_client_secret", "operator_key")
     @classmethod
     def _no_placeholder_secrets(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
             raise ValueError("is a placeholder: set a real secret")
         return value
+
+    @field_validator("secrets_key", mode="before")
+    @classmethod
+    def _blank_secrets_key_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _secrets_key_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            KeyRing.parse(value.get_secret_value())  # SecretsKeyInvalid names the problem
+        return value
+
+    @property
+    def keyring(self) -> KeyRing:
+        """The key ring sealing stored secrets; SecretsKeyMissing says how to set one."""
+        if self.secrets_key is None:
+            raise SecretsKeyMissing()
+        return KeyRing.parse(self.secrets_key.get_secret_value())
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,19 +1,19 @@
 """Async client for the Salesforce REST subset ownersync uses.
 
-OAuth 2.0 client credentials (one cached token shared by concurrent calls, renewed once on a
-401), create/update/get of Lead and Contact with an explicit `Sforce-Auto-Assign` on every write,
-Salesforce's error array parsed into typed errors, and retries with exponential backoff and full
-jitter for what is worth retrying (request limit, 5xx, network). Other 4xx are never retried.
+Authenticated by the tenant's token source (`services.common.sf_auth`: one cached token shared
+by concurrent calls, renewed once on a 401), create/update/get of Lead and Contact with an
+explicit `Sforce-Auto-Assign` on every write, Salesforce's error array parsed into typed errors,
+and retries with exponential backoff and full jitter for what is worth retrying (request limit,
+5xx, network). Other 4xx are never retried.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self, get_args
+from typing import TYPE_CHECKING, Any, Literal, Self, get_args
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -28,12 +28,15 @@ from tenacity import (
 
 from services.common.sfid import to18
 
+if TYPE_CHECKING:
+    from services.common.sf_auth import SfToken, SfTokenSource
+
 SObject = Literal["Lead", "Contact"]
 
 _SOBJECTS: tuple[str, ...] = get_args(SObject)
 # Worth another try: the network failed or Salesforce gave no answer in time. A create retried
 # after a read timeout may exist twice in Salesforce (its REST API has no idempotency key).
-_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 
 class SfRecordFields(BaseModel):
@@ -129,18 +132,12 @@ def _raise_for_status(response: httpx.Response) -> httpx.Response:
     raise SfRequestRejected(response.status_code, errors)
 
 
-@dataclass(frozen=True)
-class _Token:
-    access_token: str
-    instance_url: str
-
-
 class SfClient:
+    """Borrows `tokens` (shared with the tenant's AE client): closing the client leaves it open."""
+
     def __init__(
         self,
-        base_url: str,
-        client_id: str,
-        client_secret: str,
+        tokens: SfTokenSource,
         *,
         api_version: str = "v62.0",
         timeout: float = 10.0,
@@ -148,16 +145,12 @@ class SfClient:
         backoff_base: float = 0.2,
         backoff_max: float = 5.0,
     ) -> None:
-        self._base_url = base_url.rstrip("/")
-        self._client_id = client_id
-        self._client_secret = client_secret
+        self._tokens = tokens
         self._api_version = api_version
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._http = httpx.AsyncClient(timeout=timeout, headers={"Accept": "application/json"})
-        self._token: _Token | None = None
-        self._token_lock = asyncio.Lock()
         self.outcomes: collections.Counter[str] = collections.Counter()
 
     async def __aenter__(self) -> Self:
@@ -195,6 +188,12 @@ class SfClient:
         response = await self._call("GET", self._record_path(sobject, record_id))
         record: dict[str, Any] = response.json()
         return record
+
+    async def get_user(self, user_id: str) -> dict[str, Any]:
+        """One SF user: what a connection check reads to prove the token works."""
+        path = f"/services/data/{self._api_version}/sobjects/User/{to18(user_id)}"
+        user: dict[str, Any] = (await self._call("GET", path)).json()
+        return user
 
     def _sobject_path(self, sobject: str) -> str:
         if sobject not in _SOBJECTS:
@@ -261,18 +260,18 @@ class SfClient:
         body: Mapping[str, Any] | None,
         headers: dict[str, str],
     ) -> httpx.Response:
-        token = await self._session()
+        token = await self._tokens.token()
         response = await self._send(method, token, path, body, headers)
         if response.status_code == 401:
             # The session expired or was revoked: renew once; a second 401 is a real refusal.
-            token = await self._renew_session(token)
+            token = await self._tokens.renew(token)
             response = await self._send(method, token, path, body, headers)
         return _raise_for_status(response)
 
     async def _send(
         self,
         method: str,
-        token: _Token,
+        token: SfToken,
         path: str,
         body: Mapping[str, Any] | None,
         headers: dict[str, str],
@@ -284,39 +283,5 @@ class SfClient:
                 json=body,
                 headers={**headers, "Authorization": f"Bearer {token.access_token}"},
             )
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             raise SfTransientError(None, detail=f"{type(exc).__name__}: {exc}") from exc
-
-    # ---- OAuth session
-
-    async def _session(self) -> _Token:
-        token = self._token
-        if token is not None:
-            return token
-        async with self._token_lock:
-            # Whoever held the lock before us may have fetched it already.
-            if self._token is None:
-                self._token = await self._fetch_token()
-            return self._token
-
-    async def _renew_session(self, stale: _Token) -> _Token:
-        async with self._token_lock:
-            # Concurrent calls that saw the same 401 share one renewal.
-            if self._token is None or self._token is stale:
-                self._token = None
-                self._token = await self._fetch_token()
-            return self._token
-
-    async def _fetch_token(self) -> _Token:
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": self._client_id,
-            "client_secret": self._client_secret,
-        }
-        try:
-            response = await self._http.post(f"{self._base_url}/services/oauth2/token", data=form)
-        except _TRANSPORT_ERRORS as exc:
-            raise SfTransientError(None, detail=f"{type(exc).__name__}: {exc}") from exc
-        payload = _raise_for_status(response).json()
-        instance_url = str(payload.get("instance_url") or self._base_url).rstrip("/")
-        return _Token(str(payload["access_token"]), instance_url)

@@ -1,4 +1,10 @@
-"""Account Engagement (Pardot) API v5 simulator: the subset ownersync calls, state in memory."""
+"""Account Engagement (Pardot) API v5 simulator: the subset ownersync calls, state in memory.
+
+AE takes the access token of a Salesforce connected app: linked to the SF simulators' tokens
+(`AeSimState(tokens=…)` and `add_business_unit`), it admits a call only with a live token of the
+org that owns the `Pardot-Business-Unit-Id`, carrying the `pardot_api` scope. Linked to none
+(`tokens` None, as `ownersync sim` still serves it), any bearer token passes.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+
+from services.sim.sf.tokens import AccessTokens
 
 API_PREFIX = "/api/v5/objects"
 DEFAULT_PAGE_SIZE = 200
@@ -85,13 +93,17 @@ class AeSimState:
     next_user_id: int = 1001
     faults: AeSimFaults = field(default_factory=AeSimFaults)
     call_log: list[tuple[str, str, int]] = field(default_factory=list)
-    # None accepts any non-empty bearer token.
-    token: str | None = None
+    # The SF tokens this AE trusts, and which org owns each business unit (id -> org id).
+    tokens: AccessTokens | None = None
+    business_units: dict[str, str] = field(default_factory=dict)
     max_concurrent: int = 5
     daily_quota: int = 1_000_000
     calls_today: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+
+    def add_business_unit(self, business_unit_id: str, org_id: str) -> None:
+        self.business_units[business_unit_id] = org_id
 
     def add_user(
         self,
@@ -365,13 +377,28 @@ def _control_router() -> APIRouter:
 
 def _check_auth(state: AeSimState, request: Request) -> JSONResponse | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         return _error_response(401, CODE_INVALID_TOKEN, "Missing or malformed bearer token")
-    if state.token is not None and token.strip() != state.token:
-        return _error_response(401, CODE_INVALID_TOKEN, "Invalid or expired access token")
-    if not request.headers.get("pardot-business-unit-id", "").strip():
+    grant = None
+    if state.tokens is not None:
+        grant = state.tokens.grant(token)
+        if grant is None:
+            return _error_response(401, CODE_INVALID_TOKEN, "Invalid or expired access token")
+        if "pardot_api" not in grant.scopes:
+            return _error_response(
+                401, CODE_INVALID_TOKEN, "The access token lacks the pardot_api scope"
+            )
+    business_unit = request.headers.get("pardot-business-unit-id", "").strip()
+    if not business_unit:
         return _error_response(
             400, CODE_MISSING_BUSINESS_UNIT, "Pardot-Business-Unit-Id header is required"
+        )
+    if grant is not None and state.business_units.get(business_unit) != grant.org_id:
+        return _error_response(
+            401,
+            CODE_INVALID_TOKEN,
+            f"Business unit {business_unit} is not accessible with this access token",
         )
     return None
 

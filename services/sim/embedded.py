@@ -7,10 +7,17 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
+from pydantic import SecretStr
 from sqlalchemy import select
 
+from services.common.connections import (
+    EngagementConnection,
+    SalesforceConnection,
+    TenantConnections,
+)
 from services.common.db.store import pending_effects
 from services.common.db.tables import ae_users, queues, sf_users, tenants
 from services.common.endpoints import sf_outbound_url
@@ -34,8 +41,19 @@ class EmbeddedSf:
     tenant: str  # the tenant whose org the embedded SF plays
 
 
-async def start_ae(runtime: Runtime, stack: contextlib.AsyncExitStack) -> EmbeddedAe:
+async def start_ae(
+    runtime: Runtime,
+    stack: contextlib.AsyncExitStack,
+    *,
+    trusted: EmbeddedSf | None,
+    business_unit_id: str,
+) -> EmbeddedAe:
+    """The embedded AE, whose business unit belongs to the `trusted` SF simulator's org: it
+    admits that org's tokens (linked to no SF simulator, it admits any bearer token)."""
     state = AeSimState()
+    if trusted is not None:
+        state.tokens = trusted.state.tokens
+        state.add_business_unit(business_unit_id, trusted.state.org_id)
     await seed_ae_sim(runtime, state)
     url = await stack.enter_async_context(serve_app(create_ae_app(state)))
     return EmbeddedAe(state, url)
@@ -77,6 +95,26 @@ async def seed_ae_sim(runtime: Runtime, state: AeSimState) -> None:
                     first_name=row.name or "",
                     is_active=row.active,
                 )
+
+
+def simulated_connections(
+    tenant_id: str, sf: EmbeddedSf, ae: EmbeddedAe, business_unit_id: str
+) -> TenantConnections:
+    """A tenant's connections when the simulators are its systems (nothing stored): the SF
+    simulator's connected app, and `business_unit_id`, which the AE simulator is told belongs
+    to the SF simulator's org."""
+    secret = sf.state.client_secret
+    ae.state.add_business_unit(business_unit_id, sf.state.org_id)
+    return TenantConnections(
+        tenant_id=tenant_id,
+        salesforce=SalesforceConnection(
+            login_url=sf.url,
+            client_id=sf.state.client_id,
+            client_secret=SecretStr(secret) if secret is not None else None,
+        ),
+        engagement=EngagementConnection(base_url=ae.url, business_unit_id=business_unit_id),
+        updated_at=datetime.now(UTC),
+    )
 
 
 def point_outbound_messages(sf: EmbeddedSf, receiver_url: str, endpoint_key: str | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -19,46 +20,79 @@ from services.common.ae_client import (
     AeRequestRejected,
     AeTransientError,
 )
+from services.common.sf_auth import SfTokenSource
 from services.common.web import serve_app
 from services.sim.ae import AeSimState, create_ae_app
+from services.sim.sf import SfSimState, create_sf_app
+from services.sim.sf.tokens import AccessTokens
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "test-access-token"
+ORG_ID = "00D5e000000TestAAA"
+CLIENT_ID = "ae-test-app"
+CLIENT_SECRET = "ae-test-app-secret"
 BUSINESS_UNIT = "0Uv5e000000TestAAA"
 PROSPECTS = "/api/v5/objects/prospects"
-AUTH_HEADERS = {"Authorization": f"Bearer {TOKEN}", "Pardot-Business-Unit-Id": BUSINESS_UNIT}
+
+
+@dataclass
+class Served:
+    ae_app: FastAPI
+    sf_app: FastAPI
+    ae_url: str
+    sf_url: str
 
 
 @pytest.fixture(scope="session")
-async def served_ae() -> AsyncIterator[tuple[FastAPI, str]]:
-    app = create_ae_app()
-    async with serve_app(app) as base_url:
-        yield app, base_url
+async def served() -> AsyncIterator[Served]:
+    ae_app, sf_app = create_ae_app(), create_sf_app()
+    async with serve_app(ae_app) as ae_url, serve_app(sf_app) as sf_url:
+        yield Served(ae_app, sf_app, ae_url, sf_url)
 
 
 @pytest.fixture
-def sim(served_ae: tuple[FastAPI, str]) -> AeSimState:
-    # A fresh state per test isolates tests without paying a server restart each time.
-    app, _ = served_ae
-    state = app.state.sim = AeSimState()
+def org(served: Served) -> SfSimState:
+    """The SF org whose connected app AE trusts (AE takes SF's access tokens)."""
+    state = served.sf_app.state.sim = SfSimState(
+        org_id=ORG_ID, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, tokens=AccessTokens()
+    )
     return state
 
 
 @pytest.fixture
-def ae_url(served_ae: tuple[FastAPI, str], sim: AeSimState) -> str:
-    return served_ae[1]
-
-
-def make_client(base_url: str, **overrides: Any) -> AeClient:
-    # Tiny backoff keeps retry tests fast; the schedule shape is what matters, not its scale.
-    settings: dict[str, Any] = {"max_attempts": 3, "backoff_base": 0.01, "backoff_max": 0.05}
-    return AeClient(base_url, TOKEN, BUSINESS_UNIT, **(settings | overrides))
+def sim(served: Served, org: SfSimState) -> AeSimState:
+    # A fresh state per test isolates tests without paying a server restart each time.
+    state = served.ae_app.state.sim = AeSimState(tokens=org.tokens)
+    state.add_business_unit(BUSINESS_UNIT, org.org_id)
+    return state
 
 
 @pytest.fixture
-async def ae(ae_url: str) -> AsyncIterator[AeClient]:
-    async with make_client(ae_url) as client:
+def ae_url(served: Served, sim: AeSimState) -> str:
+    return served.ae_url
+
+
+@pytest.fixture
+async def tokens(served: Served, org: SfSimState) -> AsyncIterator[SfTokenSource]:
+    async with SfTokenSource(served.sf_url, CLIENT_ID, CLIENT_SECRET) as source:
+        yield source
+
+
+@pytest.fixture
+def auth_headers(org: SfSimState, sim: AeSimState) -> dict[str, str]:
+    token = org.issue_token(CLIENT_ID, CLIENT_SECRET)
+    return {"Authorization": f"Bearer {token}", "Pardot-Business-Unit-Id": BUSINESS_UNIT}
+
+
+def make_client(base_url: str, tokens: SfTokenSource, **overrides: Any) -> AeClient:
+    # Tiny backoff keeps retry tests fast; the schedule shape is what matters, not its scale.
+    settings: dict[str, Any] = {"max_attempts": 3, "backoff_base": 0.01, "backoff_max": 0.05}
+    return AeClient(base_url, tokens, BUSINESS_UNIT, **(settings | overrides))
+
+
+@pytest.fixture
+async def ae(ae_url: str, tokens: SfTokenSource) -> AsyncIterator[AeClient]:
+    async with make_client(ae_url, tokens) as client:
         yield client
 
 
@@ -142,17 +176,21 @@ async def test_users_are_listed_across_every_page(sim: AeSimState, ae: AeClient)
 
 
 @pytest.mark.parametrize(
-    ("headers", "status"),
-    [
-        ({"Pardot-Business-Unit-Id": BUSINESS_UNIT}, 401),
-        ({"Authorization": f"Basic {TOKEN}", "Pardot-Business-Unit-Id": BUSINESS_UNIT}, 401),
-        ({"Authorization": f"Bearer {TOKEN}"}, 400),
-    ],
+    ("scheme", "business_unit", "status"),
+    [(None, BUSINESS_UNIT, 401), ("Basic", BUSINESS_UNIT, 401), ("Bearer", None, 400)],
     ids=["no-token", "not-a-bearer-token", "no-business-unit"],
 )
 async def test_request_without_full_credentials_is_refused(
-    ae_url: str, headers: dict[str, str], status: int
+    ae_url: str,
+    auth_headers: dict[str, str],
+    scheme: str | None,
+    business_unit: str | None,
+    status: int,
 ) -> None:
+    token = auth_headers["Authorization"].removeprefix("Bearer ")
+    headers = {"Authorization": f"{scheme} {token}"} if scheme else {}
+    if business_unit:
+        headers["Pardot-Business-Unit-Id"] = business_unit
     async with httpx.AsyncClient(base_url=ae_url) as raw:
         response = await raw.get("/api/v5/objects/users", headers=headers)
 
@@ -160,19 +198,24 @@ async def test_request_without_full_credentials_is_refused(
     assert set(response.json()) == {"code", "message"}
 
 
-async def test_wrong_token_is_rejected_without_retrying(sim: AeSimState, ae_url: str) -> None:
-    sim.token = "the-real-token"
+async def test_wrong_token_is_rejected_after_one_renewal_without_retrying(
+    sim: AeSimState, ae_url: str, org: SfSimState, tokens: SfTokenSource
+) -> None:
+    await tokens.token()
+    org.revoke_tokens()
+    org.oauth_scopes = frozenset({"api"})  # the renewed token lacks pardot_api: refused too
 
-    async with make_client(ae_url) as ae:
+    async with make_client(ae_url, tokens) as ae:
         with pytest.raises(AeRequestRejected) as refused:
             await ae.list_users()
 
     assert refused.value.status == 401
-    assert sim.calls() == [401]
+    assert sim.calls() == [401, 401]
+    assert tokens.fetches == 2
 
 
-async def test_unknown_prospect_field_is_refused(ae_url: str) -> None:
-    async with httpx.AsyncClient(base_url=ae_url, headers=AUTH_HEADERS) as raw:
+async def test_unknown_prospect_field_is_refused(ae_url: str, auth_headers: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=ae_url, headers=auth_headers) as raw:
         response = await raw.post(PROSPECTS, json={"email": "x@example.com", "shoeSize": 44})
 
     assert response.status_code == 400
@@ -228,11 +271,11 @@ async def test_unavailable_longer_than_max_attempts_raises_transient_error(
 
 
 async def test_request_slower_than_the_timeout_is_retried_then_transient(
-    sim: AeSimState, ae_url: str
+    sim: AeSimState, ae_url: str, tokens: SfTokenSource
 ) -> None:
     sim.faults.configure(latency_ms=300)
 
-    async with make_client(ae_url, timeout=0.05, max_attempts=2) as ae:
+    async with make_client(ae_url, tokens, timeout=0.05, max_attempts=2) as ae:
         with pytest.raises(AeTransientError) as gave_up:
             await ae.list_users()
 
@@ -240,9 +283,11 @@ async def test_request_slower_than_the_timeout_is_retried_then_transient(
     assert ae.calls_made == 2
 
 
-async def test_seeded_random_failures_are_reproducible(ae_url: str) -> None:
+async def test_seeded_random_failures_are_reproducible(
+    ae_url: str, auth_headers: dict[str, str]
+) -> None:
     async def statuses(seed: int) -> list[int]:
-        async with httpx.AsyncClient(base_url=ae_url, headers=AUTH_HEADERS) as raw:
+        async with httpx.AsyncClient(base_url=ae_url, headers=auth_headers) as raw:
             await raw.post("/_sim/faults", json={"failure_rate": 0.5, "seed": seed})
             return [(await raw.get("/api/v5/objects/users")).status_code for _ in range(12)]
 
@@ -272,10 +317,12 @@ async def test_client_keeps_twenty_simultaneous_updates_within_five_concurrent_r
     assert sim.calls() == [200] * 20
 
 
-async def test_simulator_refuses_a_sixth_concurrent_request(sim: AeSimState, ae_url: str) -> None:
+async def test_simulator_refuses_a_sixth_concurrent_request(
+    sim: AeSimState, ae_url: str, auth_headers: dict[str, str]
+) -> None:
     sim.faults.configure(latency_ms=100)
 
-    async with httpx.AsyncClient(base_url=ae_url, headers=AUTH_HEADERS) as raw:
+    async with httpx.AsyncClient(base_url=ae_url, headers=auth_headers) as raw:
         responses = await asyncio.gather(*(raw.get("/api/v5/objects/users") for _ in range(6)))
 
     refused = [r for r in responses if r.status_code == 429]
@@ -284,9 +331,9 @@ async def test_simulator_refuses_a_sixth_concurrent_request(sim: AeSimState, ae_
 
 
 async def test_local_quota_exhaustion_raises_without_calling_ae(
-    sim: AeSimState, ae_url: str
+    sim: AeSimState, ae_url: str, tokens: SfTokenSource
 ) -> None:
-    async with make_client(ae_url, daily_quota=2) as ae:
+    async with make_client(ae_url, tokens, daily_quota=2) as ae:
         await ae.list_users()
         await ae.list_users()
         with pytest.raises(AeQuotaExhausted):

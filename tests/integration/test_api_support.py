@@ -13,12 +13,14 @@ import pytest
 from pydantic import SecretStr
 
 from services.bootstrap import create_app
+from services.common.crypto import new_key_spec
 from services.common.runtime import Runtime, build_runtime
 from services.common.settings import Settings
 from services.common.sfid import to18
 from services.common.web import serve_app
 
 OPERATOR_KEY = f"operator-{uuid.uuid4().hex}"
+SECRETS_KEY = new_key_spec()
 ACME = "acme"
 GLOBEX = "globex"
 ALICE_SF, BOB_SF = "0055g0000Zti3ElAQI", "0055g0000M6fuVCAQY"
@@ -78,7 +80,9 @@ class Api:
 
 
 def api_settings(base: Settings) -> Settings:
-    return base.model_copy(update={"operator_key": SecretStr(OPERATOR_KEY)})
+    return base.model_copy(
+        update={"operator_key": SecretStr(OPERATOR_KEY), "secrets_key": SecretStr(SECRETS_KEY)}
+    )
 
 
 def error(response: httpx.Response) -> dict[str, Any]:

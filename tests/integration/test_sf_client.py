@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from services.common.sf_auth import SfTokenSource
 from services.common.sf_client import (
     SfClient,
     SfRecordFields,
@@ -47,14 +48,10 @@ async def org() -> AsyncIterator[Org]:
 
 @pytest.fixture
 async def client(org: Org) -> AsyncIterator[SfClient]:
-    async with SfClient(
-        org.base_url,
-        CLIENT_ID,
-        CLIENT_SECRET,
-        max_attempts=3,
-        backoff_base=0.001,
-        backoff_max=0.01,
-    ) as sf:
+    async with (
+        SfTokenSource(org.base_url, CLIENT_ID, CLIENT_SECRET) as tokens,
+        SfClient(tokens, max_attempts=3, backoff_base=0.001, backoff_max=0.01) as sf,
+    ):
         yield sf
 
 
@@ -175,7 +172,10 @@ async def test_auto_assign_header_is_sent_as_false_or_true_on_every_write(
 
 
 async def test_wrong_client_secret_is_rejected_once_with_the_oauth_error(org: Org) -> None:
-    async with SfClient(org.base_url, CLIENT_ID, "wrong", backoff_base=0.001) as client:
+    async with (
+        SfTokenSource(org.base_url, CLIENT_ID, "wrong") as tokens,
+        SfClient(tokens, backoff_base=0.001) as client,
+    ):
         with pytest.raises(SfRequestRejected) as caught:
             await client.get("Lead", org.state.new_id("00Q"))
 
@@ -185,9 +185,10 @@ async def test_wrong_client_secret_is_rejected_once_with_the_oauth_error(org: Or
 
 async def test_unreachable_salesforce_is_retried_then_raises_a_transient_error() -> None:
     nobody_listens = f"http://127.0.0.1:{free_port()}"
-    async with SfClient(
-        nobody_listens, CLIENT_ID, CLIENT_SECRET, max_attempts=3, backoff_base=0.001
-    ) as client:
+    async with (
+        SfTokenSource(nobody_listens, CLIENT_ID, CLIENT_SECRET) as tokens,
+        SfClient(tokens, max_attempts=3, backoff_base=0.001) as client,
+    ):
         with pytest.raises(SfTransientError) as caught:
             await client.create("Lead", lead("kim@example.com"), auto_assign=True)
 

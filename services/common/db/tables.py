@@ -238,3 +238,33 @@ outbox = Table(
     CheckConstraint("target in ('ae', 'sf')", name="target"),
     Index("ix_outbox_pending", "status", "next_attempt_at"),
 )
+
+# Each tenant's own SF org and AE business unit. Secrets are sealed (services.common.crypto):
+# the ciphertext column holds nonce + AES-GCM output in base64, its key id column names the key.
+tenant_connections = Table(
+    "tenant_connections",
+    metadata,
+    Column("tenant_id", ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("sf_login_url", Text, nullable=False, doc="OAuth at {url}/services/oauth2/token"),
+    Column("sf_client_id", Text, nullable=False, doc="the connected app's consumer key"),
+    Column("sf_client_secret_ciphertext", Text, doc="client-credentials flow"),
+    Column("sf_client_secret_key_id", String(32)),
+    Column("sf_username", Text, doc="the user a JWT bearer token is issued for"),
+    Column("sf_private_key_ciphertext", Text, doc="JWT bearer flow: the PEM signing key"),
+    Column("sf_private_key_key_id", String(32)),
+    Column("ae_base_url", Text, nullable=False),
+    Column("ae_business_unit_id", String(18), nullable=False, unique=True),
+    Column("updated_at", TS, nullable=False),
+    CheckConstraint(
+        "(sf_client_secret_ciphertext is null) = (sf_client_secret_key_id is null)",
+        name="client_secret_key_id",
+    ),
+    CheckConstraint(
+        "(sf_private_key_ciphertext is null) = (sf_private_key_key_id is null)",
+        name="private_key_key_id",
+    ),
+    CheckConstraint(
+        "sf_client_secret_ciphertext is not null or sf_private_key_ciphertext is not null",
+        name="sf_credential",
+    ),
+)

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from services.common.sfid import InvalidSalesforceId, to18
 from services.sim.sf.org import CallRecord, SfSimError, SfSimState
 from services.sim.sf.soap import SObjectType
 
@@ -87,6 +88,7 @@ def _oauth_router() -> APIRouter:
                 "instance_url": instance_url,
                 "id": f"{instance_url}/id/{sim.org_id}/{sim.api_user_id}",
                 "token_type": "Bearer",
+                "scope": " ".join(sorted(sim.oauth_scopes)),
                 "issued_at": str(int(time.time() * 1000)),
             }
         )
@@ -100,6 +102,23 @@ def _oauth_error(error: str, description: str) -> JSONResponse:
 
 def _rest_router() -> APIRouter:
     router = APIRouter(prefix="/services/data/{version}/sobjects")
+
+    @router.get("/User/{user_id}")
+    async def read_user(version: str, user_id: str, sim: ApiSim) -> JSONResponse:
+        user_id = _user_id(user_id)
+        found = sim.users.get(user_id)
+        if found is None or not _API_VERSION.match(version):
+            raise SfSimError.not_found()
+        url = f"/services/data/{version}/sobjects/User/{user_id}"
+        return JSONResponse(
+            {
+                "attributes": {"type": "User", "url": url},
+                "Id": user_id,
+                "Name": found.name,
+                "Email": found.email,
+                "IsActive": found.is_active,
+            }
+        )
 
     @router.post("/{name}", status_code=201)
     async def create(version: str, name: str, request: Request, sim: ApiSim) -> JSONResponse:
@@ -125,6 +144,45 @@ def _rest_router() -> APIRouter:
         return JSONResponse({"attributes": {"type": sobject, "url": url}, **record})
 
     return router
+
+
+def _user_id(raw: str) -> str:
+    try:
+        return to18(raw)
+    except InvalidSalesforceId:
+        message = f"User ID: id value of incorrect type: {raw}"
+        raise SfSimError(400, "MALFORMED_ID", message) from None
+
+
+class OAuthSettings(BaseModel):
+    """The connected app as an admin changes it in SF's setup; fields left out stay as they are."""
+
+    rotate_client_secret: bool = Field(False, description="A new secret; the old one refused.")
+    client_secret: str | None = Field(None, min_length=1, description="Set this secret.")
+    revoke_client_secret: bool = Field(False, description="Refuse every token request.")
+    revoke_tokens: bool = Field(False, description="The org's tokens answer 401 at once.")
+    expire_tokens: bool = Field(False, description="The org's tokens run out of time now.")
+    scopes: list[str] | None = Field(None, description="The scopes new tokens carry.")
+
+
+def _apply_oauth(state: SfSimState, settings: OAuthSettings) -> dict[str, Any]:
+    if settings.scopes is not None:
+        state.oauth_scopes = frozenset(settings.scopes)
+    if settings.client_secret is not None or settings.rotate_client_secret:
+        state.rotate_client_secret(settings.client_secret)
+    if settings.revoke_client_secret:
+        state.revoke_client_secret()
+    if settings.revoke_tokens:
+        state.revoke_tokens()
+    if settings.expire_tokens:
+        state.expire_tokens()
+    # The simulator's setup page: like SF's, it shows the consumer secret to its admin.
+    return {
+        "client_id": state.client_id,
+        "client_secret": state.client_secret,
+        "scopes": sorted(state.oauth_scopes),
+        "live_tokens": state.tokens.live(state.org_id),
+    }
 
 
 class FaultSettings(BaseModel):
@@ -174,6 +232,10 @@ def _control_router() -> APIRouter:
     @router.post("/faults")
     async def faults(settings: FaultSettings, sim: Sim) -> dict[str, Any]:
         return _apply_faults(sim, settings)
+
+    @router.post("/oauth")
+    async def oauth(settings: OAuthSettings, sim: Sim) -> dict[str, Any]:
+        return _apply_oauth(sim, settings)
 
     @router.get("/state")
     async def state(sim: Sim) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from services.common.sfid import (
 )
 from services.sim.sf.outbound import OutboundMessenger
 from services.sim.sf.soap import SObjectType
+from services.sim.sf.tokens import AccessTokens
 
 Operator = Literal["equals", "contains", "startsWith", "notEquals"]
 
@@ -162,7 +163,10 @@ class SfSimState:
     org_id: str = "00D5g0000T7kun6EQA"
     api_user_id: str = "0055g00000ePONxAAO"
     client_id: str = "ownersync-sim"
-    client_secret: str = "ownersync-sim-secret"
+    client_secret: str | None = "ownersync-sim-secret"  # None: revoked, every token refused
+    # The connected app's OAuth scopes: every token it issues carries these.
+    oauth_scopes: frozenset[str] = frozenset({"api", "pardot_api"})
+    tokens: AccessTokens = field(default_factory=AccessTokens)
     instance_url: str | None = None  # None: the URL the simulator is served at
     users: dict[str, SimUser] = field(default_factory=dict)
     queues: dict[str, SimQueue] = field(default_factory=dict)
@@ -175,7 +179,6 @@ class SfSimState:
     clock: Callable[[], datetime] = _utcnow
     rng: random.Random = field(default_factory=random.Random)
     outbound: OutboundMessenger = field(init=False, repr=False)
-    _tokens: set[str] = field(default_factory=set, init=False, repr=False)
     _last_modstamp: datetime | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -228,8 +231,19 @@ class SfSimState:
             RuleEntry(tuple(RuleCriterion(f, op, value) for f, op, value in criteria), owner_id)
         )
 
-    def expire_tokens(self) -> None:
-        self._tokens.clear()
+    def expire_tokens(self) -> int:
+        return self.tokens.expire(self.org_id)
+
+    def revoke_tokens(self) -> int:
+        return self.tokens.revoke(self.org_id)
+
+    def rotate_client_secret(self, new_secret: str | None = None) -> str:
+        """A new consumer secret (the old one refused from now on), as SF's setup rotates it."""
+        self.client_secret = new_secret or secrets.token_urlsafe(32)
+        return self.client_secret
+
+    def revoke_client_secret(self) -> None:
+        self.client_secret = None
 
     def reset(self) -> None:
         """Back to an empty org: same org id, API user, credentials and outbound endpoints."""
@@ -260,17 +274,20 @@ class SfSimState:
     # ---- OAuth
 
     def issue_token(self, client_id: str, client_secret: str) -> str:
+        """An access token carrying the connected app's scopes; ValueError for bad credentials."""
+        # A revoked secret is compared against a fresh random one: same work, never a match.
+        expected = self.client_secret or secrets.token_urlsafe(32)
         id_ok = secrets.compare_digest(client_id.encode(), self.client_id.encode())
-        secret_ok = secrets.compare_digest(client_secret.encode(), self.client_secret.encode())
-        if not (id_ok and secret_ok):
+        secret_ok = secrets.compare_digest(client_secret.encode(), expected.encode())
+        if not (id_ok and secret_ok and self.client_secret is not None):
             raise ValueError("invalid client credentials")
-        token = f"{self.org_id[:15]}!{secrets.token_urlsafe(48)}"
-        self._tokens.add(token)
-        return token
+        return self.tokens.issue(self.org_id, self.client_id, self.oauth_scopes)
 
     def authorize(self, authorization: str | None) -> None:
+        """A live token of this org with the `api` scope, else 401 INVALID_SESSION_ID."""
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or token not in self._tokens:
+        grant = self.tokens.grant(token.strip()) if scheme.lower() == "bearer" else None
+        if grant is None or grant.org_id != self.org_id or "api" not in grant.scopes:
             raise _invalid_session()
 
     # ---- records
