@@ -90,7 +90,12 @@ async def test_a_33_mib_body_without_a_key_gets_401_before_the_body_is_read(api:
 
 async def test_malformed_json_without_a_live_key_gets_401_not_422(api: Api) -> None:
     for key in (None, "osk_0000000000000000_wrong"):
-        response = await api.post("/v1/tenants", key=key, content=b'{"id": ', headers={})
+        response = await api.post(
+            "/v1/tenants",
+            key=key,
+            content=b'{"id": ',
+            headers={"content-type": "application/json"},
+        )
         assert response.status_code == 401, response.text
         assert error(response)["code"] == "unauthorized"
 
