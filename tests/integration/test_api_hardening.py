@@ -24,6 +24,7 @@ from services.common.runtime import build_runtime
 from services.common.settings import Settings
 from services.common.web import free_port, serve_app
 from services.demo.replay import FIXTURES
+from tests.endpoints import sf_path
 from tests.integration.test_api_support import (
     ACME,
     GLOBEX_ORG,
@@ -277,7 +278,7 @@ async def test_an_over_long_email_in_an_sf_message_gets_a_400_fault(stack: Runni
     assert first_email is not None
     body = body.replace(first_email[0], f"<sf:Email>{LONG_EMAIL}</sf:Email>", 1)
     async with httpx.AsyncClient(base_url=stack.receiver_url or "") as http:
-        response = await http.post("/salesforce/acme/record-created", content=body.encode())
+        response = await http.post(sf_path("record-created"), content=body.encode())
     assert response.status_code == 400
     assert "<soapenv:Fault>" in response.text and "254" in response.text
 
