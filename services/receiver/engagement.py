@@ -24,8 +24,9 @@ from services.admin.tenants import valid_webhook_secrets
 from services.common.broker.base import BrokerUnavailable
 from services.common.db.tables import inbox, tenants
 from services.common.messages import AeProspectEvent, AeWebhook, event_id_for
-from services.common.metrics import EVENTS_PUBLISHED, EVENTS_RECEIVED
+from services.common.metrics import EVENTS_PUBLISHED, EVENTS_RECEIVED, EVENTS_REFUSED
 from services.common.web import RuntimeDep, limited_body
+from services.receiver.clock import ahead_message, too_far_ahead
 from services.receiver.errors import error_response
 from services.receiver.signatures import SignatureError, verify
 
@@ -52,7 +53,7 @@ async def webhook_secrets(runtime: RuntimeDep, tenant: str, now: datetime) -> li
     status_code=202,
     response_model=Accepted,
     summary="AE webhook (Standard Webhooks signature)",
-    responses={200: {"model": Accepted}, 401: {}, 422: {}, 503: {}},
+    responses={200: {"model": Accepted}, 400: {}, 401: {}, 422: {}, 503: {}},
 )
 async def engagement_event(
     tenant: str,
@@ -88,6 +89,11 @@ async def engagement_event(
             for e in exc.errors(include_url=False, include_input=False)
         ]
         return error_response(422, "invalid_body", "the webhook body does not validate", details)
+    if too_far_ahead(webhook.occurred_at, received_at):
+        EVENTS_REFUSED.labels("engagement", "from_the_future").inc()
+        return error_response(
+            400, "from_the_future", ahead_message("occurredAt", webhook.occurred_at)
+        )
     event_id = event_id_for(tenant, "ae", webhook_id)
     if await _already_applied(runtime, str(event_id)):
         return Response(
