@@ -7,6 +7,7 @@ and answers in the API's shapes.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,8 @@ from services.common.broker.dead_letters import (
     dead_letter_store,
 )
 
+log = logging.getLogger("ownersync.admin")
+
 __all__ = ["SCAN_LIMIT", "dead_letter_store", "discard_dead_letter", "list_dead_letters"]
 
 
@@ -31,7 +34,11 @@ async def _broker_answers() -> AsyncIterator[None]:
     try:
         yield
     except BrokerUnavailable as exc:
-        raise Unavailable(str(exc), code="broker_unavailable") from exc
+        # The broker's words name its host and port: they go to the log, not to the caller.
+        log.error("dead letters: the broker did not answer: %s", exc)
+        raise Unavailable(
+            "the broker did not answer; retry later", code="broker_unavailable"
+        ) from exc
 
 
 def _view(parked: Parked) -> DeadLetterView:

@@ -19,6 +19,10 @@ from services.admin.schemas import ApiModel
 T = TypeVar("T")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
+# What a sort key can be: ids and offsets are BIGINT, text keys are ids of 64 characters at
+# most. A key outside these would reach the database and fail there, as a 500.
+_MAX_INT_KEY = 2**63 - 1
+_MAX_TEXT_KEY = 255
 
 
 class Page(ApiModel, Generic[T]):
@@ -41,9 +45,18 @@ def decode_cursor(cursor: str | None, kind: type) -> Any:
         key = json.loads(raw)["after"]
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise Invalid("cursor is not one this API gave out", code="invalid_cursor") from None
-    if type(key) is not kind:
+    if type(key) is not kind or not _in_bounds(key):
         raise Invalid("cursor is not one this API gave out", code="invalid_cursor")
     return key
+
+
+def _in_bounds(key: Any) -> bool:
+    if isinstance(key, int):
+        return 0 <= key <= _MAX_INT_KEY
+    if isinstance(key, str):
+        # Printable ASCII only: Postgres refuses NUL and Python cannot encode lone surrogates.
+        return len(key) <= _MAX_TEXT_KEY and key.isascii() and key.isprintable()
+    return False
 
 
 def page_of(

@@ -22,7 +22,7 @@ from services.common.sfid import to18
 _NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
 TenantKey = Annotated[
     str,
-    StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$"),
+    StringConstraints(max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$"),
     Field(description="tenant id: lower-case letters, digits, `-` and `_`, 64 at most"),
 ]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NO_CONTROL)]
@@ -56,7 +56,8 @@ def _sf_id(prefix: str, what: str) -> tuple[object, ...]:
     first = "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in prefix)
     return (
         StringConstraints(
-            pattern=rf"^{first}[A-Za-z0-9]{{{15 - len(prefix)}}}(?:[A-Za-z0-5]{{3}})?$"
+            max_length=18,
+            pattern=rf"^{first}[A-Za-z0-9]{{{15 - len(prefix)}}}(?:[A-Za-z0-5]{{3}})?$",
         ),
         AfterValidator(to18),
         _prefixed(prefix, what),

@@ -25,6 +25,7 @@ from services.api import (
     users,
 )
 from services.api.errors import PREFIX, install_error_handlers, responses
+from services.api.guard import ApiGuard
 
 TAGS = [
     {"name": "tenants", "description": "Tenants, connector settings, webhook secret, API keys"},
@@ -41,7 +42,7 @@ TAGS = [
 
 
 def v1_router() -> APIRouter:
-    router = APIRouter(prefix=PREFIX, responses=responses(401, 403, 404, 422))
+    router = APIRouter(prefix=PREFIX, responses=responses(401, 403, 404, 413, 422, 429))
     modules = (tenants, connections, users, mappings, groups, records, operations, dead_letters)
     for module in modules:
         router.include_router(module.router)
@@ -54,7 +55,8 @@ DESCRIPTION = (
     "`admin` (connector settings, connections, webhook secret, API keys, dead-letter replay and "
     "discard; includes `write`). A tenant's key sees only its tenant: any other answers 404. "
     "Lists take `limit` and `cursor` and answer `{items, nextCursor}`; errors are "
-    "`{error: {code, message, details}}`."
+    "`{error: {code, message, details}}`; every answer carries an `X-Request-Id`. Bodies are "
+    "limited (413) and each key has a request rate (429 with `Retry-After`)."
 )
 
 
@@ -77,9 +79,11 @@ def openapi_document() -> dict[str, Any]:
 
 
 def install_api(app: FastAPI) -> None:
-    """Add the /v1 routes, their error handlers and their own OpenAPI document to `app`."""
+    """Add the /v1 routes, their guard, their error handlers and their own OpenAPI document
+    to `app`."""
     router = v1_router()
     app.include_router(router)
+    app.add_middleware(ApiGuard)
     install_error_handlers(app)
     described = _described(router)
 

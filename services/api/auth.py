@@ -1,8 +1,9 @@
 """Who is calling: a tenant's API key (scopes read/write/admin) or the operator key.
 
-Tenant isolation: the key is resolved first, then its tenant compared with the path's; a
-mismatch answers exactly what a tenant that does not exist answers (404, no details), so a
-key never learns whether another tenant exists.
+The key is checked by `services.api.guard` before the body is read; the dependencies here
+take the caller it found. Tenant isolation: the key is resolved first, then its tenant
+compared with the path's; a mismatch answers exactly what a tenant that does not exist
+answers (404, no details), so a key never learns whether another tenant exists.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import re
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Security
+from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
+from fastapi.security.utils import get_authorization_scheme_param
 
 from services.admin.api_keys import authenticate, effective_scopes
 from services.admin.errors import NotFound
 from services.admin.tenants import NOT_FOUND, tenant_row
 from services.api.errors import Forbidden, Unauthorized
+from services.common.runtime import Runtime
 from services.common.web import RuntimeDep
 
 bearer = HTTPBearer(
@@ -41,13 +44,11 @@ class Caller:
         return self.tenant_id is None
 
 
-async def caller(
-    runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Caller:
-    if credentials is None:
+async def authenticate_header(runtime: Runtime, authorization: str | None) -> Caller:
+    """The caller an `Authorization` header names; Unauthorized for anything else."""
+    scheme, presented = get_authorization_scheme_param(authorization)
+    if not presented or scheme.lower() != "bearer":
         raise Unauthorized("an API key is required: Authorization: Bearer <key>")
-    presented = credentials.credentials
     operator = runtime.settings.operator_key
     if operator is not None and hmac.compare_digest(
         presented.encode(), operator.get_secret_value().encode()
@@ -60,9 +61,21 @@ async def caller(
     return Caller(owner.tenant_id, owner.scopes, owner.key_id)
 
 
+async def caller(
+    request: Request,
+    runtime: RuntimeDep,
+    # Declared for the OpenAPI security scheme; the header itself was read by the guard.
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    known = getattr(request.state, "caller", None)
+    if isinstance(known, Caller):
+        return known
+    return await authenticate_header(runtime, request.headers.get("authorization"))
+
+
 async def tenant_access(
     scopes: SecurityScopes,
-    tenant: str,
+    tenant: Annotated[str, Path(max_length=64)],
     who: Annotated[Caller, Depends(caller)],
     runtime: RuntimeDep,
 ) -> str:
@@ -92,3 +105,4 @@ ReadTenant = Annotated[str, Security(tenant_access, scopes=["read"])]
 WriteTenant = Annotated[str, Security(tenant_access, scopes=["write"])]
 AdminTenant = Annotated[str, Security(tenant_access, scopes=["admin"])]
 Operator = Annotated[Caller, Security(operator_only, scopes=["operator"])]
+Who = Annotated[Caller, Depends(caller)]

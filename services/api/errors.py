@@ -59,7 +59,9 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "The key lacks the scope this route needs",
         404: "Not found (also: a tenant that is not the key's)",
         409: "Conflicts with what is stored",
+        413: "The request body is over the size limit (OWNERSYNC_MAX_BODY_BYTES)",
         422: "The request does not validate",
+        429: "This key made too many requests; retry after `Retry-After` seconds",
         503: "The broker could not take the request; retry",
     }
     return {s: {"model": ErrorResponse, "description": words[s]} for s in statuses}

@@ -22,9 +22,9 @@ from services.admin.schemas import (
     TenantPatch,
     TenantView,
 )
-from services.api.auth import AdminTenant, Operator, ReadTenant
+from services.api.auth import AdminTenant, Operator, ReadTenant, Who
 from services.api.common import KeyIdPath, Paging, now, paging, transaction
-from services.api.errors import responses
+from services.api.errors import Forbidden, responses
 from services.common.web import RuntimeDep
 
 router = APIRouter(tags=["tenants"])
@@ -59,10 +59,21 @@ async def get_tenant(tenant: ReadTenant, runtime: RuntimeDep) -> TenantView:
 
 
 @router.patch("/tenants/{tenant}", summary="Change connector settings", responses=responses(409))
-async def update_tenant(tenant: AdminTenant, body: TenantPatch, runtime: RuntimeDep) -> TenantView:
-    """Org id, connector user (an active SF user of the tenant), sync mode, auto-create,
-    connector verified. Omitted or null fields are left as they are."""
+async def update_tenant(
+    tenant: AdminTenant, body: TenantPatch, runtime: RuntimeDep, who: Who
+) -> TenantView:
+    """Org id (operator key only), connector user (an active SF user of the tenant), sync
+    mode, auto-create, connector verified. Omitted or null fields are left as they are."""
     async with transaction(runtime) as conn:
+        if body.salesforce_org_id is not None and not who.is_operator:
+            # The org id decides which SF messages belong to the tenant: a tenant that could set
+            # it could claim another customer's org.
+            current = await tenants.get_tenant(conn, tenant, now())
+            if body.salesforce_org_id != current.salesforce_org_id:
+                raise Forbidden(
+                    "only the operator key may change salesforceOrgId",
+                    details={"required": "operator", "field": "salesforceOrgId"},
+                )
         return await tenants.update_tenant(conn, tenant, body, now())
 
 

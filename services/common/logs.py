@@ -1,4 +1,9 @@
-"""Logging: one line per event; JSON (for machines) or text (for people), extras included."""
+"""Logging: one line per event; JSON (for machines) or text (for people), extras included.
+
+Messages carry what callers sent (a tenant from the URL path, a header): in text, a control
+character in them is escaped, so that `%0a` in a path cannot start a forged log line, and the
+lines of a traceback are indented: a line at column 0 is always the start of a record.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,27 @@ _URL_SECRET = re.compile(r"([?&](?:key|access_token|client_secret)=)[^&\s\"'<>]*
 
 def redact(text: str) -> str:
     return _URL_SECRET.sub(r"\1[redacted]", text)
+
+
+# C0, DEL, C1 and the Unicode line and paragraph separators: whatever a terminal or a log
+# viewer may take for a line break or a control sequence.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def escape_control(text: str) -> str:
+    return _CONTROL.sub(_escape_char, text)
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"    {escape_control(line)}" for line in text.splitlines())
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -41,11 +67,20 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        extras = _extras(record)
-        text = super().format(record)
-        if extras:
-            text += " " + " ".join(f"{k}={v}" for k, v in extras.items() if v is not None)
-        return redact(text)
+        # Not logging.Formatter.format: it caches the traceback text on the record, where
+        # another handler's formatter may have left it unindented.
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items() if v is not None)
+        text = self.formatMessage(record)
+        lines = [escape_control(f"{text} {extras}" if extras else text)]
+        if record.exc_info:
+            lines.append(_indented(self.formatException(record.exc_info)))
+        elif record.exc_text:
+            lines.append(_indented(record.exc_text))
+        if record.stack_info:
+            lines.append(_indented(self.formatStack(record.stack_info)))
+        return redact("\n".join(lines))
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 from services.common.sfid import SfId
 
@@ -42,6 +42,13 @@ AE_EVENT_TYPE_OF_WEBHOOK: dict[AeWebhookType, AeProspectEventType] = {
 
 # AE ids are positive 64-bit integers (they are stored as BIGINT).
 AeId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+# Every string has a bound: a message is a row and a log line, and an unbounded field lets one
+# caller make them as large as it likes.
+TenantId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# SF notification ids are 18 characters; AE webhook ids and API request ids are capped at 200.
+SourceId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# RFC 5321: a path (and so an address) is at most 256 octets including the angle brackets.
+Email = Annotated[str, StringConstraints(max_length=254)]
 
 
 def event_id_for(tenant: str, source: str, source_id: str) -> uuid.UUID:
@@ -58,7 +65,7 @@ class SfRecord(_Frozen):
     object: Literal["Lead", "Contact"]
     record_id: SfId
     owner_id: SfId
-    email: str | None = None
+    email: Email | None = None
     system_modstamp: datetime
     created_date: datetime | None = None
     action_id: SfId | None = None
@@ -67,9 +74,9 @@ class SfRecord(_Frozen):
 class SfRecordEvent(_Frozen):
     type: SfRecordEventType
     version: Literal[1] = 1
-    tenant: str
+    tenant: TenantId
     event_id: uuid.UUID
-    source_id: str = Field(description="the SF notification id")
+    source_id: SourceId = Field(description="the SF notification id")
     occurred_at: datetime
     received_at: datetime
     payload: SfRecord
@@ -77,7 +84,7 @@ class SfRecordEvent(_Frozen):
 
 class AeProspect(_Frozen):
     id: AeId
-    email: str | None = Field(None, max_length=320)
+    email: Email | None = None
     assigned_user_id: AeId | None = Field(None, alias="assignedUserId")
     assigned_queue_id: SfId | None = Field(None, alias="assignedQueueId")
     salesforce_id: SfId | None = Field(None, alias="salesforceId")
@@ -126,9 +133,9 @@ class AeWebhook(_Frozen):
 class AeProspectEvent(_Frozen):
     type: AeProspectEventType
     version: Literal[1] = 1
-    tenant: str
+    tenant: TenantId
     event_id: uuid.UUID
-    source_id: str = Field(description="the webhook-id")
+    source_id: SourceId = Field(description="the webhook-id")
     occurred_at: datetime
     received_at: datetime
     payload: AeWebhook

@@ -6,14 +6,23 @@ directory, an in-process broker and in-process simulators of Salesforce and AE.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.crypto import KeyRing, SecretsKeyMissing
 
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "xxx", "todo"}
+MIN_OPERATOR_KEY_LENGTH = 32
+# "demo" as a word: demo-operator-key, ownersync_demo_key. Random keys never hold it (hex has
+# no m or o), so a real key is not mistaken for one.
+_DEMO_WORD = re.compile(r"(?<![a-z0-9])demo(?![a-z0-9])", re.IGNORECASE)
+
+
+def is_demo_key(key: str) -> bool:
+    return _DEMO_WORD.search(key) is not None
 
 
 class Settings(BaseSettings):
@@ -38,7 +47,13 @@ class Settings(BaseSettings):
     batch_size: int = Field(200, ge=1, description="most events applied in one transaction")
     batch_wait_ms: int = Field(5, ge=0, description="how long a worker waits to fill a batch")
 
-    max_body_bytes: int = Field(1_048_576, description="larger request bodies get 413")
+    max_body_bytes: int = Field(1_048_576, ge=1, description="larger request bodies get 413")
+    api_rate_per_second: float = Field(
+        50.0, gt=0, description="/v1 requests per second each API key may make, sustained"
+    )
+    api_rate_burst: int = Field(
+        500, ge=1, description="/v1 requests an API key may make at once before the rate applies"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     metrics_port: int = Field(
@@ -69,7 +84,11 @@ class Settings(BaseSettings):
         "unset = only on the embedded default (no AMQP URL)",
     )
 
-    operator_key: SecretStr | None = Field(None, description="operator API key (creates tenants)")
+    operator_key: SecretStr | None = Field(
+        None,
+        description=f"operator API key (creates tenants): {MIN_OPERATOR_KEY_LENGTH} characters at "
+        "least; a demo key only with the simulators",
+    )
     secrets_key: SecretStr | None = Field(
         None,
         description="key ring sealing stored secrets: `kid:BASE64KEY[,kid:OLDKEY…]`, the first "
@@ -84,6 +103,31 @@ class Settings(BaseSettings):
         if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
             raise ValueError("is a placeholder: set a real secret")
         return value
+
+    @field_validator("operator_key")
+    @classmethod
+    def _long_operator_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_OPERATOR_KEY_LENGTH:
+            raise ValueError(
+                f"is {len(value.get_secret_value())} characters: an operator key needs "
+                f"{MIN_OPERATOR_KEY_LENGTH} at least (e.g. `openssl rand -hex 32`)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _demo_operator_key_only_with_simulators(self) -> Self:
+        # A demo key is published (in the repository, in docs): it may only guard a stack
+        # whose SF and AE are simulators, never one wired to real systems.
+        if (
+            self.operator_key is not None
+            and is_demo_key(self.operator_key.get_secret_value())
+            and not self.simulate
+        ):
+            raise ValueError(
+                "OWNERSYNC_OPERATOR_KEY is a demo key: it is accepted only with the simulators "
+                "on (OWNERSYNC_USE_SIMULATORS); set a random key of your own"
+            )
+        return self
 
     @field_validator("secrets_key", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, StringConstraints
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _SHAPE = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-5]{3})?$")
@@ -60,7 +60,9 @@ def _validate(value: str) -> str:
         raise ValueError(str(exc)) from None
 
 
-SfId = Annotated[str, AfterValidator(_validate)]
+SfId = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=18), AfterValidator(_validate)
+]
 """A pydantic field type: accepts 15 or 18 characters, holds the 18-character form."""
 
 KEY_PREFIX_QUEUE = "00G"

@@ -33,7 +33,11 @@ class _EmbeddedServer(uvicorn.Server):
 async def serve_app(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve `app` until the block exits; yields its base URL (http://host:port)."""
     port = port or free_port(host)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    # log_config=None: uvicorn's own lines go through the root handler, so they come out in
+    # OWNERSYNC_LOG_FORMAT with control characters escaped, like every other line.
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="on", log_config=None
+    )
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -3,11 +3,15 @@
 Thin like the SF endpoint: verify the signature, validate the body, publish, answer 202. A
 `webhook-id` already applied answers 200 and publishes nothing; one still in flight is
 published again and the assigner's inbox makes the second a no-op.
+
+An unknown tenant is a tenant with no valid secret: it fails the signature check with the same
+401 as a wrong secret, so the endpoint does not tell which tenants exist.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -25,13 +29,15 @@ from services.common.messages import (
     AeWebhook,
     event_id_for,
 )
-from services.common.metrics import EVENTS_PUBLISHED, EVENTS_RECEIVED
+from services.common.metrics import EVENTS_PUBLISHED, EVENTS_RECEIVED, EVENTS_REFUSED
 from services.common.web import RuntimeDep, limited_body
+from services.receiver.clock import ahead_message, too_far_ahead
 from services.receiver.errors import error_response
 from services.receiver.signatures import SignatureError, verify
 
 log = logging.getLogger("ownersync.receiver")
 router = APIRouter(tags=["engagement"])
+MAX_WEBHOOK_ID = 200  # the bound of an event's source id
 
 
 class Accepted(BaseModel):
@@ -39,11 +45,12 @@ class Accepted(BaseModel):
     eventId: str
 
 
-async def webhook_secrets(runtime: RuntimeDep, tenant: str, now: datetime) -> list[str] | None:
-    """The secrets a webhook of `tenant` may be signed with (None: no such tenant)."""
+async def webhook_secrets(runtime: RuntimeDep, tenant: str, now: datetime) -> list[str]:
+    """The secrets a webhook of `tenant` may be signed with. An unknown tenant gets one random
+    secret that nobody holds, so that its check costs what a wrong signature costs."""
     async with runtime.engine.connect() as conn:
         row = (await conn.execute(select(tenants).where(tenants.c.id == tenant))).first()
-    return None if row is None else valid_webhook_secrets(row, now)
+    return [secrets.token_urlsafe(32)] if row is None else valid_webhook_secrets(row, now)
 
 
 @router.post(
@@ -51,7 +58,7 @@ async def webhook_secrets(runtime: RuntimeDep, tenant: str, now: datetime) -> li
     status_code=202,
     response_model=Accepted,
     summary="AE webhook (Standard Webhooks signature)",
-    responses={200: {"model": Accepted}, 401: {}, 404: {}, 422: {}, 503: {}},
+    responses={200: {"model": Accepted}, 400: {}, 401: {}, 422: {}, 503: {}},
 )
 async def engagement_event(
     tenant: str,
@@ -62,12 +69,9 @@ async def engagement_event(
     webhook_signature: Annotated[str | None, Header()] = None,
 ) -> Any:
     received_at = datetime.now(UTC)
-    secrets = await webhook_secrets(runtime, tenant, received_at)
-    if secrets is None:
-        return error_response(404, "not_found", f"unknown tenant {tenant!r}")
     try:
         verify(
-            secrets,
+            await webhook_secrets(runtime, tenant, received_at),
             webhook_id=webhook_id,
             timestamp=webhook_timestamp,
             signature=webhook_signature,
@@ -78,6 +82,10 @@ async def engagement_event(
         log.warning("refused AE webhook for %s: %s", tenant, exc)
         return error_response(401, "invalid_signature", str(exc))
     assert webhook_id is not None
+    if len(webhook_id) > MAX_WEBHOOK_ID:
+        return error_response(
+            422, "invalid_body", f"webhook-id is over {MAX_WEBHOOK_ID} characters"
+        )
     try:
         webhook = AeWebhook.model_validate_json(body)
     except ValidationError as exc:
@@ -86,6 +94,11 @@ async def engagement_event(
             for e in exc.errors(include_url=False, include_input=False)
         ]
         return error_response(422, "invalid_body", "the webhook body does not validate", details)
+    if too_far_ahead(webhook.occurred_at, received_at):
+        EVENTS_REFUSED.labels("engagement", "from_the_future").inc()
+        return error_response(
+            400, "from_the_future", ahead_message("occurredAt", webhook.occurred_at)
+        )
     event_id = event_id_for(tenant, "ae", webhook_id)
     if await _already_applied(runtime, str(event_id)):
         return Response(

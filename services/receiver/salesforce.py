@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -29,15 +29,13 @@ from services.common.messages import (
 )
 from services.common.metrics import EVENTS_PUBLISHED, EVENTS_RECEIVED, EVENTS_REFUSED
 from services.common.web import RuntimeDep, limited_body
+from services.receiver.clock import ahead_message, too_far_ahead
 from services.receiver.soap import SoapFault, ack_body, parse_outbound_message
 
 log = logging.getLogger("ownersync.receiver")
 router = APIRouter(tags=["salesforce"])
 
 SOAP_MEDIA = "text/xml; charset=utf-8"
-# SF's clock and ours may differ a little; a SystemModstamp further ahead than this would stick
-# as the record's newest state and make every genuine later notification look stale (S7).
-MAX_CLOCK_AHEAD = timedelta(minutes=5)
 UNAUTHENTICATED = "missing or wrong endpoint key (the `key` query parameter of the URL)"
 
 EndpointKey = Annotated[
@@ -81,14 +79,10 @@ async def _receive(
                 403, f"OrganizationId {message.organization_id} is not the org of tenant {tenant}"
             )
         for n in message.notifications:
-            if n.record.system_modstamp > received_at + MAX_CLOCK_AHEAD:
+            if too_far_ahead(n.record.system_modstamp, received_at):
                 EVENTS_REFUSED.labels("salesforce", "from_the_future").inc()
-                raise SoapFault(
-                    400,
-                    f"notification {n.id}: SystemModstamp {n.record.system_modstamp.isoformat()} "
-                    f"is more than {MAX_CLOCK_AHEAD.seconds // 60} minutes ahead of this "
-                    "receiver's clock",
-                )
+                stamp = ahead_message("SystemModstamp", n.record.system_modstamp)
+                raise SoapFault(400, f"notification {n.id}: {stamp}")
         events = [
             SfRecordEvent(
                 type=event_type,

@@ -67,9 +67,9 @@ async def test_a_body_that_does_not_validate_gets_422_with_field_errors(stack: R
     assert "type" in fields and "prospect.id" in fields
 
 
-async def test_an_unknown_tenant_gets_404(stack: Running) -> None:
+async def test_an_unknown_tenant_gets_the_401_of_a_wrong_signature(stack: Running) -> None:
     response = await post_webhook(stack.receiver_url or "", engagement_body(CREATED), tenant="zz")
-    assert response.status_code == 404
+    assert response.status_code == 401
 
 
 async def test_refused_webhooks_publish_nothing(stack: Running) -> None:

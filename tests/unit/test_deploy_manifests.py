@@ -197,6 +197,30 @@ def test_every_long_running_compose_role_waits_for_a_migrated_database() -> None
         }, role
 
 
+def _published_ports() -> list[tuple[str, str]]:
+    return [
+        (name, str(port))
+        for name, service in _compose_services().items()
+        for port in service.get("ports", [])
+    ]
+
+
+@pytest.mark.parametrize(("service", "port"), _published_ports(), ids=lambda v: str(v))
+def test_compose_publishes_every_port_on_loopback_unless_told_otherwise(
+    service: str, port: str
+) -> None:
+    # host:published:container, where host may be `${VAR:-default}`: the default must be
+    # loopback, so that nothing is reachable from other machines by accident.
+    by_default = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", port)
+    assert by_default.count(":") == 2, f"{service} publishes {port} on every interface"
+    assert by_default.split(":")[0] == "127.0.0.1", f"{service} publishes {port}"
+
+
+def test_the_demo_env_file_ships_no_operator_key() -> None:
+    settings = (DEPLOY / "compose" / "demo.env").read_text()
+    assert not re.search(r"^OWNERSYNC_OPERATOR_KEY=", settings, re.MULTILINE)
+
+
 def _broker() -> RabbitBroker:
     defaults = Settings.model_fields
     env = _settings_env()
