@@ -33,9 +33,11 @@ bench: $(STAMP)  ## the benchmark against the real Postgres and RabbitMQ (prints
 	./scripts/ensure-services.sh
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## style, the layer contracts and the types (configured in pyproject.toml)
 	$(BIN)/ruff check services tests bench
 	$(BIN)/ruff format --check services tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) ownersync.db* .pytest_cache

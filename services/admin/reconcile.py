@@ -65,7 +65,7 @@ def reconcile_record(
         occurred_at=now,
         received_at=now,
         payload=SfRecord(
-            object=record.sf_object if record.sf_object in ("Lead", "Contact") else "Lead",  # type: ignore[arg-type]
+            object="Contact" if record.sf_object == "Contact" else "Lead",
             record_id=record.sf_record_id,
             owner_id=owner,
             email=record.email,

@@ -40,7 +40,7 @@ SyncMode = Literal["leads", "contacts"]
 Scope = Literal["read", "write", "admin"]
 
 
-def _prefixed(prefix: str, what: str) -> Any:
+def _prefixed(prefix: str, what: str) -> AfterValidator:
     def check(value: str) -> str:
         if not value.startswith(prefix):
             raise ValueError(f"{what} starts with {prefix}")
@@ -49,12 +49,12 @@ def _prefixed(prefix: str, what: str) -> Any:
     return AfterValidator(check)
 
 
-def _sf_id(prefix: str, what: str) -> Any:
+def _sf_id(prefix: str, what: str) -> tuple[object, ...]:
     # The pattern checks the raw input (and shows in the OpenAPI schema); then the id is made
-    # canonical (18 characters, checksum checked) and its key prefix checked.
+    # canonical (18 characters, checksum checked) and its key prefix checked. The caller unpacks
+    # these into `Annotated[str, ...]`, which a type checker reads as a plain `str` alias.
     first = "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in prefix)
-    return Annotated[
-        str,
+    return (
         StringConstraints(
             max_length=18,
             pattern=rf"^{first}[A-Za-z0-9]{{{15 - len(prefix)}}}(?:[A-Za-z0-5]{{3}})?$",
@@ -62,13 +62,13 @@ def _sf_id(prefix: str, what: str) -> Any:
         AfterValidator(to18),
         _prefixed(prefix, what),
         Field(description=f"{what}, 15 or 18 characters (stored as 18)"),
-    ]
+    )
 
 
-SfUserId = _sf_id("005", "SF user id")
-SfQueueId = _sf_id("00G", "SF queue id")
-SfOrgId = _sf_id("00D", "SF org id")
-SfRecordId = _sf_id("", "SF lead or contact id")
+SfUserId = Annotated[str, *_sf_id("005", "SF user id")]
+SfQueueId = Annotated[str, *_sf_id("00G", "SF queue id")]
+SfOrgId = Annotated[str, *_sf_id("00D", "SF org id")]
+SfRecordId = Annotated[str, *_sf_id("", "SF lead or contact id")]
 
 
 class ApiModel(BaseModel):
@@ -241,7 +241,7 @@ ClientSecret = Annotated[
         description="write-only: stored sealed (OWNERSYNC_SECRETS_KEY), never answered",
     ),
 ]
-BusinessUnitId = _sf_id("0Uv", "AE business unit id")
+BusinessUnitId = Annotated[str, *_sf_id("0Uv", "AE business unit id")]
 
 
 class SalesforceConnectionSet(ApiInput):

@@ -17,7 +17,7 @@ from typing import Literal
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.admin.schemas import UserSyncEntry, UserSyncReport
+from services.admin.schemas import UserSyncEntry, UserSyncOutcome, UserSyncReport
 from services.admin.tenants import tenant_row
 from services.common.db.tables import ae_users, connected_users, sf_users
 
@@ -54,12 +54,14 @@ def match_users(
     entries: dict[int, UserSyncEntry] = {}
     claims: dict[str, list[tuple[AeUser, Literal["sf_id", "email"]]]] = defaultdict(list)
 
-    def report(user: AeUser, outcome: str, code: str, reason: str, sf_id: str | None) -> None:
+    def report(
+        user: AeUser, outcome: UserSyncOutcome, code: str, reason: str, sf_id: str | None
+    ) -> None:
         entries[user.id] = UserSyncEntry(
             ae_user_id=user.id,
             ae_email=user.email,
             sf_user_id=sf_id,
-            outcome=outcome,  # type: ignore[arg-type]
+            outcome=outcome,
             reason_code=code,
             reason=reason,
         )
@@ -205,6 +207,6 @@ async def run_user_sync(
         dry_run=dry_run,
         counts={
             k: counts.get(k, 0) for k in ("matched", "already_mapped", "unmatched", "conflicting")
-        },  # type: ignore[misc]
+        },
         users=entries,
     )

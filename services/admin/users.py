@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Column, Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,15 +28,17 @@ from services.admin.schemas import (
 from services.admin.tenants import tenant_row
 from services.common.db.tables import ae_users, connected_users, sf_users
 
+ViewT = TypeVar("ViewT", SfUserView, AeUserView)
+
 
 @dataclass(frozen=True)
-class _Kind:
+class _Kind(Generic[ViewT]):
     label: str
     table: Table
     mapped_by: Column[Any]  # this user's id in connected_users
     partner: Column[Any]  # the other side's id in connected_users
     key_type: type
-    view: Callable[[Any], Any]
+    view: Callable[[Any], ViewT]
     nullable: tuple[str, ...]  # patch fields an explicit null clears
 
 
@@ -83,7 +85,7 @@ AE = _Kind(
 )
 
 
-def _select(kind: _Kind, tenant_id: str) -> Any:
+def _select(kind: _Kind[ViewT], tenant_id: str) -> Any:
     t = kind.table
     joined = t.outerjoin(
         connected_users,
@@ -96,7 +98,7 @@ def _select(kind: _Kind, tenant_id: str) -> Any:
     )
 
 
-async def _one(conn: AsyncConnection, kind: _Kind, tenant_id: str, user_id: Any) -> Any:
+async def _one(conn: AsyncConnection, kind: _Kind[ViewT], tenant_id: str, user_id: Any) -> Any:
     row = (await conn.execute(_select(kind, tenant_id).where(kind.table.c.id == user_id))).first()
     if row is None:
         raise NotFound(f"{kind.label} {user_id} not found")
@@ -105,14 +107,14 @@ async def _one(conn: AsyncConnection, kind: _Kind, tenant_id: str, user_id: Any)
 
 async def _list(
     conn: AsyncConnection,
-    kind: _Kind,
+    kind: _Kind[ViewT],
     tenant_id: str,
     *,
     limit: int,
     cursor: str | None,
     active: bool | None,
     email: str | None,
-) -> Page[Any]:
+) -> Page[ViewT]:
     t = kind.table
     after = decode_cursor(cursor, kind.key_type)
     query = _select(kind, tenant_id).order_by(t.c.id).limit(limit + 1)
@@ -126,8 +128,8 @@ async def _list(
 
 
 async def _create(
-    conn: AsyncConnection, kind: _Kind, tenant_id: str, values: dict[str, Any], now: datetime
-) -> Any:
+    conn: AsyncConnection, kind: _Kind[ViewT], tenant_id: str, values: dict[str, Any], now: datetime
+) -> ViewT:
     await tenant_row(conn, tenant_id)
     t = kind.table
     exists = await conn.execute(
@@ -142,8 +144,12 @@ async def _create(
 
 
 async def _update(
-    conn: AsyncConnection, kind: _Kind, tenant_id: str, user_id: Any, patch: Any
-) -> Any:
+    conn: AsyncConnection,
+    kind: _Kind[ViewT],
+    tenant_id: str,
+    user_id: Any,
+    patch: SfUserPatch | AeUserPatch,
+) -> ViewT:
     tenant = await tenant_row(conn, tenant_id, lock=True)
     await _one(conn, kind, tenant_id, user_id)
     changes: dict[str, Any] = {}
@@ -162,7 +168,7 @@ async def _update(
 
 
 async def _deactivating(
-    conn: AsyncConnection, kind: _Kind, tenant: Any, user_ids: Sequence[Any]
+    conn: AsyncConnection, kind: _Kind[ViewT], tenant: Any, user_ids: Sequence[Any]
 ) -> int:
     """Refuse to deactivate the connector user; remove the mappings of the others."""
     if kind is SF and tenant.connector_user_id in user_ids:
@@ -182,7 +188,7 @@ async def _deactivating(
 
 async def _load(
     conn: AsyncConnection,
-    kind: _Kind,
+    kind: _Kind[ViewT],
     tenant_id: str,
     users: Sequence[dict[str, Any]],
     now: datetime,
@@ -240,13 +246,13 @@ async def get_sf_user(conn: AsyncConnection, tenant_id: str, user_id: str) -> Sf
 async def create_sf_user(
     conn: AsyncConnection, tenant_id: str, data: SfUserCreate, now: datetime
 ) -> SfUserView:
-    return await _create(conn, SF, tenant_id, data.model_dump(by_alias=False), now)  # type: ignore[no-any-return]
+    return await _create(conn, SF, tenant_id, data.model_dump(by_alias=False), now)
 
 
 async def update_sf_user(
     conn: AsyncConnection, tenant_id: str, user_id: str, patch: SfUserPatch
 ) -> SfUserView:
-    return await _update(conn, SF, tenant_id, user_id, patch)  # type: ignore[no-any-return]
+    return await _update(conn, SF, tenant_id, user_id, patch)
 
 
 async def load_sf_users(
@@ -277,13 +283,13 @@ async def get_ae_user(conn: AsyncConnection, tenant_id: str, user_id: int) -> Ae
 async def create_ae_user(
     conn: AsyncConnection, tenant_id: str, data: AeUserCreate, now: datetime
 ) -> AeUserView:
-    return await _create(conn, AE, tenant_id, data.model_dump(by_alias=False), now)  # type: ignore[no-any-return]
+    return await _create(conn, AE, tenant_id, data.model_dump(by_alias=False), now)
 
 
 async def update_ae_user(
     conn: AsyncConnection, tenant_id: str, user_id: int, patch: AeUserPatch
 ) -> AeUserView:
-    return await _update(conn, AE, tenant_id, user_id, patch)  # type: ignore[no-any-return]
+    return await _update(conn, AE, tenant_id, user_id, patch)
 
 
 async def load_ae_users(

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
@@ -20,11 +20,24 @@ from services.common.sfid import SfId
 
 EVENT_NAMESPACE = uuid.UUID("5f0b6a2e-4c1e-4d59-9a4b-7c0f3f0e2a11")
 
-SF_RECORD_CREATED = "sf.record.created"
-SF_RECORD_REASSIGNED = "sf.record.reassigned"
-AE_PROSPECT_CREATED = "ae.prospect.created"
-AE_ASSIGNMENT_REQUESTED = "ae.prospect.assignment_requested"
-AE_PROSPECT_REASSIGNED = "ae.prospect.reassigned"
+SfRecordEventType = Literal["sf.record.created", "sf.record.reassigned"]
+AeProspectEventType = Literal[
+    "ae.prospect.created", "ae.prospect.assignment_requested", "ae.prospect.reassigned"
+]
+AeWebhookType = Literal["prospect.created", "prospect.assignment_requested", "prospect.reassigned"]
+
+SF_RECORD_CREATED: Final = "sf.record.created"
+SF_RECORD_REASSIGNED: Final = "sf.record.reassigned"
+AE_PROSPECT_CREATED: Final = "ae.prospect.created"
+AE_ASSIGNMENT_REQUESTED: Final = "ae.prospect.assignment_requested"
+AE_PROSPECT_REASSIGNED: Final = "ae.prospect.reassigned"
+
+# An AE webhook travels on as the event of the same name in the `ae.` namespace.
+AE_EVENT_TYPE_OF_WEBHOOK: dict[AeWebhookType, AeProspectEventType] = {
+    "prospect.created": AE_PROSPECT_CREATED,
+    "prospect.assignment_requested": AE_ASSIGNMENT_REQUESTED,
+    "prospect.reassigned": AE_PROSPECT_REASSIGNED,
+}
 
 
 # AE ids are positive 64-bit integers (they are stored as BIGINT).
@@ -59,7 +72,7 @@ class SfRecord(_Frozen):
 
 
 class SfRecordEvent(_Frozen):
-    type: Literal["sf.record.created", "sf.record.reassigned"]
+    type: SfRecordEventType
     version: Literal[1] = 1
     tenant: TenantId
     event_id: uuid.UUID
@@ -110,7 +123,7 @@ AssignmentAction = Annotated[
 class AeWebhook(_Frozen):
     """The body of `POST /engagement/{tenant}/events`."""
 
-    type: Literal["prospect.created", "prospect.assignment_requested", "prospect.reassigned"]
+    type: AeWebhookType
     occurred_at: datetime = Field(alias="occurredAt")
     prospect: AeProspect
     action: AssignmentAction | None = None
@@ -118,9 +131,7 @@ class AeWebhook(_Frozen):
 
 
 class AeProspectEvent(_Frozen):
-    type: Literal[
-        "ae.prospect.created", "ae.prospect.assignment_requested", "ae.prospect.reassigned"
-    ]
+    type: AeProspectEventType
     version: Literal[1] = 1
     tenant: TenantId
     event_id: uuid.UUID
@@ -134,7 +145,7 @@ Event = Annotated[SfRecordEvent | AeProspectEvent, Field(discriminator="type")]
 _EVENT = TypeAdapter(Event)
 
 # (type, version) -> function turning that version's dict into the next version's dict.
-UPCASTERS: dict[tuple[str, int], Any] = {}
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
 CURRENT_VERSION = 1
 
 

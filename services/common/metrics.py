@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Iterable
+from typing import Protocol
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -55,13 +56,18 @@ OUTBOX_AGE = Gauge(
 NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.DUP})
 
 
+class CountsCalls(Protocol):
+    @property
+    def outcomes(self) -> Tally[str]: ...
+
+
 class ApiCallCollector(Collector):
     """Reads the SF/AE clients' outcome tallies (and AE's quota) at scrape time."""
 
     def __init__(self) -> None:
-        self.clients: dict[str, object] = {}
+        self.clients: dict[str, CountsCalls] = {}
 
-    def track(self, system: str, client: object) -> None:
+    def track(self, system: str, client: CountsCalls) -> None:
         self.clients[system] = client
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
@@ -72,8 +78,7 @@ class ApiCallCollector(Collector):
             "ownersync_ae_quota_remaining", "AE daily API calls left (when a quota is set)"
         )
         for system, client in self.clients.items():
-            outcomes: Tally[str] = getattr(client, "outcomes", Tally())
-            for outcome, count in outcomes.items():
+            for outcome, count in client.outcomes.items():
                 calls.add_metric([system, outcome], count)
             remaining = getattr(client, "quota_remaining", None)
             if system == "ae" and remaining is not None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 import uvicorn
 from fastapi import Depends, HTTPException, Request
+from starlette.types import ASGIApp
 
 from services.common.runtime import Runtime
 
@@ -21,8 +22,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+class _EmbeddedServer(uvicorn.Server):
+    # The process owner (CLI or test) handles signals; servers inside it must not steal them.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @contextlib.asynccontextmanager
-async def serve_app(app: object, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def serve_app(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve `app` until the block exits; yields its base URL (http://host:port)."""
     port = port or free_port(host)
     # log_config=None: uvicorn's own lines go through the root handler, so they come out in
@@ -30,9 +38,7 @@ async def serve_app(app: object, host: str = "127.0.0.1", port: int = 0) -> Asyn
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", lifespan="on", log_config=None
     )
-    server = uvicorn.Server(config)
-    # The process owner (CLI or test) handles signals; servers inside it must not steal them.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -47,7 +53,8 @@ async def serve_app(app: object, host: str = "127.0.0.1", port: int = 0) -> Asyn
 
 
 def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime  # type: ignore[no-any-return]
+    runtime: Runtime = request.app.state.runtime  # set by the app's lifespan (bootstrap)
+    return runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

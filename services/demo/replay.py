@@ -32,7 +32,7 @@ from services.bootstrap import ROLES, Running, running
 from services.common.db.engine import make_engine, migrate
 from services.common.db.tables import audit_log, records
 from services.common.domain import Rule
-from services.common.endpoints import sf_outbound_url
+from services.common.endpoints import SfAction, sf_outbound_url
 from services.common.messages import event_id_for
 from services.common.settings import Settings
 from services.common.web import free_port
@@ -46,7 +46,7 @@ SF = FIXTURES / "salesforce"
 AE = FIXTURES / "engagement"
 
 # Kim's lead in the MANIFEST's order, with SF's habits: a stale message and a repeated one.
-SF_STORY = [
+SF_STORY: list[tuple[str, SfAction]] = [
     ("lead-created-owner-not-connected.xml", "record-created"),
     ("lead-created-owner-connected.xml", "record-created"),
     ("lead-reassigned-not-connected.xml", "record-reassigned"),
@@ -152,7 +152,8 @@ class Story:
             user = prospect["assignedUserId"]
             return f"user {user} ({self.names.get(user, '?')})"
         if prospect.get("assignedQueueId") is not None:
-            return self.names.get(prospect["assignedQueueId"], prospect["assignedQueueId"])
+            queue: str = prospect["assignedQueueId"]
+            return self.names.get(queue, queue)
         return "unassigned"
 
     def sf_owner(self, sf_record_id: str | None) -> str:

@@ -23,7 +23,12 @@ from sqlalchemy import select
 from services.admin.tenants import valid_webhook_secrets
 from services.common.broker.base import BrokerUnavailable
 from services.common.db.tables import inbox, tenants
-from services.common.messages import AeProspectEvent, AeWebhook, event_id_for
+from services.common.messages import (
+    AE_EVENT_TYPE_OF_WEBHOOK,
+    AeProspectEvent,
+    AeWebhook,
+    event_id_for,
+)
 from services.common.metrics import EVENTS_PUBLISHED, EVENTS_RECEIVED, EVENTS_REFUSED
 from services.common.web import RuntimeDep, limited_body
 from services.receiver.clock import ahead_message, too_far_ahead
@@ -102,7 +107,7 @@ async def engagement_event(
             media_type="application/json",
         )
     event = AeProspectEvent(
-        type=f"ae.{webhook.type}",  # type: ignore[arg-type]
+        type=AE_EVENT_TYPE_OF_WEBHOOK[webhook.type],
         tenant=tenant,
         event_id=event_id,
         source_id=webhook_id,

@@ -24,6 +24,7 @@ from services.common.messages import (
     SF_RECORD_CREATED,
     SF_RECORD_REASSIGNED,
     SfRecordEvent,
+    SfRecordEventType,
     event_id_for,
 )
 from services.common.metrics import EVENTS_PUBLISHED, EVENTS_RECEIVED, EVENTS_REFUSED
@@ -62,7 +63,11 @@ async def record_reassigned(
 
 
 async def _receive(
-    tenant: str, key: str | None, request: Request, event_type: str, runtime: RuntimeDep
+    tenant: str,
+    key: str | None,
+    request: Request,
+    event_type: SfRecordEventType,
+    runtime: RuntimeDep,
 ) -> Response:
     received_at = datetime.now(UTC)
     try:
@@ -80,7 +85,7 @@ async def _receive(
                 raise SoapFault(400, f"notification {n.id}: {stamp}")
         events = [
             SfRecordEvent(
-                type=event_type,  # type: ignore[arg-type]
+                type=event_type,
                 tenant=tenant,
                 event_id=event_id_for(tenant, "sf", n.id),
                 source_id=n.id,
@@ -98,8 +103,8 @@ async def _receive(
         return Response(fault.body(), status_code=fault.status, media_type=SOAP_MEDIA)
     except BrokerUnavailable as exc:
         log.error("SF message for %s not acked: %s", tenant, exc)
-        fault = SoapFault(503, "events could not be stored; retry later", code="Server")
-        return Response(fault.body(), status_code=503, media_type=SOAP_MEDIA)
+        unavailable = SoapFault(503, "events could not be stored; retry later", code="Server")
+        return Response(unavailable.body(), status_code=503, media_type=SOAP_MEDIA)
     log.info("acked SF message for %s: %d %s", tenant, len(events), event_type)
     return Response(ack_body(), media_type=SOAP_MEDIA)
 

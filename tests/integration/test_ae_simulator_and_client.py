@@ -53,18 +53,18 @@ async def served() -> AsyncIterator[Served]:
 @pytest.fixture
 def org(served: Served) -> SfSimState:
     """The SF org whose connected app AE trusts (AE takes SF's access tokens)."""
-    served.sf_app.state.sim = SfSimState(
+    state = served.sf_app.state.sim = SfSimState(
         org_id=ORG_ID, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, tokens=AccessTokens()
     )
-    return served.sf_app.state.sim  # type: ignore[no-any-return]
+    return state
 
 
 @pytest.fixture
 def sim(served: Served, org: SfSimState) -> AeSimState:
     # A fresh state per test isolates tests without paying a server restart each time.
-    served.ae_app.state.sim = AeSimState(tokens=org.tokens)
-    served.ae_app.state.sim.add_business_unit(BUSINESS_UNIT, org.org_id)
-    return served.ae_app.state.sim  # type: ignore[no-any-return]
+    state = served.ae_app.state.sim = AeSimState(tokens=org.tokens)
+    state.add_business_unit(BUSINESS_UNIT, org.org_id)
+    return state
 
 
 @pytest.fixture

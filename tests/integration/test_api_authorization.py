@@ -46,7 +46,7 @@ def url(path: str, tenant: str) -> str:
 
 
 async def call(api: Api, method: str, path: str, key: str | None, tenant: str = ACME) -> Any:
-    body = {} if method in ("POST", "PATCH", "PUT") else None
+    body: dict[str, Any] | None = {} if method in ("POST", "PATCH", "PUT") else None
     return await api.call(method, url(path, tenant), key=key, json=body)
 
 

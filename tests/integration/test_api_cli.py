@@ -177,7 +177,7 @@ def test_dead_letters_are_listed_replayed_and_discarded(
             dlx = await channel.get_exchange(broker.dlx_name)
             for i in range(n):
                 body = f'{{"type": "sf.record.created", "tenant": "acme", "n": {i}}}'.encode()
-                headers = {REASON_HEADER: f"reason {i}", "tenant": "acme"}
+                headers: aio_pika.abc.HeadersType = {REASON_HEADER: f"reason {i}", "tenant": "acme"}
                 message = aio_pika.Message(
                     body, headers=headers, message_id=f"letter-{i}", type="sf.record.created"
                 )

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 import aio_pika
+from aio_pika.abc import HeadersType
 
 from services.common.broker.base import REASON_HEADER
 from services.common.broker.rabbit import RabbitBroker
@@ -34,13 +35,21 @@ def _event(tenant: str, n: int) -> SfRecordEvent:
     )
 
 
-async def _park(broker: RabbitBroker, body: bytes, headers: dict[str, str], **props: str) -> None:
+async def _park(
+    broker: RabbitBroker,
+    body: bytes,
+    headers: HeadersType,
+    *,
+    message_id: str,
+    type: str | None = None,
+) -> None:
     """Put a message in the dead letters the way the workers do (through the DLX)."""
     await broker.connect()
     assert broker._connection is not None
     async with broker._connection.channel(publisher_confirms=True) as channel:
         dlx = await channel.get_exchange(broker.dlx_name)
-        await dlx.publish(aio_pika.Message(body, headers=headers, **props), routing_key="")  # type: ignore[arg-type]
+        message = aio_pika.Message(body, headers=headers, message_id=message_id, type=type)
+        await dlx.publish(message, routing_key="")
 
 
 async def _park_event(broker: RabbitBroker, event: SfRecordEvent, reason: str) -> str:

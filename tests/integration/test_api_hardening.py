@@ -67,7 +67,9 @@ async def _raw_request(url: str, head: str, body_part: bytes) -> tuple[int, byte
         await writer.drain()
         async with asyncio.timeout(5):
             header_block = await reader.readuntil(b"\r\n\r\n")
-            length = int(re.search(rb"(?i)content-length: *(\d+)", header_block)[1])  # type: ignore[index]
+            content_length = re.search(rb"(?i)content-length: *(\d+)", header_block)
+            assert content_length is not None, header_block
+            length = int(content_length[1])
             answer = await reader.readexactly(length)
     finally:
         writer.close()

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from services.bootstrap import Running
 from services.common.db.tables import audit_log, outbox
+from services.common.endpoints import SfAction
 from services.receiver.soap import parse_outbound_message
 from services.sim.embedded import wait_until_idle
 from tests.endpoints import sf_path
@@ -26,7 +27,7 @@ class Story:
     def __init__(self, live: Running, fixtures: Path) -> None:
         self.live, self.fixtures, self.posted = live, fixtures / "salesforce", 0
 
-    async def post(self, name: str, action: str) -> None:
+    async def post(self, name: str, action: SfAction) -> None:
         body = (self.fixtures / name).read_bytes()
         async with httpx.AsyncClient(base_url=self.live.receiver_url or "") as http:
             response = await http.post(

@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import aio_pika
 import httpx
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.bootstrap import create_app
-from services.common.broker.base import REASON_HEADER, QueueRole
+from services.common.broker.base import REASON_HEADER, AnyEvent, QueueRole
 from services.common.broker.rabbit import RabbitBroker
 from services.common.messages import SfRecord, SfRecordEvent, event_id_for
 from services.common.runtime import build_runtime
 from services.common.settings import Settings
 from services.common.web import free_port, serve_app
-from services.common.worker import WorkerStats, run_worker
+from services.common.worker import Decided, WorkerStats, run_worker
 from services.demo.replay import FIXTURES
 from tests.endpoints import sf_path
 from tests.integration.conftest import AMQP_URL
@@ -66,7 +68,7 @@ async def _dead_letters(
     settings: Settings, wanted: int
 ) -> list[aio_pika.abc.AbstractIncomingMessage]:
     connection = await aio_pika.connect(AMQP_URL)
-    found = []
+    found: list[aio_pika.abc.AbstractIncomingMessage] = []
     async with connection, connection.channel() as channel:
         queue = await channel.declare_queue(f"{settings.queue_prefix}.dead-letters", passive=True)
         async with asyncio.timeout(10):
@@ -87,7 +89,9 @@ async def test_event_failing_every_time_is_dead_lettered_with_its_reason_at_the_
     assert isinstance(runtime.broker, RabbitBroker)
     attempts = 0
 
-    async def always_failing(conn: object, events: object, now: object) -> None:
+    async def always_failing(
+        conn: AsyncConnection, events: Sequence[AnyEvent], now: datetime
+    ) -> Sequence[Decided]:
         nonlocal attempts
         attempts += 1
         raise RuntimeError("the database said no")
@@ -116,6 +120,7 @@ async def test_event_failing_every_time_is_dead_lettered_with_its_reason_at_the_
         await runtime.close()
     assert attempts == base_settings.delivery_limit
     reason = parked.headers[REASON_HEADER]
+    assert isinstance(reason, str)
     assert "delivery limit 3 reached" in reason and "the database said no" in reason
     assert json.loads(parked.body)["event_id"] == str(event.event_id)
 
@@ -165,10 +170,12 @@ async def test_one_poison_event_in_a_message_of_many_is_parked_alone_and_the_res
         events.append(event.model_copy(update={"payload": payload, "source_id": f"n{i}"}))
     poison = events[2]
 
-    async def apply_unless_poison(conn: object, batch: object, now: object) -> object:
-        if any(e.event_id == poison.event_id for e in batch):  # type: ignore[attr-defined]
+    async def apply_unless_poison(
+        conn: AsyncConnection, batch: Sequence[AnyEvent], now: datetime
+    ) -> Sequence[Decided]:
+        if any(e.event_id == poison.event_id for e in batch):
             raise RuntimeError("this one never applies")
-        return await apply_sf_events(conn, batch, now)  # type: ignore[arg-type]
+        return await apply_sf_events(conn, batch, now)
 
     stop = asyncio.Event()
     worker = asyncio.create_task(
@@ -194,4 +201,6 @@ async def test_one_poison_event_in_a_message_of_many_is_parked_alone_and_the_res
     await runtime.close()
     assert applied == {"n0", "n1", "n3", "n4"}
     assert json.loads(parked.body)["event_id"] == str(poison.event_id)
-    assert "this one never applies" in parked.headers[REASON_HEADER]
+    reason = parked.headers[REASON_HEADER]
+    assert isinstance(reason, str)
+    assert "this one never applies" in reason

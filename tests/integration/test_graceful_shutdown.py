@@ -9,13 +9,14 @@ import signal
 import sys
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from services.common.broker.base import QueueRole
 from services.common.db.tables import audit_log, inbox
 from services.common.messages import SfRecord, SfRecordEvent, event_id_for
-from services.common.runtime import build_runtime
+from services.common.runtime import Runtime, build_runtime
 from services.common.settings import Settings
 from services.common.sfid import to18
 from services.common.worker import run_worker
@@ -49,8 +50,8 @@ def _events(n: int) -> list[SfRecordEvent]:
     return events
 
 
-async def _count(runtime: object, column: object) -> int:
-    async with runtime.engine.connect() as conn:  # type: ignore[attr-defined]
+async def _count(runtime: Runtime, column: ColumnElement[Any]) -> int:
+    async with runtime.engine.connect() as conn:
         return int((await conn.execute(select(func.count(column)))).scalar_one())
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from services.bootstrap import Running
 from services.common.db.tables import audit_log, inbox, records
+from services.common.endpoints import SfAction
 from services.common.sfid import to18
 from services.receiver.soap import parse_outbound_message
 from services.sim.embedded import wait_until_idle
@@ -32,7 +33,7 @@ class Poster:
         self.fixtures = fixtures / "salesforce"
         self.posted = 0
 
-    async def post(self, name: str, action: str = "record-created") -> httpx.Response:
+    async def post(self, name: str, action: SfAction = "record-created") -> httpx.Response:
         body = (self.fixtures / name).read_bytes()
         async with httpx.AsyncClient(base_url=self.live.receiver_url or "") as http:
             response = await http.post(sf_path(action), content=body, headers=SOAP_HEADERS)

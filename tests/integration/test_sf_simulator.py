@@ -433,8 +433,8 @@ async def test_emitted_xml_has_the_structure_of_the_salesforce_fixture(org: Org)
     assert f'<sObject xsi:type="sf:Lead" xmlns:sf="{SOBJECT_NS}">'.encode() in message.body
     root = SafeET.fromstring(message.body)
     assert root.findtext(f".//{_ns('OrganizationId')}") == org.state.org_id
-    assert root.find(f".//{_ns('SessionId')}").attrib == {
-        "{http://www.w3.org/2001/XMLSchema-instance}nil": "true"
-    }
+    session_id = root.find(f".//{_ns('SessionId')}")
+    assert session_id is not None
+    assert session_id.attrib == {"{http://www.w3.org/2001/XMLSchema-instance}nil": "true"}
     assert root.findtext(f".//{{{SOBJECT_NS}}}Id") == record["Id"]
     assert root.findtext(f".//{{{SOBJECT_NS}}}Email") == email

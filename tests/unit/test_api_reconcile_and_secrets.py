@@ -11,7 +11,7 @@ import pytest
 
 from services.admin.errors import Invalid
 from services.admin.pagination import decode_cursor, encode_cursor
-from services.admin.reconcile import reconcile_record
+from services.admin.reconcile import Verdict, reconcile_record
 from services.admin.tenants import valid_webhook_secrets
 from services.common.domain import AeProspectUpsert, RecordState, TenantPolicy
 
@@ -31,7 +31,7 @@ RECORD = RecordState(
 )
 
 
-def _verdict(record: RecordState, owner_ae: int | None):  # type: ignore[no-untyped-def]
+def _verdict(record: RecordState, owner_ae: int | None) -> Verdict:
     return reconcile_record(record, owner_ae, policy=POLICY, run_id=uuid.uuid4(), now=NOW)
 
 

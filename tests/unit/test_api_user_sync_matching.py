@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from services.admin.schemas import UserSyncEntry
 from services.admin.user_sync import AeUser, SfUser, match_users
 
 A, B, C = "005000000000001AAA", "005000000000002AAA", "005000000000003AAA"
 
 
-def _outcomes(entries: list) -> dict[int, tuple[str, str]]:  # type: ignore[type-arg]
+def _outcomes(entries: list[UserSyncEntry]) -> dict[int, tuple[str, str]]:
     return {e.ae_user_id: (e.outcome, e.reason_code) for e in entries}
 
 

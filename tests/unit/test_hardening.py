@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from typer.testing import CliRunner
 
 from services.admin.errors import Invalid
@@ -32,7 +32,7 @@ REAL_BROKER = "amqp://guest:guest@rabbit:5672/"
 @pytest.mark.parametrize("key", ["a", "x" * 31])
 def test_an_operator_key_under_32_characters_is_refused(key: str) -> None:
     with pytest.raises(ValidationError, match="needs 32 at least"):
-        Settings(operator_key=key)
+        Settings(operator_key=SecretStr(key))
 
 
 @pytest.mark.parametrize(
@@ -40,18 +40,18 @@ def test_an_operator_key_under_32_characters_is_refused(key: str) -> None:
 )
 def test_a_demo_operator_key_is_refused_unless_the_simulators_run(key: str) -> None:
     with pytest.raises(ValidationError, match="demo key"):
-        Settings(operator_key=key, amqp_url=REAL_BROKER)
+        Settings(operator_key=SecretStr(key), amqp_url=REAL_BROKER)
     with pytest.raises(ValidationError, match="demo key"):
-        Settings(operator_key=key, use_simulators=False)
-    assert Settings(operator_key=key).simulate  # the embedded default: simulators on
-    assert Settings(operator_key=key, amqp_url=REAL_BROKER, use_simulators=True)
+        Settings(operator_key=SecretStr(key), use_simulators=False)
+    assert Settings(operator_key=SecretStr(key)).simulate  # the embedded default: simulators on
+    assert Settings(operator_key=SecretStr(key), amqp_url=REAL_BROKER, use_simulators=True)
 
 
 def test_a_long_random_operator_key_is_accepted_anywhere() -> None:
     key = "0f" * 16
-    assert Settings(operator_key=key, amqp_url=REAL_BROKER).operator_key is not None
+    assert Settings(operator_key=SecretStr(key), amqp_url=REAL_BROKER).operator_key is not None
     # "demo" inside a word is no demo key.
-    assert Settings(operator_key="demonstrably-random-" + key, amqp_url=REAL_BROKER)
+    assert Settings(operator_key=SecretStr("demonstrably-random-" + key), amqp_url=REAL_BROKER)
 
 
 def test_the_cli_refuses_to_start_with_a_weak_operator_key(

@@ -10,7 +10,8 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.assigner.round_robin import Member, pick_member, record_assignment
+from services.assigner.round_robin import pick_member, record_assignment
+from services.common.domain import Member
 
 NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 

@@ -1,6 +1,7 @@
 import base64
 import hashlib
 import hmac
+from typing import TypedDict
 
 import pytest
 
@@ -16,16 +17,30 @@ def test_signature_is_hmac_sha256_of_id_timestamp_body_with_the_decoded_secret()
     assert sign(SECRET, "msg_1", 1700000000, BODY) == "v1," + base64.b64encode(expected).decode()
 
 
-def _verify(**overrides: object) -> None:
-    args: dict[str, object] = {
-        "webhook_id": "msg_1",
-        "timestamp": "1700000000",
-        "signature": sign(SECRET, "msg_1", 1700000000, BODY),
-        "body": BODY,
-        "now": 1700000000.0,
-    }
-    args.update(overrides)
-    verify([SECRET], **args)  # type: ignore[arg-type]
+class _Overrides(TypedDict, total=False):
+    webhook_id: str | None
+    timestamp: str | None
+    signature: str | None
+    body: bytes
+    now: float
+
+
+def _verify(
+    *,
+    webhook_id: str | None = "msg_1",
+    timestamp: str | None = "1700000000",
+    signature: str | None = sign(SECRET, "msg_1", 1700000000, BODY),
+    body: bytes = BODY,
+    now: float = 1700000000.0,
+) -> None:
+    verify(
+        [SECRET],
+        webhook_id=webhook_id,
+        timestamp=timestamp,
+        signature=signature,
+        body=body,
+        now=now,
+    )
 
 
 def test_a_correct_signature_verifies() -> None:
@@ -48,6 +63,6 @@ def test_one_matching_signature_among_several_verifies() -> None:
         ({"signature": "v2,abc"}, "no v1 signature"),
     ],
 )
-def test_bad_signatures_say_what_is_wrong(overrides: dict[str, object], words: str) -> None:
+def test_bad_signatures_say_what_is_wrong(overrides: _Overrides, words: str) -> None:
     with pytest.raises(SignatureError, match=words.replace("(", r"\(").replace(")", r"\)")):
         _verify(**overrides)

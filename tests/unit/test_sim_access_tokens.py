@@ -30,7 +30,11 @@ def test_a_token_grants_its_org_app_and_scopes_until_it_expires() -> None:
     clock.now += timedelta(minutes=5)
 
     assert grant is not None
-    assert (grant.org_id, grant.client_id, grant.scopes) == (ORG_A, "app", {"api", "pardot_api"})
+    assert (grant.org_id, grant.client_id, grant.scopes) == (
+        ORG_A,
+        "app",
+        frozenset({"api", "pardot_api"}),
+    )
     assert tokens.grant(token) is None
     assert tokens.grant("not-a-token") is None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from services.common.broker.base import (
     BINDINGS,
@@ -42,7 +42,7 @@ class MemoryBroker:
 
     async def consume(
         self, role: QueueRole, *, batch_size: int, batch_wait: float
-    ) -> AsyncIterator[list[Delivery]]:
+    ) -> AsyncGenerator[list[Delivery], None]:
         await self.connect()
         queue = self._queues[role]
         while True:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import aio_pika
@@ -132,7 +132,7 @@ class RabbitBroker:
 
     async def consume(
         self, role: QueueRole, *, batch_size: int, batch_wait: float
-    ) -> AsyncIterator[list[Delivery]]:
+    ) -> AsyncGenerator[list[Delivery], None]:
         await self.connect()
         assert self._connection is not None
         channel = await self._connection.channel(publisher_confirms=True)
@@ -166,7 +166,9 @@ class RabbitBroker:
     def _delivery(
         self, role: QueueRole, message: AbstractIncomingMessage, dlx: AbstractExchange
     ) -> Delivery:
-        count = int((message.headers or {}).get("x-delivery-count", 0) or 0)
+        # A quorum queue counts earlier deliveries in this header (absent on the first).
+        delivered_before = (message.headers or {}).get("x-delivery-count")
+        count = delivered_before if isinstance(delivered_before, int) else 0
 
         async def settle(outcome: Outcome, reason: str | None) -> None:
             if outcome is Outcome.ACK:
@@ -177,7 +179,7 @@ class RabbitBroker:
                 if outcome is Outcome.REQUEUE:
                     limit = f"delivery limit {self.delivery_limit} reached"
                     reason = f"{limit}: {reason}" if reason else limit
-                await self._park(dlx, role, message, reason)
+                await self._park(dlx, role, message, reason or "dead-lettered")
 
         delivery = Delivery.decode(message.body, count, settle)
         # Safe because a consumer settles each batch before it takes the next one.
