@@ -11,6 +11,7 @@ import pytest
 from services.common.sf_auth import SfTokenSource
 from services.common.sf_client import (
     SfClient,
+    SfOutcomeUnknown,
     SfRecordFields,
     SfRequestRejected,
     SfTransientError,
@@ -116,15 +117,30 @@ async def test_request_limit_exceeded_is_retried_until_the_call_succeeds(
 async def test_service_unavailable_beyond_max_attempts_raises_a_transient_error(
     org: Org, client: SfClient
 ) -> None:
+    kim = await client.create("Lead", lead("kim@example.com"), auto_assign=True)
     org.state.faults.server_errors = 10
 
     with pytest.raises(SfTransientError) as caught:
+        await client.update("Lead", kim, lead("kim@example.com", org.alice), auto_assign=False)
+
+    assert caught.value.status == 503
+    assert [c.status for c in org.calls("PATCH", LEADS_PATH)] == [503, 503, 503]
+    assert org.state.leads[kim]["OwnerId"] != org.alice
+    assert client.outcomes["transient"] == 1
+
+
+async def test_create_answered_503_is_not_sent_again_its_outcome_is_unknown(
+    org: Org, client: SfClient
+) -> None:
+    org.state.faults.server_errors = 10
+
+    with pytest.raises(SfOutcomeUnknown) as caught:
         await client.create("Lead", lead("kim@example.com"), auto_assign=True)
 
     assert caught.value.status == 503
-    assert [c.status for c in org.calls("POST", LEADS_PATH)] == [503, 503, 503]
+    assert [c.status for c in org.calls("POST", LEADS_PATH)] == [503]
     assert org.state.leads == {}
-    assert client.outcomes["transient"] == 1
+    assert client.outcomes["outcome_unknown"] == 1
 
 
 async def test_unknown_owner_is_rejected_without_retry_and_carries_salesforce_message(
