@@ -354,18 +354,10 @@ class SfSimState:
                 "Provided external ID field does not exist or is not accessible: "
                 f"{external_id_field}",
             )
-        if external_id_field in fields:
-            raise SfSimError(
-                400,
-                "INVALID_FIELD",
-                f"The external ID {external_id_field} is given by the URL, not the body",
-                [external_id_field],
-            )
-        matches = [r for r in self.table(sobject).values() if r.get(external_id_field) == value]
-        if len(matches) > 1:
-            raise SfSimError(300, "MULTIPLE_CHOICES", f"{len(matches)} records match {value}")
-        if matches:
-            updated = self.update_record(sobject, matches[0]["Id"], fields, auto_assign=auto_assign)
+        table = self.table(sobject)
+        match = next((r for r in table.values() if r.get(external_id_field) == value), None)
+        if match is not None:  # at most one: the field is unique
+            updated = self.update_record(sobject, match["Id"], fields, auto_assign=auto_assign)
             return updated, False
         created = self.create_record(
             sobject, {**fields, external_id_field: value}, auto_assign=auto_assign
@@ -380,7 +372,7 @@ class SfSimState:
         return {"name": sobject, "custom": False, "fields": fields}
 
     def query(self, soql: str) -> list[dict[str, Any]]:
-        """The records a query of the subset `services.sim.sf.soql` reads selects."""
+        """What `soql` selects; the simulator reads the subset described in its soql module."""
         try:
             query = Query.parse(soql)
         except ValueError as exc:
