@@ -3,6 +3,10 @@
 AE authenticates with the access token of the tenant's SF connected app (`Authorization:
 Bearer`, scope `pardot_api`) plus `Pardot-Business-Unit-Id`; the token comes from the tenant's
 token source, shared with its SF client, and is renewed once when AE answers 401.
+
+AE has no idempotency key, so a prospect create is never sent twice by this client: once it
+may have reached AE (a 5xx, or the connection failed after sending), `AeOutcomeUnknown` says
+so and the caller looks for the prospect before creating it again.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -22,11 +27,12 @@ from tenacity import (
     RetryCallState,
     RetryError,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     wait_exponential_jitter,
 )
 
-from services.common.sf_client import SfRequestRejected, SfTransientError
+from services.common.sf_client import NOT_SENT_ERRORS, SfRequestRejected, SfTransientError
 
 if TYPE_CHECKING:
     from services.common.sf_auth import SfToken, SfTokenSource
@@ -96,6 +102,11 @@ class AeError(Exception):
 
 class AeTransientError(AeError):
     """AE was unavailable or throttling; the call may succeed later."""
+
+
+class AeOutcomeUnknown(AeTransientError):
+    """A create that may or may not have been applied: AE failed (5xx), or the connection did
+    after the request was sent. Look for the prospect before creating it again."""
 
 
 class AeRequestRejected(AeError):
@@ -183,8 +194,11 @@ class AeClient:
     # --- API ------------------------------------------------------------------------------
 
     async def create_prospect(self, fields: AeProspectFields) -> AeProspect:
+        """AeOutcomeUnknown when the prospect may have been created all the same."""
         body = fields.model_dump(by_alias=True, exclude_none=True)
-        data = await self._request("POST", PROSPECTS, json=body, params=_prospect_fields())
+        data = await self._request(
+            "POST", PROSPECTS, json=body, params=_prospect_fields(), repeatable=False
+        )
         return _parse(AeProspect, data)
 
     async def update_prospect(self, prospect_id: int, changes: AeProspectFields) -> AeProspect:
@@ -202,6 +216,12 @@ class AeClient:
     async def find_prospects_by_email(self, email: str) -> list[AeProspect]:
         params = {**_prospect_fields(), "email": email}
         return [_parse(AeProspect, value) async for value in self._pages(PROSPECTS, params)]
+
+    async def find_prospects_by_salesforce_id(self, salesforce_id: str) -> list[AeProspect]:
+        params = {**_prospect_fields(), "salesforceId": salesforce_id}
+        found = [_parse(AeProspect, value) async for value in self._pages(PROSPECTS, params)]
+        # Checked here too: an AE that ignored the filter must not make every prospect a match.
+        return [p for p in found if p.salesforce_id == salesforce_id]
 
     async def first_user(self) -> AeUser | None:
         """One AE user (a single call): what a connection check reads."""
@@ -235,17 +255,20 @@ class AeClient:
         *,
         json: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        repeatable: bool = True,
     ) -> dict[str, Any]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_attempts),
             wait=wait_exponential_jitter(
                 multiplier=self._backoff_base, max=self._backoff_max, jitter=self._backoff_base
             ),
-            retry=retry_if_exception_type(AeTransientError),
+            retry=retry_if_exception_type(AeTransientError)
+            & retry_if_not_exception_type(AeOutcomeUnknown),
             before_sleep=self._count_retry,
         )
+        request = _Request(method, path, json, params, repeatable)
         try:
-            data: dict[str, Any] = await retrying(self._attempt, method, path, json, params)
+            data: dict[str, Any] = await retrying(self._attempt, request)
         except RetryError as exc:
             self.outcomes["transient"] += 1
             last = exc.last_attempt.exception()
@@ -253,6 +276,9 @@ class AeClient:
             raise AeTransientError(
                 last.status, last.code, f"{last.message} (gave up after {self._max_attempts} tries)"
             ) from last
+        except AeOutcomeUnknown:
+            self.outcomes["outcome_unknown"] += 1
+            raise
         except AeQuotaExhausted:
             self.outcomes["quota_exhausted"] += 1
             raise
@@ -269,43 +295,36 @@ class AeClient:
         self.outcomes["ok"] += 1
         return data
 
-    async def _attempt(
-        self,
-        method: str,
-        path: str,
-        json: dict[str, Any] | None,
-        params: dict[str, str] | None,
-    ) -> dict[str, Any]:
+    async def _attempt(self, request: _Request) -> dict[str, Any]:
         token = await self._token()
-        response = await self._send(method, path, token, json, params)
+        response = await self._send(request, token)
         if response.status_code == 401:
             # The token expired or was revoked: renew once; a second 401 is a real refusal.
             token = await self._token(refused=token)
-            response = await self._send(method, path, token, json, params)
+            response = await self._send(request, token)
         if response.is_success:
             return _json_object(response)
-        raise _error_from(response)
+        error = _error_from(response)
+        # A 5xx may come after the work was done; a 429 is a refusal before any of it.
+        if not request.repeatable and response.status_code >= 500:
+            raise AeOutcomeUnknown(error.status, error.code, error.message)
+        raise error
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        token: SfToken,
-        json: dict[str, Any] | None,
-        params: dict[str, str] | None,
-    ) -> httpx.Response:
+    async def _send(self, request: _Request, token: SfToken) -> httpx.Response:
         async with self._slots:
             self._spend_quota()
             try:
                 return await self._http.request(
-                    method,
-                    path,
-                    json=json,
-                    params=params,
+                    request.method,
+                    request.path,
+                    json=request.json,
+                    params=request.params,
                     headers={"Authorization": f"Bearer {token.access_token}"},
                 )
             except httpx.TransportError as exc:  # timeouts, refused connections, dropped sockets
-                raise AeTransientError(None, None, f"{method} {path}: {exc!r}") from exc
+                sent = not isinstance(exc, NOT_SENT_ERRORS)
+                failure = AeOutcomeUnknown if sent and not request.repeatable else AeTransientError
+                raise failure(None, None, f"{request.method} {request.path}: {exc!r}") from exc
 
     async def _token(self, refused: SfToken | None = None) -> SfToken:
         try:
@@ -322,6 +341,15 @@ class AeClient:
 
     def _count_retry(self, _: RetryCallState) -> None:
         self.outcomes["retried"] += 1
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    path: str
+    json: dict[str, Any] | None
+    params: dict[str, str] | None
+    repeatable: bool  # False: a create, which is not sent again once it may have arrived
 
 
 def _prospect_fields() -> dict[str, str]:

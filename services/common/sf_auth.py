@@ -24,6 +24,7 @@ from services.common.sf_client import (
     SfTransientError,
     parse_errors,
 )
+from services.common.sfid import InvalidSalesforceId, to18
 
 SCOPES = ("api", "pardot_api")
 
@@ -38,6 +39,7 @@ class SfToken:
     access_token: str = field(repr=False)
     instance_url: str
     scopes: frozenset[str] = frozenset()
+    user_id: str | None = None  # the user the connected app acts as (None: not named)
 
 
 class SfTokenSource:
@@ -141,4 +143,14 @@ class SfTokenSource:
         granted = payload.get("scope")
         # Salesforce names the granted scopes when asked for some; none named: as asked.
         scopes = str(granted).split() if granted else self._scopes
-        return SfToken(access_token, instance_url, frozenset(scopes))
+        return SfToken(access_token, instance_url, frozenset(scopes), _user_of(payload.get("id")))
+
+
+def _user_of(identity_url: object) -> str | None:
+    """The user id at the end of the token's identity URL (`…/id/<org id>/<user id>`)."""
+    if not isinstance(identity_url, str):
+        return None
+    try:
+        return to18(identity_url.rstrip("/").rsplit("/", 1)[-1])
+    except InvalidSalesforceId:
+        return None

@@ -47,10 +47,21 @@ class Rejected(Exception):
     """The remote side refused the effect for good (a 4xx): retrying cannot help."""
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """What the relay knows of this try at an effect, for a sender whose create is not safe to
+    repeat: where it goes, since when it could have been applied, and whether it may have been
+    already (then the sender looks for what it would create before creating it)."""
+
+    tenant_id: str
+    written_at: datetime  # when the oldest pending row of the effect was written
+    tried_before: bool  # an earlier try failed, or was claimed and never settled
+
+
 # A sender applies one effect to a record and returns what the answer taught (e.g. the new
 # prospect id). It raises Rejected for permanent failures; anything else is retried.
-AeSender = Callable[[RecordState, AeProspectUpsert], Awaitable[Learned]]
-SfSender = Callable[[RecordState, SfRecordUpsert], Awaitable[Learned]]
+AeSender = Callable[[RecordState, AeProspectUpsert, Attempt], Awaitable[Learned]]
+SfSender = Callable[[RecordState, SfRecordUpsert, Attempt], Awaitable[Learned]]
 
 
 @dataclass(frozen=True)
@@ -69,14 +80,14 @@ class Senders:
     def targets(self) -> list[Target]:
         return [AeProspectUpsert.target] + ([SfRecordUpsert.target] if self.sf is not None else [])
 
-    async def send(self, record: RecordState, effect: Effect) -> Learned:
+    async def send(self, record: RecordState, effect: Effect, attempt: Attempt) -> Learned:
         match effect:
             case AeProspectUpsert():
-                return await self.ae(record, effect)
+                return await self.ae(record, effect, attempt)
             case SfRecordUpsert():
                 if self.sf is None:
                     raise RuntimeError("an SF effect was claimed with no SF sender")
-                return await self.sf(record, effect)
+                return await self.sf(record, effect, attempt)
             case _:
                 assert_never(effect)
 
@@ -93,6 +104,8 @@ class _Group:
     payload: Mapping[str, Any]
     event_id: str | None
     attempts: int
+    written_at: datetime
+    tried_before: bool = False
 
 
 class Relay:
@@ -213,11 +226,15 @@ class Relay:
                         payload={},
                         event_id=None,
                         attempts=0,
+                        written_at=m[outbox.c.created_at],
                     )
                 group.row_ids.append(m[outbox.c.id])
                 group.payload = m[outbox.c.payload]
                 group.event_id = m[outbox.c.event_id]
                 group.attempts = max(group.attempts, m[outbox.c.attempts])
+                # A row is written due at once; later than that, a claim leased it before.
+                claimed_before = m[outbox.c.next_attempt_at] > m[outbox.c.created_at]
+                group.tried_before |= m[outbox.c.attempts] > 0 or claimed_before
             ids = [i for g in groups.values() for i in g.row_ids]
             await conn.execute(
                 update(outbox).where(outbox.c.id.in_(ids)).values(next_attempt_at=now + LEASE)
@@ -229,7 +246,8 @@ class Relay:
             effect = effect_from_outbox(group.kind, group.payload)
         except EffectPayloadError as exc:
             raise Rejected(str(exc)) from exc
-        return await self.senders.send(group.record, effect)
+        attempt = Attempt(group.tenant_id, group.written_at, group.tried_before)
+        return await self.senders.send(group.record, effect, attempt)
 
     async def _settle(
         self, groups: list[_Group], results: list[Learned | BaseException], now: datetime

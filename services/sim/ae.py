@@ -9,10 +9,11 @@ org that owns the `Pardot-Business-Unit-Id`, carrying the `pardot_api` scope. Li
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +21,9 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Scope
 
+from services.sim.lost_answers import AnswerLoss, LoseAnswers, LostAnswer
 from services.sim.sf.tokens import AccessTokens
 
 API_PREFIX = "/api/v5/objects"
@@ -54,7 +57,7 @@ def _now() -> str:
 
 
 @dataclass
-class AeSimFaults:
+class AeSimFaults(AnswerLoss):
     """Switches that make the simulator misbehave the way the real AE sometimes does."""
 
     latency_ms: float = 0.0
@@ -74,6 +77,7 @@ class AeSimFaults:
 
     def clear(self) -> None:
         self.configure(latency_ms=0.0, fail_next=0, fail_status=503, failure_rate=0.0, seed=None)
+        self.configure(**asdict(AnswerLoss()))
 
     def next_failure(self) -> int | None:
         """The status to fail the current request with, or None to let it through."""
@@ -214,6 +218,11 @@ class FaultSettings(BaseModel):
     fail_status: int | None = Field(default=None, ge=400, le=599)
     failure_rate: float | None = Field(default=None, ge=0, le=1)
     seed: int | None = None
+    lose_answers_after_apply: int | None = Field(
+        default=None, ge=0, description="The next N writes are applied, then their answer lost."
+    )
+    lost_answer: LostAnswer | None = None
+    lost_answer_hold_ms: int | None = Field(default=None, ge=0)
 
 
 # --- rules ----------------------------------------------------------------------------------
@@ -322,6 +331,7 @@ def _api_router() -> APIRouter:
     async def query_prospects(
         request: Request,
         email: str | None = None,
+        salesforce_id: str | None = Query(None, alias="salesforceId"),
         fields: str | None = None,
         limit: int = page_size,
         next_page_token: str | None = page_token,
@@ -329,7 +339,8 @@ def _api_router() -> APIRouter:
         prospects = [
             p
             for p in _sim(request).prospects.values()
-            if email is None or (p["email"] or "").lower() == email.lower()
+            if (email is None or (p["email"] or "").lower() == email.lower())
+            and (salesforce_id is None or p["salesforceId"] == salesforce_id)
         ]
         return _page(prospects, fields, limit, next_page_token)
 
@@ -358,6 +369,10 @@ def _control_router() -> APIRouter:
             "fail_status": faults.fail_status,
             "failure_rate": faults.failure_rate,
             "seed": faults.seed,
+            "lose_answers_after_apply": faults.lose_answers_after_apply,
+            "lost_answer": faults.lost_answer,
+            "lost_answer_hold_ms": faults.lost_answer_hold_ms,
+            "answers_lost": faults.answers_lost,
         }
 
     @router.get("/state")
@@ -461,12 +476,33 @@ async def _validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
     return _error_response(400, CODE_INVALID_REQUEST, problems)
 
 
+def _faults_of(scope: Scope) -> AnswerLoss:
+    faults: AeSimFaults = scope["app"].state.sim.faults
+    return faults
+
+
+def _is_write(scope: Scope) -> bool:
+    return scope["path"].startswith(API_PREFIX) and scope["method"] in {"POST", "PATCH"}
+
+
 def create_ae_app(state: AeSimState | None = None) -> FastAPI:
     app = FastAPI(title="AE API v5 simulator")
     app.state.sim = state if state is not None else AeSimState()
     app.include_router(_api_router())
     app.include_router(_control_router())
     app.middleware("http")(_gate)
+    # Outermost: the write has gone through every check and been applied when its answer is lost.
+    app.add_middleware(
+        LoseAnswers,
+        faults=_faults_of,
+        is_write=_is_write,
+        server_error=(
+            500,
+            json.dumps(
+                {"code": CODE_SIMULATED_FAULT, "message": "simulated fault 500 after the write"}
+            ).encode(),
+        ),
+    )
     app.add_exception_handler(AeApiError, _ae_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     return app

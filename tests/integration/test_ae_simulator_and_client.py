@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from services.common.ae_client import (
     AeClient,
     AeNotFound,
+    AeOutcomeUnknown,
     AeProspectFields,
     AeQuotaExhausted,
     AeRequestRejected,
@@ -23,6 +24,7 @@ from services.common.ae_client import (
 from services.common.sf_auth import SfTokenSource
 from services.common.web import serve_app
 from services.sim.ae import AeSimState, create_ae_app
+from services.sim.lost_answers import LostAnswer
 from services.sim.sf import SfSimState, create_sf_app
 from services.sim.sf.tokens import AccessTokens
 
@@ -145,6 +147,18 @@ async def test_seeded_prospects_sharing_an_email_are_all_found(
     found = await ae.find_prospects_by_email("twin@example.com")
 
     assert [p.id for p in found] == [first["id"], second["id"]]
+
+
+async def test_prospects_are_found_by_the_sf_record_they_are_linked_to(
+    sim: AeSimState, ae: AeClient
+) -> None:
+    linked = sim.add_prospect("twin@example.com", salesforce_id="00Q5g0000ZWHszxEQD")
+    sim.add_prospect("twin@example.com", salesforce_id="00Q5g0000IXRUVNEQ5")
+    sim.add_prospect("twin@example.com")
+
+    found = await ae.find_prospects_by_salesforce_id("00Q5g0000ZWHszxEQD")
+
+    assert [p.id for p in found] == [linked["id"]]
 
 
 async def test_users_are_listed_with_their_details(sim: AeSimState, ae: AeClient) -> None:
@@ -295,6 +309,58 @@ async def test_seeded_random_failures_are_reproducible(
 
     assert first == again
     assert {200, 503} == set(first)
+
+
+# --- answers lost after the write was applied -----------------------------------------------
+
+
+@pytest.mark.parametrize("lost_answer", ["disconnect", "server_error", "timeout"])
+async def test_create_whose_answer_is_lost_is_not_sent_again_and_says_so(
+    sim: AeSimState, ae_url: str, tokens: SfTokenSource, lost_answer: LostAnswer
+) -> None:
+    sim.faults.configure(
+        lose_answers_after_apply=1, lost_answer=lost_answer, lost_answer_hold_ms=1000
+    )
+
+    async with make_client(ae_url, tokens, timeout=0.3) as ae:
+        with pytest.raises(AeOutcomeUnknown):
+            await ae.create_prospect(AeProspectFields(email="lost@example.com"))
+        assert ae.outcomes["outcome_unknown"] == 1
+
+    assert [p["email"] for p in sim.prospects.values()] == ["lost@example.com"]
+    assert sim.calls("POST", PROSPECTS) == [201]  # applied once, sent once
+    assert sim.faults.answers_lost == 1
+
+
+async def test_lost_answers_are_only_those_of_writes_that_went_through(
+    sim: AeSimState, ae: AeClient
+) -> None:
+    sim.faults.configure(lose_answers_after_apply=1)
+
+    await ae.list_users()
+    with pytest.raises(AeRequestRejected):
+        await ae.create_prospect(AeProspectFields(email="not-an-email"))
+    assert sim.faults.lose_answers_after_apply == 1
+
+    kept = await ae.update_prospect(
+        sim.add_prospect("kept@example.com")["id"], AeProspectFields(assigned_user_id=None)
+    )
+    assert kept.email == "kept@example.com"  # a PATCH is safe to send again: its retry got it
+    assert sim.faults.answers_lost == 1
+
+
+async def test_lost_answers_are_switched_on_over_http(ae_url: str, sim: AeSimState) -> None:
+    async with httpx.AsyncClient(base_url=ae_url) as raw:
+        answer = await raw.post(
+            "/_sim/faults", json={"lose_answers_after_apply": 3, "lost_answer": "server_error"}
+        )
+
+    assert answer.status_code == 200
+    assert (answer.json()["lose_answers_after_apply"], answer.json()["lost_answer"]) == (
+        3,
+        "server_error",
+    )
+    assert sim.faults.lose_answers_after_apply == 3
 
 
 # --- AE limits ------------------------------------------------------------------------------

@@ -225,7 +225,9 @@ async def test_relay_retries_transient_ae_failures_until_the_prospect_exists(
     kim = await poster.record(KIM)
     assert kim["prospect_id"] is not None
     assert poster.ae_prospect(kim["prospect_id"])["assignedUserId"] == 101
-    assert poster.live.ae_sim.calls("POST").count(503) == 6
+    # Every fault was met: by the create, then by the look-ups made before creating again.
+    assert poster.live.ae_sim.calls().count(503) == 6
+    assert list(poster.live.ae_sim.prospects) == [kim["prospect_id"]]
 
 
 async def test_prospect_id_the_relay_learns_from_ae_is_audited_on_its_record(

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.common.sf_auth import SfTokenSource
 from services.common.sf_client import (
     SfClient,
+    SfOutcomeUnknown,
     SfRecordFields,
+    SfRecordRef,
     SfRequestRejected,
     SfTransientError,
 )
 from services.common.web import free_port, serve_app
+from services.sim.lost_answers import LostAnswer
 from services.sim.sf import CallRecord, SfSimState, create_sf_app
 
 pytestmark = pytest.mark.integration
@@ -116,15 +120,30 @@ async def test_request_limit_exceeded_is_retried_until_the_call_succeeds(
 async def test_service_unavailable_beyond_max_attempts_raises_a_transient_error(
     org: Org, client: SfClient
 ) -> None:
+    kim = await client.create("Lead", lead("kim@example.com"), auto_assign=True)
     org.state.faults.server_errors = 10
 
     with pytest.raises(SfTransientError) as caught:
+        await client.update("Lead", kim, lead("kim@example.com", org.alice), auto_assign=False)
+
+    assert caught.value.status == 503
+    assert [c.status for c in org.calls("PATCH", LEADS_PATH)] == [503, 503, 503]
+    assert org.state.leads[kim]["OwnerId"] != org.alice
+    assert client.outcomes["transient"] == 1
+
+
+async def test_create_answered_503_is_not_sent_again_its_outcome_is_unknown(
+    org: Org, client: SfClient
+) -> None:
+    org.state.faults.server_errors = 10
+
+    with pytest.raises(SfOutcomeUnknown) as caught:
         await client.create("Lead", lead("kim@example.com"), auto_assign=True)
 
     assert caught.value.status == 503
-    assert [c.status for c in org.calls("POST", LEADS_PATH)] == [503, 503, 503]
+    assert [c.status for c in org.calls("POST", LEADS_PATH)] == [503]
     assert org.state.leads == {}
-    assert client.outcomes["transient"] == 1
+    assert client.outcomes["outcome_unknown"] == 1
 
 
 async def test_unknown_owner_is_rejected_without_retry_and_carries_salesforce_message(
@@ -194,3 +213,87 @@ async def test_unreachable_salesforce_is_retried_then_raises_a_transient_error()
 
     assert caught.value.status is None
     assert client.outcomes["retried"] == 2
+
+
+# ---- creates that are safe to repeat, and those that are not
+
+KEY = "OwnersyncKey__c"
+
+
+@pytest.mark.parametrize("lost_answer", ["disconnect", "server_error", "timeout"])
+async def test_create_whose_answer_is_lost_is_not_sent_again_and_says_so(
+    org: Org, lost_answer: LostAnswer
+) -> None:
+    org.state.faults.lose_answers_after_apply = 1
+    org.state.faults.lost_answer = lost_answer
+    org.state.faults.lost_answer_hold_ms = 1000
+    async with (
+        SfTokenSource(org.base_url, CLIENT_ID, CLIENT_SECRET) as tokens,
+        SfClient(tokens, timeout=0.3, max_attempts=3, backoff_base=0.001) as client,
+    ):
+        with pytest.raises(SfOutcomeUnknown):
+            await client.create("Lead", lead("kim@example.com"), auto_assign=True)
+
+    assert [r["Email"] for r in org.state.leads.values()] == ["kim@example.com"]
+    assert [c.status for c in org.calls("POST", LEADS_PATH)] == [201]  # applied once, sent once
+    assert client.outcomes["outcome_unknown"] == 1
+
+
+async def test_upsert_through_the_key_creates_once_however_often_its_answer_is_lost(
+    org: Org, client: SfClient
+) -> None:
+    org.state.external_id_fields = {KEY}
+    org.state.faults.lose_answers_after_apply = 2
+
+    first = await client.upsert("Lead", KEY, "acme:7", lead("kim@example.com"), auto_assign=True)
+    again = await client.upsert(
+        "Lead", KEY, "acme:7", lead("kim@example.com", org.alice), auto_assign=False
+    )
+
+    assert first == again
+    assert list(org.state.leads) == [first]
+    assert org.state.leads[first]["OwnerId"] == org.alice
+    upserts = org.calls("PATCH", f"{LEADS_PATH}/{KEY}/acme:7")
+    assert [(c.status, c.auto_assign) for c in upserts] == [
+        (201, "TRUE"),
+        (200, "TRUE"),
+        (200, "TRUE"),
+        (200, "FALSE"),
+    ]
+
+
+async def test_external_ids_are_read_from_the_describe_once_and_kept(
+    org: Org, client: SfClient
+) -> None:
+    org.state.external_id_fields = {KEY}
+
+    assert await client.external_id_fields("Lead") == {KEY}
+    org.state.external_id_fields = set()
+    assert await client.external_id_fields("Lead") == {KEY}  # believed for DESCRIBE_TTL
+    assert await client.external_id_fields("Contact") == frozenset()
+
+    assert len(org.calls("GET", f"{LEADS_PATH}/describe")) == 1
+
+
+async def test_records_created_since_are_found_by_email_and_the_integration_user(
+    org: Org, client: SfClient
+) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=2)
+    email = "o'brien+\\x@example.com"
+    mine = await client.create("Lead", lead(email), auto_assign=False)
+    await client.create("Lead", lead("other@example.com"), auto_assign=False)
+    org.state.leads[mine]["CreatedById"] = org.alice  # made by a person, not the connected app
+
+    assert await client.first_created_since("Lead", email=email, since=before) is None
+    org.state.leads[mine]["CreatedById"] = org.state.api_user_id
+    found = await client.first_created_since("Lead", email=email.upper(), since=before)
+    later = datetime.now(UTC) + timedelta(seconds=2)
+
+    assert found == SfRecordRef(mine, org.state.api_user_id)
+    assert await client.first_created_since("Lead", email=email, since=later) is None
+    assert [c.status for c in org.calls("GET", "/services/data/v62.0/query")] == [200] * 3
+
+
+async def test_token_names_the_user_the_connected_app_acts_as(org: Org) -> None:
+    async with SfTokenSource(org.base_url, CLIENT_ID, CLIENT_SECRET) as tokens:
+        assert (await tokens.token()).user_id == org.state.api_user_id

@@ -307,6 +307,106 @@ async def test_reset_empties_the_org_but_keeps_its_identity(org: Org) -> None:
     assert list(dump["users"]) == [org.state.api_user_id]
 
 
+# ---------------------------------------------------------------- idempotent creates
+
+KEYED = f"{LEADS}/OwnersyncKey__c"
+QUERY = "/services/data/v62.0/query"
+
+
+async def test_upsert_through_an_external_id_creates_then_updates_the_same_record(
+    org: Org,
+) -> None:
+    org.state.external_id_fields = {"OwnersyncKey__c"}
+
+    created = await org.http.patch(f"{KEYED}/acme%3A7", json={"LastName": "Lee", "Company": "A"})
+    updated = await org.http.patch(f"{KEYED}/acme%3A7", json={"Company": "Acme"})
+
+    assert (created.status_code, created.json()["created"]) == (201, True)
+    assert (updated.status_code, updated.json()["created"]) == (200, False)
+    assert created.json()["id"] == updated.json()["id"]
+    [lead] = org.state.leads.values()
+    assert (lead["OwnersyncKey__c"], lead["Company"]) == ("acme:7", "Acme")
+
+
+async def test_upsert_through_a_field_the_org_lacks_is_not_found(org: Org) -> None:
+    response = await org.http.patch(f"{KEYED}/acme%3A7", json={"LastName": "Lee"})
+
+    assert response.status_code == 404
+    assert response.json()[0]["errorCode"] == "NOT_FOUND"
+    assert org.state.leads == {}
+
+
+async def test_a_custom_field_the_org_lacks_is_refused_on_write(org: Org) -> None:
+    response = await org.create(LEADS, {"LastName": "Lee", "Company": "A", "Nope__c": "x"})
+
+    assert response.status_code == 400
+    assert response.json()[0]["errorCode"] == "INVALID_FIELD"
+
+
+async def test_external_ids_are_switched_on_over_http_and_shown_by_describe(org: Org) -> None:
+    before = (await org.http.get(f"{LEADS}/describe")).json()
+    switched = await org.http.post("/_sim/schema", json={"external_id_fields": ["Key__c"]})
+    after = (await org.http.get(f"{LEADS}/describe")).json()
+
+    assert switched.json() == {"external_id_fields": ["Key__c"]}
+    assert not any(f["externalId"] for f in before["fields"])
+    [key] = [f for f in after["fields"] if f["externalId"]]
+    assert (key["name"], key["createable"], key["updateable"]) == ("Key__c", True, True)
+
+
+async def test_query_finds_leads_by_email_creator_and_creation_time(org: Org) -> None:
+    mine = await org.create_lead({"Company": "A", "Email": "O'Brien@example.com"})
+    await org.create_lead({"Company": "A", "Email": "other@example.com"})
+    soql = (
+        "SELECT Id, OwnerId FROM Lead WHERE Email = 'o\\'brien@example.com' "
+        f"AND CreatedById = '{org.state.api_user_id[:15]}' AND CreatedDate >= 2020-01-01T00:00:00Z "
+        "ORDER BY CreatedDate ASC LIMIT 5"
+    )
+
+    found = await org.http.get(QUERY, params={"q": soql})
+    later = await org.http.get(QUERY, params={"q": soql.replace("2020", "2999")})
+
+    assert found.status_code == 200
+    assert found.json()["records"] == [
+        {"attributes": {"type": "Lead"}, "Id": mine["Id"], "OwnerId": mine["OwnerId"]}
+    ]
+    assert later.json() == {"totalSize": 0, "done": True, "records": []}
+
+
+@pytest.mark.parametrize(
+    ("soql", "error"),
+    [
+        ("SELECT Id FROM Lead WHERE Email = 'unterminated", "MALFORMED_QUERY"),
+        ("SELECT Id FROM Lead WHERE Email = 'bad\\qescape'", "MALFORMED_QUERY"),
+        ("SELECT Id FROM Lead WHERE Email LIKE 'a%'", "MALFORMED_QUERY"),
+        ("SELECT Id FROM Account", "INVALID_TYPE"),
+        ("SELECT Id FROM Lead WHERE Nope__c = 'x'", "INVALID_FIELD"),
+    ],
+)
+async def test_query_outside_the_subset_is_refused_as_salesforce_would(
+    org: Org, soql: str, error: str
+) -> None:
+    response = await org.http.get(QUERY, params={"q": soql})
+
+    assert response.status_code == 400
+    assert response.json()[0]["errorCode"] == error
+
+
+async def test_lost_answers_set_over_http_drop_the_answer_of_an_applied_write(org: Org) -> None:
+    switched = await org.http.post(
+        "/_sim/faults", json={"lose_answers_after_apply": 1, "lost_answer": "server_error"}
+    )
+    lost = await org.create(LEADS, {"LastName": "Lee", "Company": "A"})
+    kept = await org.create(LEADS, {"LastName": "Lee", "Company": "B"})
+
+    assert switched.json()["lose_answers_after_apply"] == 1
+    assert lost.status_code == 500
+    assert lost.json()[0]["errorCode"] == "UNKNOWN_EXCEPTION"
+    assert kept.status_code == 201
+    assert sorted(r["Company"] for r in org.state.leads.values()) == ["A", "B"]
+    assert org.state.faults.answers_lost == 1
+
+
 # ---------------------------------------------------------------- outbound messages
 
 

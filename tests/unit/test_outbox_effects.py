@@ -19,7 +19,7 @@ from services.common.domain import (
     SfRecordUpsert,
     effect_from_outbox,
 )
-from services.relay.relay import Senders
+from services.relay.relay import Attempt, Senders
 
 NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 CAUSE = Cause("0b6a2e5f-4c1e-4d59-9a4b-7c0f3f0e2a11", "04l5g0000UoNypnAQC", "sf.record.created")
@@ -98,17 +98,20 @@ def test_a_row_no_effect_fits_is_refused_with_why(
 
 async def test_senders_dispatch_each_effect_on_its_type() -> None:
     sent: list[tuple[str, Effect]] = []
+    attempt = Attempt("acme", NOW, tried_before=False)
 
-    async def to_ae(record: RecordState, effect: AeProspectUpsert) -> Learned:
+    async def to_ae(record: RecordState, effect: AeProspectUpsert, tried: Attempt) -> Learned:
+        assert tried is attempt
         sent.append(("ae", effect))
         return Learned(prospect_id=5001)
 
-    async def to_sf(record: RecordState, effect: SfRecordUpsert) -> Learned:
+    async def to_sf(record: RecordState, effect: SfRecordUpsert, tried: Attempt) -> Learned:
+        assert tried is attempt
         sent.append(("sf", effect))
         return Learned(sf_record_id="00Q5g0000ZWHszxEQD", sf_object=effect.sobject)
 
     senders = Senders(ae=to_ae, sf=to_sf)
-    learned = [await senders.send(RecordState(id=7), effect) for effect in EFFECTS]
+    learned = [await senders.send(RecordState(id=7), effect, attempt) for effect in EFFECTS]
 
     assert sent == [(e.target, e) for e in EFFECTS]
     assert learned[0].columns() == {"prospect_id": 5001}

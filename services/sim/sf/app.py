@@ -16,8 +16,10 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.types import Scope
 
 from services.common.sfid import InvalidSalesforceId, to18
+from services.sim.lost_answers import AnswerLoss, LoseAnswers, LostAnswer
 from services.sim.sf.org import CallRecord, SfSimError, SfSimState
 from services.sim.sf.soap import SObjectType
 
@@ -120,6 +122,26 @@ def _rest_router() -> APIRouter:
             }
         )
 
+    @router.get("/{name}/describe")
+    async def describe(version: str, name: str, sim: ApiSim) -> JSONResponse:
+        return JSONResponse(sim.describe(_sobject(name, version)))
+
+    @router.patch("/{name}/{field}/{value}")
+    async def upsert(
+        version: str, name: str, field: str, value: str, request: Request, sim: ApiSim
+    ) -> JSONResponse:
+        """Upsert through an External ID: 201 when created, 200 when an existing record was
+        updated (Salesforce answers so from API version 46.0)."""
+        sobject = _sobject(name, version)
+        fields = await _json_fields(request)
+        record, created = sim.upsert_record(
+            sobject, field, value, fields, auto_assign=_auto_assign(request)
+        )
+        return JSONResponse(
+            {"id": record["Id"], "success": True, "errors": [], "created": created},
+            status_code=201 if created else 200,
+        )
+
     @router.post("/{name}", status_code=201)
     async def create(version: str, name: str, request: Request, sim: ApiSim) -> JSONResponse:
         sobject = _sobject(name, version)
@@ -142,6 +164,19 @@ def _rest_router() -> APIRouter:
         record = sim.get_record(sobject, record_id)
         url = f"/services/data/{version}/sobjects/{sobject}/{record['Id']}"
         return JSONResponse({"attributes": {"type": sobject, "url": url}, **record})
+
+    return router
+
+
+def _query_router() -> APIRouter:
+    router = APIRouter(prefix="/services/data/{version}")
+
+    @router.get("/query")
+    async def query(version: str, q: str, sim: ApiSim) -> JSONResponse:
+        if not _API_VERSION.match(version):
+            raise SfSimError.not_found()
+        records = sim.query(q)
+        return JSONResponse({"totalSize": len(records), "done": True, "records": records})
 
     return router
 
@@ -199,13 +234,31 @@ class FaultSettings(BaseModel):
     invalid_session: int | None = Field(
         None, ge=0, description="The next N API calls answer 401 INVALID_SESSION_ID."
     )
+    lose_answers_after_apply: int | None = Field(
+        None, ge=0, description="The next N writes are applied, then their answer is lost."
+    )
+    lost_answer: LostAnswer | None = Field(
+        None, description="How: the connection drops, a 500 comes back, or it comes too late."
+    )
+    lost_answer_hold_ms: int | None = Field(
+        None, ge=0, description="How long a `timeout` keeps the caller waiting."
+    )
     outbound_duplicate: bool | None = Field(None, description="Deliver every message twice.")
     outbound_reorder: bool | None = Field(None, description="Deliver out of write order.")
     outbound_batch_window_ms: int | None = Field(None, ge=0)
 
 
 def _apply_faults(state: SfSimState, settings: FaultSettings) -> dict[str, Any]:
-    for name in ("latency_ms", "request_limit_exceeded", "server_errors", "invalid_session"):
+    switches = (
+        "latency_ms",
+        "request_limit_exceeded",
+        "server_errors",
+        "invalid_session",
+        "lose_answers_after_apply",
+        "lost_answer",
+        "lost_answer_hold_ms",
+    )
+    for name in switches:
         value = getattr(settings, name)
         if value is not None:
             setattr(state.faults, name, value)
@@ -226,8 +279,21 @@ def _apply_faults(state: SfSimState, settings: FaultSettings) -> dict[str, Any]:
     }
 
 
+class SchemaSettings(BaseModel):
+    """The org's custom fields as an admin sets them up."""
+
+    external_id_fields: list[str] = Field(
+        description="The External ID fields of leads and contacts (e.g. OwnersyncKey__c)."
+    )
+
+
 def _control_router() -> APIRouter:
     router = APIRouter(prefix="/_sim", tags=["simulator control"])
+
+    @router.post("/schema")
+    async def schema(settings: SchemaSettings, sim: Sim) -> dict[str, Any]:
+        sim.external_id_fields = set(settings.external_id_fields)
+        return {"external_id_fields": sorted(sim.external_id_fields)}
 
     @router.post("/faults")
     async def faults(settings: FaultSettings, sim: Sim) -> dict[str, Any]:
@@ -299,5 +365,27 @@ def create_sf_app(state: SfSimState | None = None) -> FastAPI:
     app.middleware("http")(_latency_and_call_log)
     app.include_router(_oauth_router())
     app.include_router(_rest_router())
+    app.include_router(_query_router())
     app.include_router(_control_router())
+    # Outermost: the write has gone through every check and been applied when its answer is lost.
+    app.add_middleware(
+        LoseAnswers,
+        faults=_faults_of,
+        is_write=_is_write,
+        server_error=(500, json.dumps(_UNKNOWN_EXCEPTION).encode()),
+    )
     return app
+
+
+_UNKNOWN_EXCEPTION = [
+    {"message": "An unexpected error occurred.", "errorCode": "UNKNOWN_EXCEPTION", "fields": []}
+]
+
+
+def _faults_of(scope: Scope) -> AnswerLoss:
+    state: SfSimState = scope["app"].state.sim
+    return state.faults
+
+
+def _is_write(scope: Scope) -> bool:
+    return scope["path"].startswith("/services/data/") and scope["method"] in {"POST", "PATCH"}

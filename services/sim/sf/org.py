@@ -20,8 +20,10 @@ from services.common.sfid import (
     InvalidSalesforceId,
     to18,
 )
+from services.sim.lost_answers import AnswerLoss
 from services.sim.sf.outbound import OutboundMessenger
 from services.sim.sf.soap import SObjectType
+from services.sim.sf.soql import Query
 from services.sim.sf.tokens import AccessTokens
 
 Operator = Literal["equals", "contains", "startsWith", "notEquals"]
@@ -30,6 +32,11 @@ KEY_PREFIXES: dict[SObjectType, str] = {"Lead": KEY_PREFIX_LEAD, "Contact": KEY_
 REQUIRED_FIELDS: dict[SObjectType, tuple[str, ...]] = {
     "Lead": ("LastName", "Company"),
     "Contact": ("LastName",),
+}
+# The standard fields a describe lists (custom ones are the org's `external_id_fields`).
+STANDARD_FIELDS: dict[SObjectType, tuple[str, ...]] = {
+    "Lead": ("Id", "Email", "FirstName", "LastName", "Company", "OwnerId"),
+    "Contact": ("Id", "Email", "FirstName", "LastName", "OwnerId"),
 }
 # Salesforce maintains these itself; a write that names them is refused.
 READ_ONLY_FIELDS = frozenset(
@@ -119,7 +126,7 @@ class RuleEntry:
 
 
 @dataclass
-class SimFaults:
+class SimFaults(AnswerLoss):
     latency_ms: int = 0
     request_limit_exceeded: int = 0  # the next N API calls answer 403 REQUEST_LIMIT_EXCEEDED
     server_errors: int = 0  # the next N API calls answer server_error_status
@@ -174,6 +181,9 @@ class SfSimState:
     contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     rule_entries: list[RuleEntry] = field(default_factory=list)
     default_owner_id: str | None = None  # when no rule entry matches; None: the API user
+    # The org's External ID custom fields (unique text, on leads and contacts): an admin's setup,
+    # kept by `reset`. A write naming another custom field is refused, as Salesforce does.
+    external_id_fields: set[str] = field(default_factory=set)
     faults: SimFaults = field(default_factory=SimFaults)
     calls: list[CallRecord] = field(default_factory=list)
     clock: Callable[[], datetime] = _utcnow
@@ -310,15 +320,72 @@ class SfSimState:
     def create_record(
         self, sobject: SObjectType, fields: dict[str, Any], *, auto_assign: bool = True
     ) -> dict[str, Any]:
-        _check_writable(sobject, fields)
+        self._check_writable(sobject, fields)
         record: dict[str, Any] = {"Email": None, **fields}
         _check_required(sobject, record)
         record["OwnerId"] = self._owner_for(sobject, record, auto_assign, self.api_user_id)
         now = self._next_modstamp()
-        record.update(Id=self.new_id(KEY_PREFIXES[sobject]), CreatedDate=now, SystemModstamp=now)
+        record.update(
+            Id=self.new_id(KEY_PREFIXES[sobject]),
+            CreatedDate=now,
+            CreatedById=self.api_user_id,  # every write comes through the connected app's user
+            SystemModstamp=now,
+        )
+        self._check_unique(sobject, record)
         self.table(sobject)[record["Id"]] = record
         self.outbound.record_created(sobject, record)
         return record
+
+    def upsert_record(
+        self,
+        sobject: SObjectType,
+        external_id_field: str,
+        value: str,
+        fields: dict[str, Any],
+        *,
+        auto_assign: bool = True,
+    ) -> tuple[dict[str, Any], bool]:
+        """Update the record whose `external_id_field` is `value`, else create it with that
+        value. Returns the record and whether it was created."""
+        if external_id_field not in self.external_id_fields:
+            raise SfSimError(
+                404,
+                "NOT_FOUND",
+                "Provided external ID field does not exist or is not accessible: "
+                f"{external_id_field}",
+            )
+        table = self.table(sobject)
+        match = next((r for r in table.values() if r.get(external_id_field) == value), None)
+        if match is not None:  # at most one: the field is unique
+            updated = self.update_record(sobject, match["Id"], fields, auto_assign=auto_assign)
+            return updated, False
+        created = self.create_record(
+            sobject, {**fields, external_id_field: value}, auto_assign=auto_assign
+        )
+        return created, True
+
+    def describe(self, sobject: SObjectType) -> dict[str, Any]:
+        """The part of Salesforce's sObject describe that says which fields there are and
+        which of them are External IDs the API user can write."""
+        fields = [_described(name, external_id=False) for name in STANDARD_FIELDS[sobject]]
+        fields += [_described(name, external_id=True) for name in sorted(self.external_id_fields)]
+        return {"name": sobject, "custom": False, "fields": fields}
+
+    def query(self, soql: str) -> list[dict[str, Any]]:
+        """What `soql` selects; the simulator reads the subset described in its soql module."""
+        try:
+            query = Query.parse(soql)
+        except ValueError as exc:
+            raise SfSimError(400, "MALFORMED_QUERY", str(exc)) from None
+        sobject = next((s for s in KEY_PREFIXES if s.lower() == query.sobject.lower()), None)
+        if sobject is None:
+            raise SfSimError(
+                400, "INVALID_TYPE", f"sObject type '{query.sobject}' is not supported."
+            )
+        for name in query.field_names():
+            self._check_field(sobject, name)
+        found = query.run(list(self.table(sobject).values()))
+        return [{"attributes": {"type": sobject}, **record} for record in found]
 
     def update_record(
         self,
@@ -329,9 +396,10 @@ class SfSimState:
         auto_assign: bool = True,
     ) -> dict[str, Any]:
         before = self.get_record(sobject, record_id)
-        _check_writable(sobject, fields)
+        self._check_writable(sobject, fields)
         after = {**before, **fields}
         _check_required(sobject, after)
+        self._check_unique(sobject, after)
         after["OwnerId"] = self._owner_for(sobject, after, auto_assign, before["OwnerId"])
         after["SystemModstamp"] = self._next_modstamp()
         self.table(sobject)[after["Id"]] = after
@@ -372,6 +440,33 @@ class SfSimState:
             )
         return owner_id
 
+    def _check_writable(self, sobject: SObjectType, fields: dict[str, Any]) -> None:
+        for name in fields:
+            self._check_field(sobject, name)
+        _check_writable(sobject, fields)
+
+    def _check_field(self, sobject: SObjectType, name: str) -> None:
+        unknown_custom = name.endswith("__c") and name not in self.external_id_fields
+        if unknown_custom or not _FIELD_NAME.match(name):
+            raise SfSimError(
+                400,
+                "INVALID_FIELD",
+                f"No such column '{name}' on sobject of type {sobject}",
+                [name],
+            )
+
+    def _check_unique(self, sobject: SObjectType, record: dict[str, Any]) -> None:
+        for name in self.external_id_fields:
+            value = record.get(name)
+            taken = value is not None and any(
+                other.get(name) == value and other["Id"] != record["Id"]
+                for other in self.table(sobject).values()
+            )
+            if taken:
+                raise SfSimError(
+                    400, "DUPLICATE_VALUE", f"duplicate value found: {name} duplicates value"
+                )
+
     def _next_modstamp(self) -> str:
         now = self.clock().astimezone(UTC)
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
@@ -384,13 +479,6 @@ class SfSimState:
 
 def _check_writable(sobject: SObjectType, fields: dict[str, Any]) -> None:
     for name, value in fields.items():
-        if not _FIELD_NAME.match(name):
-            raise SfSimError(
-                400,
-                "INVALID_FIELD",
-                f"No such column '{name}' on sobject of type {sobject}",
-                [name],
-            )
         if isinstance(value, dict | list):
             raise SfSimError(
                 400, "JSON_PARSER_ERROR", f"Cannot deserialize a structured value into {name}"
@@ -404,6 +492,19 @@ def _check_writable(sobject: SObjectType, fields: dict[str, Any]) -> None:
             "settings of this field and verify that it is read/write for your profile.",
             read_only,
         )
+
+
+def _described(name: str, *, external_id: bool) -> dict[str, Any]:
+    writable = name != "Id"
+    return {
+        "name": name,
+        "type": "id" if name == "Id" else "string",
+        "custom": name.endswith("__c"),
+        "externalId": external_id,
+        "unique": external_id,
+        "createable": writable,
+        "updateable": writable,
+    }
 
 
 def _check_required(sobject: SObjectType, record: dict[str, Any]) -> None:
