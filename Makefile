@@ -23,7 +23,6 @@ run: $(STAMP)  ## all roles in one process on the embedded default
 
 test: $(STAMP)  ## the whole suite against the real Postgres and RabbitMQ
 	./scripts/ensure-services.sh
-	OWNERSYNC_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/test $(BIN)/ownersync migrate
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)  ## the fast tier: pure tests, no services
