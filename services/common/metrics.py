@@ -54,7 +54,7 @@ OUTBOX_AGE = Gauge(
 )
 
 # Decisions that change nothing anywhere.
-NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.DUP})
+NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.A9, Rule.DUP})
 
 
 class CountsCalls(Protocol):
