@@ -31,6 +31,7 @@ from services.common.worker import Backoff, WorkerStats, run_worker
 from services.receiver.app import install_receiver
 from services.relay.relay import Relay, Senders
 from services.relay.senders import ae_prospect_sender, sf_record_sender
+from services.relay.tenant_senders import TenantSenders
 from services.syncer.worker import apply_sf_events
 
 if TYPE_CHECKING:
@@ -223,13 +224,21 @@ async def _start_relay(
 ) -> None:
     tokens = await _sf_tokens(live, settings, stack)
     ae = await _ae_client(live, settings, stack, tokens)
-    if ae is None or tokens is None:
-        # AE takes the SF connected app's token: with no SF org there is nothing to send with.
-        log.warning("no SF connection: the relay is not started, effects wait in the outbox")
-        return
-    senders = Senders(
-        ae=ae_prospect_sender(ae), sf=sf_record_sender(await _sf_client(stack, tokens))
+    default: Senders | None = None
+    if ae is not None and tokens is not None:
+        sf = await _sf_client(stack, tokens)
+        default = Senders(ae=ae_prospect_sender(ae), sf=sf_record_sender(sf))
+    else:
+        log.info("no default SF connection: each tenant's effects go out with its own connections")
+    ring = settings.keyring if settings.secrets_key is not None else None
+    senders = TenantSenders(
+        live.runtime.engine,
+        ring,
+        default,
+        ae_max_concurrency=settings.ae_max_concurrency,
+        ae_daily_quota=settings.ae_daily_quota,
     )
+    stack.push_async_callback(senders.aclose)
     live.relay = Relay(
         live.runtime.engine,
         senders,
@@ -250,10 +259,7 @@ async def _sf_tokens(
     secret = settings.sf_client_secret.get_secret_value() if settings.sf_client_secret else None
     if url is None:
         if not settings.simulate:
-            raise ConfigurationError(
-                "OWNERSYNC_SF_BASE_URL is required with a real broker "
-                "(or set OWNERSYNC_USE_SIMULATORS=true to run the SF simulator in-process)"
-            )
+            return None  # no default connection: tenants send with their own
         from services.sim.embedded import start_sf
 
         live.sf = await start_sf(live.runtime, stack)
@@ -281,10 +287,7 @@ async def _ae_client(
     ae_url = settings.ae_base_url
     if ae_url is None:
         if not settings.simulate:
-            raise ConfigurationError(
-                "OWNERSYNC_AE_BASE_URL is required with a real broker "
-                "(or set OWNERSYNC_USE_SIMULATORS=true to run the AE simulator in-process)"
-            )
+            return None  # no default connection: tenants send with their own
         from services.sim.embedded import start_ae
 
         live.ae = await start_ae(

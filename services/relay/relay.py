@@ -19,7 +19,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, assert_never
+from typing import Any, Protocol, assert_never
 
 from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -45,6 +45,11 @@ LEASE = timedelta(seconds=60)
 
 class Rejected(Exception):
     """The remote side refused the effect for good (a 4xx): retrying cannot help."""
+
+
+class Held(Exception):
+    """The effect waits for something outside it (its tenant's connection): it is tried again
+    with backoff and never dies of it."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,18 @@ class Senders:
                 assert_never(effect)
 
 
+class SendsEffects(Protocol):
+    """What the relay sends with: `Senders`, or `TenantSenders` (each tenant's own)."""
+
+    @property
+    def kinds(self) -> list[str]: ...
+
+    @property
+    def targets(self) -> list[Target]: ...
+
+    async def send(self, record: RecordState, effect: Effect, attempt: Attempt) -> Learned: ...
+
+
 @dataclass
 class _Group:
     """The pending rows of one record and effect kind: only the newest is sent."""
@@ -112,7 +129,7 @@ class Relay:
     def __init__(
         self,
         engine: AsyncEngine,
-        senders: Senders,
+        senders: SendsEffects,
         *,
         batch_size: int = 200,
         interval: float = 0.2,
@@ -300,7 +317,8 @@ class Relay:
     def _failure(self, group: _Group, exc: BaseException, now: datetime) -> dict[str, Any]:
         attempts = group.attempts + 1
         error = f"{type(exc).__name__}: {exc}"[:2000]
-        if isinstance(exc, Rejected) or attempts >= self.max_attempts:
+        held = isinstance(exc, Held)
+        if isinstance(exc, Rejected) or (attempts >= self.max_attempts and not held):
             log.error(
                 "effect on record %s is dead after %d attempts: %s",
                 group.record.id,
