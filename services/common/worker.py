@@ -118,9 +118,11 @@ async def process_batch(
     try:
         await _apply(engine, [e for d in good for e in d.events], handle)
     except Exception as exc:
-        if is_infrastructure(exc):
+        kind = classify(exc)
+        if kind is Failure.INFRASTRUCTURE:
             raise
-        if len(good) == 1 and len(good[0].events) == 1:
+        # A lost race is decided again at once, alone: it usually goes through then.
+        if len(good) == 1 and len(good[0].events) == 1 and kind is not Failure.RETRYABLE:
             await _settle_failure(good[0], exc)
             return
         log.warning("batch of %d messages failed (%r); applying them one by one", len(good), exc)
