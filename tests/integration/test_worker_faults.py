@@ -220,7 +220,7 @@ async def test_postgres_down_for_12_seconds_while_messages_flow_dead_letters_not
         per_event = await conn.execute(
             select(audit_log.c.event_id, func.count()).group_by(audit_log.c.event_id)
         )
-        decided = dict(per_event.all())
+        decided: dict[str, int] = {row[0]: row[1] for row in per_event.all()}
     assert decided.keys() == {str(e.event_id) for e in events}
     assert set(decided.values()) == {1}  # applied once each
 
