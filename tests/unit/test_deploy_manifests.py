@@ -229,8 +229,6 @@ def _broker() -> RabbitBroker:
         exchange=env.get("OWNERSYNC_EXCHANGE", defaults["exchange"].default),
         queue_prefix=env.get("OWNERSYNC_QUEUE_PREFIX", defaults["queue_prefix"].default),
         delivery_limit=int(env.get("OWNERSYNC_DELIVERY_LIMIT", defaults["delivery_limit"].default)),
-        retry_delay=int(env.get("OWNERSYNC_RETRY_DELAY_MS", defaults["retry_delay_ms"].default))
-        / 1000,
     )
 
 

@@ -5,9 +5,10 @@ Topology (declared by every process at start-up, idempotently):
     -> `<prefix>.syncer`   bound to `sf.#`  (quorum, x-delivery-limit, DLX)
     -> `<prefix>.assigner` bound to `ae.#`  (quorum, x-delivery-limit, DLX)
   exchange `<prefix>.dlx` (fanout, durable) -> `<prefix>.dead-letters` (quorum)
-  exchange `<prefix>.retry` (fanout, durable) -> `<prefix>.retry` (quorum, x-message-ttl; its
-    expired messages dead-letter, at least once, to `<exchange>` under their own routing key:
-    back to their work queue)
+  exchange `<prefix>.retry` (fanout, durable) -> `<prefix>.retry` (quorum; each message expires
+    after the retry delay and dead-letters, at least once, to `<exchange>` under its own routing
+    key: back to its work queue. The delay is per message, not an argument of the queue, so
+    that changing it never makes the queue's re-declaration fail)
 
 Settling never raises on a channel the broker closed: an unsettled message comes back to the
 queue anyway (and the inbox dedupes it), so the consumer carries on.
@@ -94,7 +95,6 @@ class RabbitBroker:
     def retry_queue_arguments(self) -> dict[str, Any]:
         return {
             "x-queue-type": "quorum",
-            "x-message-ttl": max(1, round(self.retry_delay * 1000)),
             "x-dead-letter-exchange": self.exchange_name,
             # At least once: a message leaves the retry queue only once its work queue has it.
             "x-dead-letter-strategy": "at-least-once",
@@ -269,6 +269,7 @@ class RabbitBroker:
                 message_id=message.message_id,
                 type=message.type,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                expiration=self.retry_delay,
             ),
             routing_key=message.routing_key or message.type or "",
         )
