@@ -80,21 +80,6 @@ async def processed_event_ids(conn: AsyncConnection, event_ids: Iterable[str]) -
     return {r.event_id for r in rows}
 
 
-async def records_by(
-    conn: AsyncConnection, tenant_id: str, column: str, keys: Iterable[Any]
-) -> dict[Any, RecordState]:
-    """Records of a tenant keyed by `sf_record_id` or `prospect_id`, locked for this batch."""
-    keys = set(keys)
-    if not keys:
-        return {}
-    col = records.c[column]
-    query = select(records).where(records.c.tenant_id == tenant_id, col.in_(keys))
-    if conn.dialect.name == "postgresql":
-        # Two workers applying events of the same record must not both read the old state.
-        query = query.order_by(records.c.id).with_for_update()
-    return {getattr(r, column): record_from_row(r) for r in await conn.execute(query)}
-
-
 async def records_by_any_id(
     conn: AsyncConnection,
     tenant_id: str,
