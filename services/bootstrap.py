@@ -27,7 +27,7 @@ from services.common.settings import Settings
 from services.common.sf_auth import SfTokenSource
 from services.common.sf_client import SfClient
 from services.common.web import serve_app
-from services.common.worker import WorkerStats, run_worker
+from services.common.worker import Backoff, WorkerStats, run_worker
 from services.receiver.app import install_receiver
 from services.relay.relay import Relay, Senders
 from services.relay.senders import ae_prospect_sender, sf_record_sender
@@ -51,6 +51,16 @@ WORKERS = (
 
 class ConfigurationError(Exception):
     pass
+
+
+class RoleFailed(Exception):
+    """A role's task died with a failure: the other roles are stopped and the process exits
+    non-zero (an orchestrator restarts it)."""
+
+    def __init__(self, role: str, cause: BaseException) -> None:
+        self.role = role
+        self.cause = cause
+        super().__init__(f"role {role} died: {cause!r}")
 
 
 def create_app(runtime: Runtime | None = None, settings: Settings | None = None) -> FastAPI:
@@ -94,6 +104,22 @@ class Running:
     relay: Relay | None = None
     stats: dict[str, WorkerStats] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    heartbeat_timeout: float = 60.0
+
+    def health(self) -> dict[str, str]:
+        """Each worker role's state for /healthz: ok, silent (its consume loop stopped
+        beating) or dead (its task ended)."""
+        tasks = {t.get_name(): t for t in self.tasks}
+        states: dict[str, str] = {}
+        for role, stats in self.stats.items():
+            task = tasks.get(role)
+            if task is not None and task.done():
+                states[role] = "dead"
+            elif stats.silent_for() > self.heartbeat_timeout:
+                states[role] = f"silent for {stats.silent_for():.0f} s"
+            else:
+                states[role] = "ok"
+        return states
 
     @property
     def ae_sim(self) -> AeSimState | None:
@@ -135,7 +161,7 @@ async def running(
                 "or set OWNERSYNC_AMQP_URL to run roles separately"
             )
         await runtime.broker.connect()
-        live = Running(runtime)
+        live = Running(runtime, heartbeat_timeout=settings.heartbeat_timeout_s)
         if "relay" in roles:
             await _start_relay(live, settings, stack, stop)
         for role, queue, handle in WORKERS:
@@ -150,11 +176,16 @@ async def running(
                     batch_wait=settings.batch_wait_ms / 1000,
                     stop=stop,
                     stats=live.stats[role],
+                    backoff=Backoff(
+                        settings.hold_backoff_ms / 1000, settings.hold_backoff_max_ms / 1000
+                    ),
                 )
                 live.tasks.append(asyncio.create_task(worker, name=role))
+        for task in live.tasks:
+            task.add_done_callback(lambda _: stop.set())  # one role down takes the rest down
         if "receiver" not in roles and settings.metrics_port:
             metrics_url = await stack.enter_async_context(
-                serve_app(worker_app(), settings.host, settings.metrics_port)
+                serve_app(worker_app(live.health), settings.host, settings.metrics_port)
             )
             log.info("metrics and health on %s/metrics", metrics_url)
         if "receiver" in roles:
@@ -178,6 +209,14 @@ async def running(
         finally:
             stop.set()
             await asyncio.gather(*live.tasks, return_exceptions=True)
+        _raise_failed_role(live.tasks)
+
+
+def _raise_failed_role(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """RoleFailed for the first role whose task died with a failure."""
+    for task in tasks:
+        if not task.cancelled() and (failure := task.exception()) is not None:
+            raise RoleFailed(task.get_name(), failure) from failure
 
 
 async def _start_relay(

@@ -29,6 +29,7 @@ class Rule(StrEnum):
     A6 = "A6"
     A7 = "A7"
     A8 = "A8"
+    A9 = "A9"  # an AE event older than the newest one applied to its record: ignored as stale
     DUP = "DUP"  # a webhook id already processed: no effect, no audit row
     S1 = "S1"
     S2 = "S2"
@@ -42,6 +43,9 @@ class Rule(StrEnum):
     # Not a decision: what the answer to a sent effect taught ownersync about the record
     # (the new prospect id, SF record id or SF owner). Audit rows only.
     RELAY = "RELAY"
+    # Not a decision either: two records that turned out to be one (an event named ids of
+    # both) were merged into the older one. Audit rows only.
+    MERGE = "MERGE"
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,8 @@ class RecordState:
     ae_assigned_user_id: int | None = None
     ae_assigned_queue_id: str | None = None
     sf_owner_id: str | None = None
-    last_modstamp: datetime | None = None
+    last_modstamp: datetime | None = None  # SystemModstamp of the newest SF event applied
+    ae_modstamp: datetime | None = None  # occurredAt of the newest AE event applied
 
     @property
     def ae_assigned(self) -> bool:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
@@ -58,7 +59,7 @@ OUTBOX_AGE = Gauge(
 )
 
 # Decisions that change nothing anywhere.
-NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.DUP})
+NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.A9, Rule.DUP})
 
 
 class CountsCalls(Protocol):
@@ -112,13 +113,20 @@ def metrics_response() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-def worker_app() -> FastAPI:
-    """The small HTTP face of a worker process: /healthz and /metrics."""
+def worker_app(health: Callable[[], dict[str, str]] | None = None) -> FastAPI:
+    """The small HTTP face of a worker process: /healthz and /metrics.
+
+    `health` names each role's state ("ok" or why not); /healthz answers 503 unless all are ok."""
     app = FastAPI(title="ownersync worker", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> JSONResponse:
+        roles = health() if health is not None else {}
+        healthy = all(state == "ok" for state in roles.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "unhealthy", **roles},
+            status_code=200 if healthy else 503,
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:

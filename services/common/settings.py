@@ -46,6 +46,45 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(200, ge=1, description="most events applied in one transaction")
     batch_wait_ms: int = Field(5, ge=0, description="how long a worker waits to fill a batch")
+    hold_backoff_ms: int = Field(
+        200,
+        ge=1,
+        description="first wait before a worker retries a batch the database or the broker "
+        "failed (doubled each time, up to hold_backoff_max_ms); deliveries are not spent",
+    )
+    hold_backoff_max_ms: int = Field(5000, ge=1, description="longest wait between those retries")
+    retry_delay_ms: int = Field(
+        2000,
+        ge=1,
+        description="how long a message that lost a race (unique violation, deadlock) waits in "
+        "the <prefix>.retry queue before it goes back to its work queue",
+    )
+    retry_limit: int = Field(
+        5,
+        ge=0,
+        description="delayed retries of a message that keeps losing races before it is "
+        "dead-lettered",
+    )
+    heartbeat_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a worker whose consume loop has not beaten for this long answers "
+        "/healthz with 503",
+    )
+    db_connect_timeout_s: float = Field(
+        5.0, gt=0, description="Postgres: most seconds to open a connection"
+    )
+    db_command_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Postgres: most seconds the client waits for one statement (a black-holed "
+        "server is given up on)",
+    )
+    db_statement_timeout_ms: int = Field(
+        20000,
+        ge=0,
+        description="Postgres: the server's statement_timeout on every connection (0 = none)",
+    )
 
     max_body_bytes: int = Field(1_048_576, ge=1, description="larger request bodies get 413")
     api_rate_per_second: float = Field(

@@ -16,7 +16,7 @@ import typer.main
 import yaml
 
 from services.cli import app
-from services.common.broker.base import BINDINGS, DEAD_LETTERS, QueueRole
+from services.common.broker.base import BINDINGS, DEAD_LETTERS, RETRY, QueueRole
 from services.common.broker.rabbit import RabbitBroker
 from services.common.settings import Settings
 
@@ -259,16 +259,22 @@ def test_rabbitmq_definitions_declare_the_topology_the_code_declares() -> None:
     queues = {q["name"]: q["arguments"] for q in definitions["queues"]}
     expected = {broker.queue_name(role): broker._work_queue_arguments() for role in QueueRole}
     expected[broker.queue_name(DEAD_LETTERS)] = {"x-queue-type": "quorum"}
+    expected[broker.queue_name(RETRY)] = broker.retry_queue_arguments()
     assert queues == expected
 
     exchanges = {e["name"]: e["type"] for e in definitions["exchanges"]}
-    assert exchanges == {broker.exchange_name: "topic", broker.dlx_name: "fanout"}
+    assert exchanges == {
+        broker.exchange_name: "topic",
+        broker.dlx_name: "fanout",
+        broker.retry_exchange_name: "fanout",
+    }
 
     bindings = {(b["source"], b["destination"], b["routing_key"]) for b in definitions["bindings"]}
     expected_bindings = {
         (broker.exchange_name, broker.queue_name(role), key) for role, key in BINDINGS.items()
     }
     expected_bindings.add((broker.dlx_name, broker.queue_name(DEAD_LETTERS), ""))
+    expected_bindings.add((broker.retry_exchange_name, broker.queue_name(RETRY), ""))
     assert bindings == expected_bindings
 
 
@@ -276,7 +282,8 @@ def test_the_rabbitmq_policy_covers_exactly_the_work_queues() -> None:
     broker = _broker()
     (policy,) = json.loads(DEFINITIONS.read_text())["policies"]
     every_queue = {broker.queue_name(role) for role in QueueRole} | {
-        broker.queue_name(DEAD_LETTERS)
+        broker.queue_name(DEAD_LETTERS),
+        broker.queue_name(RETRY),
     }
     matched = {name for name in every_queue if re.search(policy["pattern"], name)}
     assert matched == {broker.queue_name(role) for role in QueueRole}

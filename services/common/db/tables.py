@@ -184,6 +184,7 @@ records = Table(
     Column("ae_assigned_queue_id", SfIdType),
     Column("sf_owner_id", SfIdType),
     Column("last_modstamp", TS, doc="SystemModstamp of the newest SF notification applied"),
+    Column("ae_modstamp", TS, doc="occurredAt of the newest AE event applied"),
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
     UniqueConstraint("tenant_id", "prospect_id", name="uq_records_prospect"),
