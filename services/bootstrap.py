@@ -29,7 +29,8 @@ from services.common.sf_client import SfClient
 from services.common.web import serve_app
 from services.common.worker import WorkerStats, run_worker
 from services.receiver.app import install_receiver
-from services.relay.relay import Relay, Senders
+from services.relay.ae_limits import SharedAeLimits
+from services.relay.relay import Relay, Senders, replica_id
 from services.relay.senders import ae_prospect_sender, sf_record_sender
 from services.syncer.worker import apply_sf_events
 
@@ -194,10 +195,13 @@ async def _start_relay(
     live.relay = Relay(
         live.runtime.engine,
         senders,
+        owner=_replica(settings),
         batch_size=settings.relay_batch_size,
         interval=settings.relay_interval_ms / 1000,
-        max_attempts=settings.relay_max_attempts,
+        backoff_max=settings.relay_backoff_max_seconds,
         coalesce=settings.relay_coalesce_ms / 1000,
+        lease=settings.relay_lease_seconds,
+        quota_timezone=settings.ae_quota_timezone,
     )
     live.tasks.append(asyncio.create_task(live.relay.run(stop), name="relay"))
 
@@ -256,6 +260,17 @@ async def _ae_client(
     live.ae_url = ae_url
     if tokens is None:
         return None  # AE takes SF's access token: without a SF connection there is none
+    shared: SharedAeLimits | None = None
+    if not settings.is_sqlite:
+        # Every relay replica calls the same business unit: its limits are counted together.
+        shared = SharedAeLimits(
+            live.runtime.engine,
+            settings.ae_business_unit_id,
+            owner=_replica(settings),
+            daily_quota=settings.ae_daily_quota,
+            max_concurrency=settings.ae_max_concurrency,
+            timezone=settings.ae_quota_timezone,
+        )
     client = await stack.enter_async_context(
         AeClient(
             ae_url,
@@ -263,10 +278,16 @@ async def _ae_client(
             settings.ae_business_unit_id,
             max_concurrency=settings.ae_max_concurrency,
             daily_quota=settings.ae_daily_quota,
+            quota_timezone=settings.ae_quota_timezone,
+            shared_limits=shared,
         )
     )
     API_CALLS.track("ae", client)
     return client
+
+
+def _replica(settings: Settings) -> str:
+    return settings.relay_replica_id or replica_id()
 
 
 async def _sf_client(stack: contextlib.AsyncExitStack, tokens: SfTokenSource) -> SfClient:
