@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,7 +28,7 @@ def effects_list(
     if state not in effects.STATUS:
         console.print(f"[red]--state is one of {', '.join(effects.STATUS)}[/red]")
         raise typer.Exit(2)
-    wanted = cast(EffectState, state)  # checked just above
+    wanted: EffectState = state  # narrowed by the check above
     at = now()
 
     async def work(conn: AsyncConnection) -> tuple[EffectsPage, list[EffectView]]:

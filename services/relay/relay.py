@@ -57,6 +57,12 @@ log = logging.getLogger("ownersync.relay")
 __all__ = ["Attempt", "Rejected", "Relay", "Senders", "db_now", "replica_id"]
 
 LEASE = timedelta(seconds=60)
+# The part of a lease that sends may take: the rest is margin for the settle and clock rates.
+SEND_WINDOW = 0.75
+
+
+class LeaseRunningOut(Exception):
+    """A send not made, or cut short, because the record's lease is about to end: transient."""
 
 
 def replica_id() -> str:
@@ -172,6 +178,7 @@ class Relay:
         self.fenced = 0  # settles refused because another relay took the lease over
         self.wake = asyncio.Event()
         self._observed_at = 0.0
+        self._deadline = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("relay %s started for %s", self.owner, ", ".join(sorted(self.senders.targets)))
@@ -197,7 +204,20 @@ class Relay:
     async def run_once(self) -> int:
         """One pass: claim due records, send their effects, settle each record. Returns the
         effects handled."""
+        return await self.deliver(await self.claim())
+
+    async def claim(self) -> list[_Claim]:
+        """Lease due records and mark their rows `sending` (the first half of a pass)."""
         claims = await self._claim()
+        self._deadline = asyncio.get_running_loop().time() + self.send_window
+        return claims
+
+    async def deliver(self, claims: list[_Claim]) -> int:
+        """Send what `claim` leased and settle each record (the second half of a pass).
+
+        Sends must finish well within the lease (`send_window`), measured on this process's
+        clock from the claim: past it another relay may own the record, so nothing more is sent
+        (the effect waits, as after a timeout)."""
         if not claims:
             return 0
         groups = [g for c in claims for g in c.groups]
@@ -205,7 +225,11 @@ class Relay:
         by_group = dict(zip(map(id, groups), results, strict=True))
         for claim in claims:
             await self._settle_record(claim, [by_group[id(g)] for g in claim.groups])
-        return len(groups)
+        return sum(len(g.row_ids) for g in groups)
+
+    @property
+    def send_window(self) -> float:
+        return self.lease.total_seconds() * SEND_WINDOW
 
     async def _observe_outbox(self, every: float = 1.0) -> None:
         """Outbox depth and age for /metrics, at most once a second."""
@@ -274,18 +298,21 @@ class Relay:
             if not versions:
                 return []
             # All pending rows of those records, due or backing off: the newest state wins.
-            rows = (
-                await conn.execute(
-                    select(outbox, records)
-                    .join(records, records.c.id == outbox.c.record_id)
-                    .where(
-                        outbox.c.status.in_(("pending", "sending")),
-                        outbox.c.record_id.in_(list(versions)),
-                        outbox.c.kind.in_(self.senders.kinds),
-                    )
-                    .order_by(outbox.c.id)
+            # A row another relay's claim holds locked right now (it lost the lease race) is
+            # left for the next pass, after this one: waiting for it could deadlock.
+            gather = (
+                select(outbox, records)
+                .join(records, records.c.id == outbox.c.record_id)
+                .where(
+                    outbox.c.status.in_(("pending", "sending")),
+                    outbox.c.record_id.in_(list(versions)),
+                    outbox.c.kind.in_(self.senders.kinds),
                 )
-            ).all()
+                .order_by(outbox.c.id)
+            )
+            if conn.dialect.name == "postgresql":
+                gather = gather.with_for_update(of=outbox, skip_locked=True)
+            rows = (await conn.execute(gather)).all()
             claims: dict[int, _Claim] = {}
             groups: dict[tuple[int, str], _Group] = {}
             stamps: list[dict[str, Any]] = []
@@ -360,7 +387,16 @@ class Relay:
         except EffectPayloadError as exc:
             raise Rejected(str(exc)) from exc
         attempt = Attempt(group.tenant_id, group.written_at, group.tried_before)
-        return await self.senders.send(group.record, effect, attempt)
+        left = self._deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise LeaseRunningOut(f"not sent: the lease of record {group.record.id} runs out")
+        try:
+            async with asyncio.timeout(left):
+                return await self.senders.send(group.record, effect, attempt)
+        except TimeoutError as exc:
+            raise LeaseRunningOut(
+                f"send of record {group.record.id} outlasted {self.send_window:.0f}s of its lease"
+            ) from exc
 
     async def _settle_record(
         self, claim: _Claim, results: list[Learned | BaseException], tries: int = 3
@@ -411,6 +447,7 @@ class Relay:
                 & (outbox.c.lease_version == claim.version)
             )
             answered: list[Answered] = []
+            sent = 0
             for group, result in zip(claim.groups, results, strict=True):
                 *older, newest = group.row_ids
                 if isinstance(result, BaseException):
@@ -435,7 +472,7 @@ class Relay:
                 answered.append(
                     Answered(group.tenant_id, group.record.id, newest, group.event_id, result)
                 )
-                self.sent += 1
+                sent += 1
                 log.info(
                     "effect sent",
                     extra={
@@ -446,6 +483,7 @@ class Relay:
                     },
                 )
             await apply_relay_answers(conn, answered, now)
+        self.sent += sent  # once committed
 
     def _failure(self, group: _Group, exc: BaseException, now: datetime) -> dict[str, Any]:
         failure = classify(exc)
