@@ -11,6 +11,7 @@ from services.admin.effects import EffectsPage
 from services.admin.schemas import EffectDiscarded, EffectState
 from services.api.auth import ReadTenant, Who, WriteTenant
 from services.api.common import Paging, now, paging, transaction
+from services.api.errors import responses
 from services.common.web import RuntimeDep
 
 router = APIRouter(tags=["effects"])
@@ -39,6 +40,8 @@ async def list_effects(
 @router.delete(
     "/tenants/{tenant}/effects/{effect_id}",
     summary="Discard a waiting or dead effect: it is never sent (audited on its record)",
+    description="409 `effect_sending` while a relay is sending it: try again once it is settled.",
+    responses=responses(409),
 )
 async def discard_effect(
     tenant: WriteTenant, effect_id: EffectPath, who: Who, runtime: RuntimeDep

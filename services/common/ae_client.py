@@ -398,9 +398,9 @@ def _retry_after(exc: BaseException) -> float | None:
 
 
 def _asked_wait(state: RetryCallState) -> float:
-    outcome = state.outcome
-    exc = outcome.exception() if outcome is not None else None
-    return (exc and _retry_after(exc)) or 0.0
+    """The Retry-After of the failure about to be retried (0 without one)."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return (_retry_after(exc) if exc is not None else None) or 0.0
 
 
 @runtime_checkable
