@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ from services.receiver.app import install_receiver
 from services.relay.ae_limits import SharedAeLimits
 from services.relay.relay import Relay, Senders, replica_id
 from services.relay.senders import ae_prospect_sender, sf_record_sender
+from services.relay.tenant_senders import TenantSenders
 from services.syncer.worker import apply_sf_events
 
 if TYPE_CHECKING:
@@ -185,13 +186,23 @@ async def _start_relay(
 ) -> None:
     tokens = await _sf_tokens(live, settings, stack)
     ae = await _ae_client(live, settings, stack, tokens)
-    if ae is None or tokens is None:
-        # AE takes the SF connected app's token: with no SF org there is nothing to send with.
-        log.warning("no SF connection: the relay is not started, effects wait in the outbox")
-        return
-    senders = Senders(
-        ae=ae_prospect_sender(ae), sf=sf_record_sender(await _sf_client(stack, tokens))
+    default: Senders | None = None
+    if ae is not None and tokens is not None:
+        sf = await _sf_client(stack, tokens)
+        default = Senders(ae=ae_prospect_sender(ae), sf=sf_record_sender(sf))
+    else:
+        log.info("no default SF connection: each tenant's effects go out with its own connections")
+    ring = settings.keyring if settings.secrets_key is not None else None
+    senders = TenantSenders(
+        live.runtime.engine,
+        ring,
+        default,
+        ae_max_concurrency=settings.ae_max_concurrency,
+        ae_daily_quota=settings.ae_daily_quota,
+        ae_quota_timezone=settings.ae_quota_timezone,
+        ae_limits=_shared_ae_limits(live, settings),
     )
+    stack.push_async_callback(senders.aclose)
     live.relay = Relay(
         live.runtime.engine,
         senders,
@@ -215,10 +226,7 @@ async def _sf_tokens(
     secret = settings.sf_client_secret.get_secret_value() if settings.sf_client_secret else None
     if url is None:
         if not settings.simulate:
-            raise ConfigurationError(
-                "OWNERSYNC_SF_BASE_URL is required with a real broker "
-                "(or set OWNERSYNC_USE_SIMULATORS=true to run the SF simulator in-process)"
-            )
+            return None  # no default connection: tenants send with their own
         from services.sim.embedded import start_sf
 
         live.sf = await start_sf(live.runtime, stack)
@@ -246,10 +254,7 @@ async def _ae_client(
     ae_url = settings.ae_base_url
     if ae_url is None:
         if not settings.simulate:
-            raise ConfigurationError(
-                "OWNERSYNC_AE_BASE_URL is required with a real broker "
-                "(or set OWNERSYNC_USE_SIMULATORS=true to run the AE simulator in-process)"
-            )
+            return None  # no default connection: tenants send with their own
         from services.sim.embedded import start_ae
 
         live.ae = await start_ae(
@@ -260,17 +265,7 @@ async def _ae_client(
     live.ae_url = ae_url
     if tokens is None:
         return None  # AE takes SF's access token: without a SF connection there is none
-    shared: SharedAeLimits | None = None
-    if not settings.is_sqlite:
-        # Every relay replica calls the same business unit: its limits are counted together.
-        shared = SharedAeLimits(
-            live.runtime.engine,
-            settings.ae_business_unit_id,
-            owner=_replica(settings),
-            daily_quota=settings.ae_daily_quota,
-            max_concurrency=settings.ae_max_concurrency,
-            timezone=settings.ae_quota_timezone,
-        )
+    limits = _shared_ae_limits(live, settings)
     client = await stack.enter_async_context(
         AeClient(
             ae_url,
@@ -279,11 +274,33 @@ async def _ae_client(
             max_concurrency=settings.ae_max_concurrency,
             daily_quota=settings.ae_daily_quota,
             quota_timezone=settings.ae_quota_timezone,
-            shared_limits=shared,
+            shared_limits=limits(settings.ae_business_unit_id) if limits else None,
         )
     )
     API_CALLS.track("ae", client)
     return client
+
+
+def _shared_ae_limits(live: Running, settings: Settings) -> Callable[[str], SharedAeLimits] | None:
+    """AE's limits of a business unit, counted in Postgres with every other relay replica
+    (None on the embedded SQLite store: one process, its own count)."""
+    if settings.is_sqlite:
+        return None
+    made: dict[str, SharedAeLimits] = {}
+
+    def limits(business_unit_id: str) -> SharedAeLimits:
+        if business_unit_id not in made:
+            made[business_unit_id] = SharedAeLimits(
+                live.runtime.engine,
+                business_unit_id,
+                owner=_replica(settings),
+                daily_quota=settings.ae_daily_quota,
+                max_concurrency=settings.ae_max_concurrency,
+                timezone=settings.ae_quota_timezone,
+            )
+        return made[business_unit_id]
+
+    return limits
 
 
 def _replica(settings: Settings) -> str:

@@ -48,6 +48,11 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 5, 10, 25, 50, 100, 200, 500),
 )
 OUTBOX_DEPTH = Gauge("ownersync_outbox_depth", "Effects waiting to be sent", ["target"])
+RELAY_TENANT_HELD = Gauge(
+    "ownersync_relay_tenant_held",
+    "1 while a tenant's effects are held because its connection cannot be used",
+    ["tenant"],
+)
 OUTBOX_AGE = Gauge(
     "ownersync_outbox_oldest_age_seconds", "Age of the oldest effect waiting", ["target"]
 )
@@ -76,24 +81,31 @@ class ApiCallCollector(Collector):
     """Reads the SF/AE clients' outcome tallies (and AE's quota) at scrape time."""
 
     def __init__(self) -> None:
-        self.clients: dict[str, CountsCalls] = {}
+        self.clients: dict[tuple[str, str], CountsCalls] = {}
 
-    def track(self, system: str, client: CountsCalls) -> None:
-        self.clients[system] = client
+    def track(self, system: str, client: CountsCalls, tenant: str = "") -> None:
+        """Count `client`'s calls under `system`; `tenant` names a tenant's own client
+        (its calls are added to the system's, its quota is shown under its name)."""
+        self.clients[(system, tenant)] = client
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         calls = CounterMetricFamily(
             "ownersync_api_calls", "Calls to SF and AE by outcome", labels=["system", "outcome"]
         )
         quota = GaugeMetricFamily(
-            "ownersync_ae_quota_remaining", "AE daily API calls left (when a quota is set)"
+            "ownersync_ae_quota_remaining",
+            "AE daily API calls left (when a quota is set), by tenant ('' for the default)",
+            labels=["tenant"],
         )
-        for system, client in self.clients.items():
+        totals: Tally[tuple[str, str]] = Tally()
+        for (system, tenant), client in self.clients.items():
             for outcome, count in client.outcomes.items():
-                calls.add_metric([system, outcome], count)
+                totals[(system, outcome)] += count
             remaining = getattr(client, "quota_remaining", None)
             if system == "ae" and remaining is not None:
-                quota.add_metric([], remaining)
+                quota.add_metric([tenant], remaining)
+        for (system, outcome), count in totals.items():
+            calls.add_metric([system, outcome], count)
         yield calls
         yield quota
 

@@ -31,7 +31,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, assert_never
+from typing import Any, Protocol, assert_never
 
 from sqlalchemy import bindparam, exists, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -79,6 +79,11 @@ async def db_now(conn: AsyncConnection) -> datetime:
     return datetime.now(UTC)
 
 
+class Held(Exception):
+    """The effect waits for something outside it (its tenant's connection): it is tried again
+    with backoff and never dies of it."""
+
+
 @dataclass(frozen=True)
 class Attempt:
     """What the relay knows of this try at an effect, for a sender whose create is not safe to
@@ -124,6 +129,18 @@ class Senders:
                 assert_never(effect)
 
 
+class SendsEffects(Protocol):
+    """What the relay sends with: `Senders`, or `TenantSenders` (each tenant's own)."""
+
+    @property
+    def kinds(self) -> list[str]: ...
+
+    @property
+    def targets(self) -> list[Target]: ...
+
+    async def send(self, record: RecordState, effect: Effect, attempt: Attempt) -> Learned: ...
+
+
 @dataclass
 class _Group:
     """The pending rows of one record and effect kind: only the newest is sent."""
@@ -153,7 +170,7 @@ class Relay:
     def __init__(
         self,
         engine: AsyncEngine,
-        senders: Senders,
+        senders: SendsEffects,
         *,
         owner: str | None = None,
         batch_size: int = 200,
