@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,8 @@ from services.common.sf_client import SfClient
 from services.common.web import serve_app
 from services.common.worker import Backoff, WorkerStats, run_worker
 from services.receiver.app import install_receiver
-from services.relay.relay import Relay, Senders
+from services.relay.ae_limits import SharedAeLimits
+from services.relay.relay import Relay, Senders, replica_id
 from services.relay.senders import ae_prospect_sender, sf_record_sender
 from services.relay.tenant_senders import TenantSenders
 from services.syncer.worker import apply_sf_events
@@ -237,15 +238,20 @@ async def _start_relay(
         default,
         ae_max_concurrency=settings.ae_max_concurrency,
         ae_daily_quota=settings.ae_daily_quota,
+        ae_quota_timezone=settings.ae_quota_timezone,
+        ae_limits=_shared_ae_limits(live, settings),
     )
     stack.push_async_callback(senders.aclose)
     live.relay = Relay(
         live.runtime.engine,
         senders,
+        owner=_replica(settings),
         batch_size=settings.relay_batch_size,
         interval=settings.relay_interval_ms / 1000,
-        max_attempts=settings.relay_max_attempts,
+        backoff_max=settings.relay_backoff_max_seconds,
         coalesce=settings.relay_coalesce_ms / 1000,
+        lease=settings.relay_lease_seconds,
+        quota_timezone=settings.ae_quota_timezone,
     )
     live.tasks.append(asyncio.create_task(live.relay.run(stop), name="relay"))
 
@@ -298,6 +304,7 @@ async def _ae_client(
     live.ae_url = ae_url
     if tokens is None:
         return None  # AE takes SF's access token: without a SF connection there is none
+    limits = _shared_ae_limits(live, settings)
     client = await stack.enter_async_context(
         AeClient(
             ae_url,
@@ -305,10 +312,38 @@ async def _ae_client(
             settings.ae_business_unit_id,
             max_concurrency=settings.ae_max_concurrency,
             daily_quota=settings.ae_daily_quota,
+            quota_timezone=settings.ae_quota_timezone,
+            shared_limits=limits(settings.ae_business_unit_id) if limits else None,
         )
     )
     API_CALLS.track("ae", client)
     return client
+
+
+def _shared_ae_limits(live: Running, settings: Settings) -> Callable[[str], SharedAeLimits] | None:
+    """AE's limits of a business unit, counted in Postgres with every other relay replica
+    (None on the embedded SQLite store: one process, its own count)."""
+    if settings.is_sqlite:
+        return None
+    made: dict[str, SharedAeLimits] = {}
+
+    def limits(business_unit_id: str) -> SharedAeLimits:
+        if business_unit_id not in made:
+            made[business_unit_id] = SharedAeLimits(
+                live.runtime.engine,
+                business_unit_id,
+                owner=_replica(settings),
+                daily_quota=settings.ae_daily_quota,
+                max_concurrency=settings.ae_max_concurrency,
+                timezone=settings.ae_quota_timezone,
+            )
+        return made[business_unit_id]
+
+    return limits
+
+
+def _replica(settings: Settings) -> str:
+    return settings.relay_replica_id or replica_id()
 
 
 async def _sf_client(stack: contextlib.AsyncExitStack, tokens: SfTokenSource) -> SfClient:

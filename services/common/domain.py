@@ -41,7 +41,8 @@ class Rule(StrEnum):
     S8 = "S8"
     S9 = "S9"
     # Not a decision: what the answer to a sent effect taught ownersync about the record
-    # (the new prospect id, SF record id or SF owner). Audit rows only.
+    # (the new prospect id, SF record id or SF owner), or an operator's discard of an effect.
+    # Audit rows only.
     RELAY = "RELAY"
     # Not a decision either: two records that turned out to be one (an event named ids of
     # both) were merged into the older one. Audit rows only.

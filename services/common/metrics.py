@@ -57,6 +57,17 @@ RELAY_TENANT_HELD = Gauge(
 OUTBOX_AGE = Gauge(
     "ownersync_outbox_oldest_age_seconds", "Age of the oldest effect waiting", ["target"]
 )
+EFFECTS_WAITING = Gauge(
+    "ownersync_effects_waiting",
+    "Effects not sent yet (pending: due, backing off after a failure, or waiting for AE's quota)",
+    ["tenant"],
+)
+EFFECTS_OLDEST_AGE = Gauge(
+    "ownersync_effects_oldest_waiting_age_seconds",
+    "Age of the tenant's oldest effect not sent yet",
+    ["tenant"],
+)
+EFFECTS_DEAD = Gauge("ownersync_effects_dead", "Effects refused for good, by tenant", ["tenant"])
 
 # Decisions that change nothing anywhere.
 NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.A9, Rule.DUP})

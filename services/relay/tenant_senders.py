@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import metrics
+from services.common.ae_client import AeCallLimits
 from services.common.connections import connections_from_row
 from services.common.crypto import KeyRing, SecretsKeyMissing, SecretUnreadable
 from services.common.db.tables import tenant_connections
@@ -63,13 +64,22 @@ class TenantSenders:
         timeout: float = 10.0,
         ae_max_concurrency: int = 5,
         ae_daily_quota: int | None = None,
+        ae_quota_timezone: str = "UTC",
+        ae_limits: Callable[[str], AeCallLimits] | None = None,
     ) -> None:
+        """`ae_limits` gives the limits of a business unit shared with the other relay
+        replicas (None: counted in this process only)."""
         self.engine = engine
         self.ring = ring
         self.default = default
         self.refresh = refresh
         self.timeout = timeout
-        self.ae_options = {"max_concurrency": ae_max_concurrency, "daily_quota": ae_daily_quota}
+        self.ae_options: dict[str, Any] = {
+            "max_concurrency": ae_max_concurrency,
+            "daily_quota": ae_daily_quota,
+            "quota_timezone": ae_quota_timezone,
+        }
+        self.ae_limits = ae_limits
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._held: set[str] = set()
@@ -155,9 +165,11 @@ class TenantSenders:
             )
         try:
             connections = connections_from_row(row, self.ring)
-            clients = TenantClients.open(
-                connections, timeout=self.timeout, ae_options=dict(self.ae_options)
-            )
+            ae_options = dict(self.ae_options)
+            if self.ae_limits is not None:
+                unit = connections.engagement.business_unit_id
+                ae_options["shared_limits"] = self.ae_limits(unit)
+            clients = TenantClients.open(connections, timeout=self.timeout, ae_options=ae_options)
         except (SecretsKeyMissing, SecretUnreadable, ValueError) as exc:
             return _Entry(None, None, updated_at, now, f"tenant {tenant}: {exc}")
         metrics.API_CALLS.track("ae", clients.ae, tenant)

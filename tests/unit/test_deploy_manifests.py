@@ -291,3 +291,26 @@ def test_the_rabbitmq_policy_covers_exactly_the_work_queues() -> None:
         "delivery-limit": broker.delivery_limit,
         "dead-letter-exchange": broker.dlx_name,
     }
+
+
+def _deployment(name: str) -> dict[str, Any]:
+    return next(d for d in _of_kind("Deployment") if d["metadata"]["name"] == name)
+
+
+def test_two_relays_run_and_are_rolled_one_at_a_time() -> None:
+    relay = _deployment("relay")
+    assert relay["spec"]["replicas"] == 2
+    strategy = relay["spec"]["strategy"]
+    # Never fewer than two while rolling: a new pod starts before an old one stops.
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    production = yaml.safe_load((DEPLOY / "overlays/production/kustomization.yaml").read_text())
+    assert {"name": "relay", "count": 2} in production["replicas"]
+
+
+def test_each_relay_pod_leases_records_under_its_own_name() -> None:
+    env = {e["name"]: e for e in _container(_deployment("relay")).get("env", [])}
+    replica = env["OWNERSYNC_RELAY_REPLICA_ID"]
+    assert replica["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}

@@ -532,12 +532,14 @@ async def tenant_queue_ids(conn: AsyncConnection, tenant_id: str) -> set[str]:
 
 
 async def pending_effects(engine: AsyncEngine) -> int:
-    """Effects the relay has still to send (or retry)."""
+    """Effects the relay has still to send (or retry), or is sending."""
     async with engine.connect() as conn:
         return int(
             (
                 await conn.execute(
-                    select(func.count()).select_from(outbox).where(outbox.c.status == "pending")
+                    select(func.count())
+                    .select_from(outbox)
+                    .where(outbox.c.status.in_(("pending", "sending")))
                 )
             ).scalar_one()
         )
