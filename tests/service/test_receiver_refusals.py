@@ -14,6 +14,7 @@ import pytest
 from services.bootstrap import Running
 from services.demo.replay import FIXTURES
 from tests.endpoints import sf_path
+from tests.loopback import loopback_client
 from tests.outbound import SOAP_HEADERS, Poster
 from tests.store import decision_rows, table_counts
 
@@ -26,7 +27,7 @@ def poster(stack: Running) -> Poster:
 
 
 async def _post_raw(live: Running, body: bytes) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=live.receiver_url or "") as http:
+    async with loopback_client(live.receiver_url or "") as http:
         return await http.post(sf_path("record-created"), content=body, headers=SOAP_HEADERS)
 
 
