@@ -38,8 +38,6 @@ from services.sim.ae import AeSimState, create_ae_app
 from services.sim.sf import SfSimState, create_sf_app
 from services.sim.sf.tokens import AccessTokens
 
-pytestmark = pytest.mark.integration
-
 KEY = new_key_spec("v1")
 ACME = demo_tenant()
 BOB = ACME.salesforce_users["bob"]  # connected to AE user 102 in both tenants
