@@ -10,8 +10,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
+import certifi
 import pytest
 
 from services.demo.replay import FIXTURES
@@ -25,6 +29,22 @@ TESTS = Path(__file__).parent
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_certificate_ca_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every server the tests reach is on loopback and speaks plain HTTP, yet each httpx client
+    loads the whole CA bundle it is pointed at: ~35 ms of CPU, and the roles build several
+    clients each time they start (a quarter of the service tier's CPU went there). httpx reads
+    SSL_CERT_FILE: one certificate of the same bundle will do."""
+    bundle = Path(os.environ.get("SSL_CERT_FILE") or certifi.where()).read_text()
+    first = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", bundle, re.S)
+    assert first is not None, "no certificate in the CA bundle"
+    small = tmp_path_factory.mktemp("ca") / "one-certificate.pem"
+    small.write_text(first.group(0) + "\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_CERT_FILE", str(small))
+        yield
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -13,7 +13,6 @@ from services.demo.replay import FIXTURES
 from services.receiver.soap import parse_outbound_message
 from services.sim.embedded import wait_until_idle
 from tests.endpoints import sf_path
-from tests.loopback import loopback_client
 from tests.store import decision_rows, record_where
 
 SOAP_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'}
@@ -39,7 +38,7 @@ class Poster:
         return await self.post_body((self.fixtures / name).read_bytes(), action)
 
     async def post_body(self, body: bytes, action: SfAction = "record-created") -> httpx.Response:
-        async with loopback_client(self.live.receiver_url or "") as http:
+        async with httpx.AsyncClient(base_url=self.live.receiver_url or "") as http:
             response = await http.post(sf_path(action), content=body, headers=SOAP_HEADERS)
         if response.status_code == 200:
             self.posted += len(parse_outbound_message(body).notifications)

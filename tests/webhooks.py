@@ -12,7 +12,6 @@ from services.bootstrap import Running
 from services.demo.replay import FIXTURES, demo_tenant, hold_prospect
 from services.receiver.signatures import signed_headers as sign_headers
 from services.sim.embedded import wait_until_idle
-from tests.loopback import loopback_client
 from tests.store import decision_rows, record_where
 
 SECRET = demo_tenant().webhook_secret
@@ -33,7 +32,7 @@ async def post_webhook(
     base_url: str, body: bytes | dict[str, Any], tenant: str = "acme", **kwargs: Any
 ) -> httpx.Response:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    async with loopback_client(base_url) as http:
+    async with httpx.AsyncClient(base_url=base_url) as http:
         return await http.post(
             f"/engagement/{tenant}/events", content=raw, headers=signed_headers(raw, **kwargs)
         )

@@ -25,7 +25,6 @@ from services.common.logs import configure_logging
 from services.common.sfid import to18
 from services.sim.embedded import wait_until_idle
 from tests.endpoints import ACME_ENDPOINT_KEY, sf_path
-from tests.loopback import loopback_client
 from tests.store import table_counts
 
 SOAP_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'}
@@ -39,7 +38,7 @@ def message(fixtures_dir: Path) -> bytes:
 
 
 async def _post(live: Running, path: str, body: bytes) -> httpx.Response:
-    async with loopback_client(live.receiver_url or "") as http:
+    async with httpx.AsyncClient(base_url=live.receiver_url or "") as http:
         return await http.post(path, content=body, headers=SOAP_HEADERS)
 
 
