@@ -1,6 +1,7 @@
 """The relay against the AE simulator: repeated changes of one record go out as one call with
-the newest owner, and a failing AE is retried with a growing backoff until the effect goes
-through, is dead at the attempt limit, or is dead at once when AE refuses it for good.
+the newest owner; a failing AE is retried with a growing backoff, capped, for as long as the
+outage lasts (the effect waits, it never dies of it); an effect AE refuses for good is dead at
+once.
 
 The effects are written by the real syncer (one transaction per batch, as the worker does) and
 sent by the real relay and AE sender, one pass at a time. The AE client makes one try per call
@@ -35,7 +36,7 @@ from tests.events import sf_record_event
 KIM = "00Q5g0000ZWHszxEQD"
 ALICE_SF, BOB_SF = "0055g0000Zti3ElAQI", "0055g0000M6fuVCAQY"
 ALICE_AE, BOB_AE = 101, 102
-BACKOFF = 0.1
+BACKOFF, BACKOFF_MAX = 0.1, 0.4
 
 
 @dataclass
@@ -84,8 +85,8 @@ async def world(runtime: Runtime, service_settings: Settings) -> AsyncIterator[W
         relay = Relay(
             runtime.engine,
             Senders(ae=ae_prospect_sender(client)),
-            max_attempts=5,
             backoff_base=BACKOFF,
+            backoff_max=BACKOFF_MAX,
         )
         yield World(runtime, relay, ae.state)
 
@@ -148,20 +149,23 @@ async def test_failing_ae_is_retried_with_a_growing_backoff_until_the_effect_goe
     assert prospect["assignedUserId"] == BOB_AE
 
 
-async def test_effect_still_failing_at_the_attempt_limit_is_dead_with_its_error(
+async def test_an_ae_outage_makes_the_effect_wait_at_the_capped_backoff_never_die(
     world: World,
 ) -> None:
-    world.ae.faults.configure(fail_next=100, fail_status=503)
+    world.ae.faults.configure(fail_next=1000, fail_status=503)
     await world.apply(sf_record_event(KIM, BOB_SF, email="kim@example.com"))
-    world.relay.max_attempts = 3
     assert await world.relay.run_once() == 1
-    for _ in range(2):
+    for _ in range(5):
+        before = datetime.now(UTC)
         assert await world.pass_when_due() == 1
-    row = await world.only_row()
-    assert (row["status"], row["attempts"]) == ("dead", 3)
-    assert "503" in row["last_error"]
-    assert await world.relay.run_once() == 0
-    assert not world.ae.prospects
+        row = await world.only_row()
+        assert row["status"] == "pending" and "503" in row["last_error"]
+        assert (_utc(row["next_attempt_at"]) - before).total_seconds() <= BACKOFF_MAX + 0.5
+    assert row["attempts"] == 6
+    world.ae.faults.configure(fail_next=0)  # AE is back: the effect goes out
+    assert await world.pass_when_due() == 1
+    assert (await world.only_row())["status"] == "done"
+    assert len(world.ae.prospects) == 1
 
 
 async def test_effect_ae_refuses_for_good_is_dead_at_once(world: World) -> None:
