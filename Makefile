@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_ARGS ?=
+# The fast tiers wait on loopback HTTP more than they compute: more workers than cores pays.
+FAST_WORKERS ?= 4
 
-.PHONY: install demo run test test-unit lint bench clean
+.PHONY: install demo run test test-fast test-integration test-unit lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +23,16 @@ demo: $(STAMP)  ## replay the fixtures through the whole path on the embedded de
 run: $(STAMP)  ## all roles in one process on the embedded default
 	$(BIN)/ownersync run --tenant services/demo/fixtures/salesforce/tenant.json
 
-test: $(STAMP)  ## the whole suite against the real Postgres and RabbitMQ
-	./scripts/ensure-services.sh
-	$(BIN)/python -m pytest
+test: test-fast test-integration  ## the whole suite: the fast tiers, then the real services
 
-test-unit: $(STAMP)  ## the fast tier: pure tests, no services
+test-fast: $(STAMP)  ## unit and service tiers: SQLite, in-process broker, simulators; no Postgres or RabbitMQ
+	$(BIN)/python -m pytest tests/unit tests/service -m "not integration" -n $(FAST_WORKERS)
+
+test-integration: $(STAMP)  ## the tier that needs the real Postgres and RabbitMQ
+	./scripts/ensure-services.sh
+	$(BIN)/python -m pytest tests/integration -m integration
+
+test-unit: $(STAMP)  ## the pure tier alone: no I/O
 	$(BIN)/python -m pytest tests/unit
 
 bench: $(STAMP)  ## the benchmark against the real Postgres and RabbitMQ (prints figures, not a test)

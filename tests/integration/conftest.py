@@ -4,17 +4,15 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from services.admin.tenant_file import load_tenant
 from services.bootstrap import ROLES, Running, running
 from services.common.broker.rabbit import RabbitBroker, purge_queues
 from services.common.db.engine import make_engine, migrate
-from services.common.db.tables import audit_log, metadata
-from services.common.domain import Rule
+from services.common.db.tables import metadata
 from services.common.runtime import build_runtime
 from services.common.settings import Settings
 from services.common.web import free_port
@@ -101,24 +99,3 @@ async def stack(base_settings: Settings, clean: None) -> AsyncIterator[Running]:
     keys = {"acme": ACME_ENDPOINT_KEY} if ACME_ENDPOINT_KEY else {}
     async with running(settings, ROLES, stop, sf_endpoint_keys=keys) as live:
         yield live
-
-
-async def table_counts(live: Running) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    async with live.runtime.engine.connect() as conn:
-        for table in metadata.sorted_tables:
-            counts[table.name] = (
-                await conn.execute(select(func.count()).select_from(table))
-            ).scalar_one()
-    return counts
-
-
-async def table_rows(live: Running, table: Any) -> list[dict[str, Any]]:
-    async with live.runtime.engine.connect() as conn:
-        return [dict(r._mapping) for r in await conn.execute(select(table))]
-
-
-async def decision_rows(live: Running) -> list[dict[str, Any]]:
-    """The audit rows of decisions, oldest first (not the rows of what the relay learned)."""
-    rows = await table_rows(live, audit_log)
-    return sorted((r for r in rows if r["rule"] != Rule.RELAY), key=lambda r: r["id"])

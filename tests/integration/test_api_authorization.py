@@ -15,9 +15,9 @@ import pytest
 from fastapi import FastAPI
 
 from services.api import v1_router
-from tests.integration.test_api_support import ACME, ALICE_SF, GLOBEX, QUEUE, Api, error
+from tests.integration.api_support import ACME, ALICE_SF, GLOBEX, QUEUE, Api, error
 
-pytest_plugins = ["tests.integration.test_api_support"]
+pytestmark = pytest.mark.integration
 
 _doc = FastAPI()
 _doc.include_router(v1_router())

@@ -20,7 +20,9 @@ from services.common.db.engine import make_engine
 from services.common.db.tables import audit_log, records
 from services.common.runtime import build_broker
 from services.common.settings import Settings
-from tests.integration.test_api_support import ALICE_SF, DAVE_SF, sf_id
+from tests.integration.api_support import ALICE_SF, DAVE_SF, sf_id
+
+pytestmark = pytest.mark.integration
 
 KIM = "00Q5g0000ZWHszxEQD"
 

@@ -7,14 +7,15 @@ import uuid
 from datetime import UTC, datetime
 
 import aio_pika
+import pytest
 from aio_pika.abc import HeadersType
 
 from services.common.broker.base import REASON_HEADER
 from services.common.broker.rabbit import RabbitBroker
 from services.common.messages import SfRecord, SfRecordEvent, dump_event, event_id_for
-from tests.integration.test_api_support import ACME, ALICE_SF, GLOBEX, Api, error
+from tests.integration.api_support import ACME, ALICE_SF, GLOBEX, Api, error
 
-pytest_plugins = ["tests.integration.test_api_support"]
+pytestmark = pytest.mark.integration
 
 
 def _event(tenant: str, n: int) -> SfRecordEvent:

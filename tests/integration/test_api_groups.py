@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from services.common.broker.rabbit import RabbitBroker
 from services.common.messages import event_id_for
-from tests.integration.test_api_support import ACME, QUEUE, Api, error, sf_id
+from tests.integration.api_support import ACME, QUEUE, Api, error, sf_id
 
-pytest_plugins = ["tests.integration.test_api_support"]
+pytestmark = pytest.mark.integration
+
 T = f"/v1/tenants/{ACME}"
 
 

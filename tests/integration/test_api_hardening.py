@@ -25,7 +25,7 @@ from services.common.settings import Settings
 from services.common.web import free_port, serve_app
 from services.demo.replay import FIXTURES
 from tests.endpoints import sf_path
-from tests.integration.test_api_support import (
+from tests.integration.api_support import (
     ACME,
     GLOBEX_ORG,
     OPERATOR_KEY,
@@ -34,9 +34,9 @@ from tests.integration.test_api_support import (
     error,
     sf_id,
 )
-from tests.integration.webhooks import engagement_body, post_webhook, signed_headers
+from tests.webhooks import engagement_body, post_webhook, signed_headers
 
-pytest_plugins = ["tests.integration.test_api_support"]
+pytestmark = pytest.mark.integration
 
 T = f"/v1/tenants/{ACME}"
 MIB = 2**20

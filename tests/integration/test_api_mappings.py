@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.integration.test_api_support import (
+import pytest
+
+from tests.integration.api_support import (
     ACME,
     ALICE_SF,
     BOB_SF,
@@ -13,7 +15,8 @@ from tests.integration.test_api_support import (
     sf_id,
 )
 
-pytest_plugins = ["tests.integration.test_api_support"]
+pytestmark = pytest.mark.integration
+
 MAPPINGS = f"/v1/tenants/{ACME}/connected-users"
 
 

@@ -16,9 +16,10 @@ from services.common.endpoints import SfAction
 from services.receiver.soap import parse_outbound_message
 from services.sim.embedded import wait_until_idle
 from tests.endpoints import sf_path
-from tests.integration.test_api_support import ACME, DAVE_SF, Api, error, sf_id
+from tests.integration.api_support import ACME, DAVE_SF, Api, error, sf_id
 
-pytest_plugins = ["tests.integration.test_api_support"]
+pytestmark = pytest.mark.integration
+
 T = f"/v1/tenants/{ACME}"
 KIM = "00Q5g0000ZWHszxEQD"
 

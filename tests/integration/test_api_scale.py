@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import func, insert, select
 
 from services.common.db.tables import audit_log, connected_users, outbox, records
-from tests.integration.test_api_support import ACME, QUEUE, Api, sf_id
+from tests.integration.api_support import ACME, QUEUE, Api, sf_id
 
-pytest_plugins = ["tests.integration.test_api_support"]
+pytestmark = pytest.mark.integration
+
 T = f"/v1/tenants/{ACME}"
 N = 3000
 

@@ -24,9 +24,9 @@ from services.api import openapi_document
 from services.bootstrap import create_app
 from services.common.settings import Settings
 from services.common.web import free_port
-from tests.integration.test_api_support import ACME, OPERATOR_KEY, Api, api_settings
+from tests.integration.api_support import ACME, OPERATOR_KEY, Api, api_settings
 
-pytest_plugins = ["tests.integration.test_api_support"]
+pytestmark = pytest.mark.integration
 
 CHECKS = [
     not_a_server_error,

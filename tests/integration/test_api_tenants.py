@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from services.admin.tenants import valid_webhook_secrets
 from services.common.db.tables import api_keys, tenants
-from tests.integration.test_api_support import (
+from tests.integration.api_support import (
     ACME,
     BOB_SF,
     CONNECTOR_SF,
@@ -19,7 +20,7 @@ from tests.integration.test_api_support import (
     sf_id,
 )
 
-pytest_plugins = ["tests.integration.test_api_support"]
+pytestmark = pytest.mark.integration
 
 NEW = {
     "id": "initech",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.integration.test_api_support import (
+import pytest
+
+from tests.integration.api_support import (
     ACME,
     ALICE_SF,
     BOB_SF,
@@ -14,7 +16,8 @@ from tests.integration.test_api_support import (
     sf_id,
 )
 
-pytest_plugins = ["tests.integration.test_api_support"]
+pytestmark = pytest.mark.integration
+
 T = f"/v1/tenants/{ACME}"
 PAT, GONE, TWIN = sf_id("005", 301), sf_id("005", 302), sf_id("005", 303)
 SHARED_1, SHARED_2 = sf_id("005", 304), sf_id("005", 305)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from tests.integration.test_api_support import ACME, ALICE_SF, BOB_SF, Api, error, sf_id
+import pytest
 
-pytest_plugins = ["tests.integration.test_api_support"]
+from tests.integration.api_support import ACME, ALICE_SF, BOB_SF, Api, error, sf_id
+
+pytestmark = pytest.mark.integration
+
 SF = f"/v1/tenants/{ACME}/sf-users"
 AE = f"/v1/tenants/{ACME}/ae-users"
 

@@ -5,56 +5,19 @@ syncer -> AE simulator. Each engagement fixture gives the result its MANIFEST.js
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from services.bootstrap import Running
-from services.common.db.tables import audit_log, group_members, records
-from services.demo.replay import hold_prospect
-from services.sim.embedded import wait_until_idle
-from tests.integration.conftest import decision_rows, table_counts, table_rows
-from tests.integration.webhooks import engagement_body, post_webhook
+from services.common.db.tables import audit_log, group_members
+from tests.store import decision_rows, table_counts, table_rows
+from tests.webhooks import Engagement, engagement_body
+
+pytestmark = pytest.mark.integration
 
 CONNECTOR = "0055g00000ePONxAAO"
 ALICE_SF, BOB_SF, CAROL_SF = "0055g0000Zti3ElAQI", "0055g0000M6fuVCAQY", "0055g0000UHNjcrAQD"
 QUEUE = "00G5g0000QQQdLAEQ1"
-
-
-class Engagement:
-    """Seeds the AE simulator with the prospects the fixtures talk about and posts webhooks."""
-
-    def __init__(self, live: Running) -> None:
-        assert live.ae_sim is not None and live.sf_sim is not None
-        self.live = live
-        self.ae = live.ae_sim
-        self.sf = live.sf_sim
-        self.posted = 0
-
-    async def post(self, body: bytes | dict[str, Any], **kwargs: Any) -> int:
-        hold_prospect(self.ae, (json.loads(body) if isinstance(body, bytes) else body)["prospect"])
-        response = await post_webhook(self.live.receiver_url or "", body, **kwargs)
-        if response.status_code == 202:
-            self.posted += 1
-        await wait_until_idle(self.live, settled=self.posted)
-        return response.status_code
-
-    async def record(self, prospect_id: int) -> dict[str, Any]:
-        async with self.live.runtime.engine.connect() as conn:
-            row = (
-                await conn.execute(select(records).where(records.c.prospect_id == prospect_id))
-            ).one()
-        return dict(row._mapping)
-
-    async def rules(self, prospect_id: int) -> list[str]:
-        """The rules of the decisions about the prospect's record, oldest first."""
-        record = await self.record(prospect_id)
-        rows = await decision_rows(self.live)
-        return [r["rule"] for r in rows if r["record_id"] == record["id"]]
-
-    def sf_lead(self, lead_id: str) -> dict[str, Any]:
-        return self.sf.leads[lead_id]
 
 
 @pytest.fixture

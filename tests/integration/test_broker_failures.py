@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import aio_pika
 import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.bootstrap import create_app
@@ -23,6 +24,8 @@ from services.common.worker import Decided, WorkerStats, run_worker
 from services.demo.replay import FIXTURES
 from tests.endpoints import sf_path
 from tests.integration.conftest import AMQP_URL
+
+pytestmark = pytest.mark.integration
 
 
 async def test_receiver_answers_503_with_a_fault_and_acks_nothing_while_rabbitmq_is_unreachable(

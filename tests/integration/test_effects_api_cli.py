@@ -18,9 +18,8 @@ from services.common.db.store import Cause, outbox_row
 from services.common.db.tables import audit_log, outbox, records
 from services.common.domain import AeProspectUpsert
 from services.common.settings import Settings
-from tests.integration.test_api_support import Api, error, sf_id
+from tests.integration.api_support import Api, error, sf_id
 
-pytest_plugins = ["tests.integration.test_api_support"]
 pytestmark = pytest.mark.integration
 
 CAUSE = Cause("3b1f6c9e-0000-4000-8000-000000000001", "test", "test")

@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import ColumnElement, func, select
 
 from services.common.broker.base import QueueRole
@@ -21,6 +22,8 @@ from services.common.settings import Settings
 from services.common.sfid import to18
 from services.common.worker import run_worker
 from services.syncer.worker import apply_sf_events
+
+pytestmark = pytest.mark.integration
 
 EVENTS = 5000
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.bootstrap import Running
 from services.demo.replay import FIXTURES
 from services.sim.embedded import wait_until_idle
 from tests.endpoints import sf_path
-from tests.integration.webhooks import engagement_body, post_webhook
+from tests.webhooks import engagement_body, post_webhook
+
+pytestmark = pytest.mark.integration
 
 
 def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:

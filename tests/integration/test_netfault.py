@@ -12,6 +12,8 @@ import pytest
 from services.common.web import serve_app
 from services.sim.netfault import FaultProxy, Mode, control_app
 
+pytestmark = pytest.mark.integration  # the proxy stands in front of the real Postgres
+
 PG = ("127.0.0.1", 5432)
 
 

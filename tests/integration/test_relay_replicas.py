@@ -30,7 +30,7 @@ from services.relay.senders import ae_prospect_sender
 from services.sim.ae import AeSimState, create_ae_app
 from services.sim.sf import SfSimState, create_sf_app
 from services.sim.sf.tokens import AccessTokens
-from tests.integration.test_api_support import sf_id
+from tests.integration.api_support import sf_id
 
 pytestmark = pytest.mark.integration
 

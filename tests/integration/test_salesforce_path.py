@@ -1,58 +1,27 @@
 """SF outbound messages through the HTTP receiver, RabbitMQ, the syncer, Postgres, the relay and
-the AE simulator: the fixtures give the results their MANIFEST.json describes."""
+the AE simulator: the fixtures give the results their MANIFEST.json describes. (What the
+receiver refuses is in tests/service/test_receiver_refusals.py.)"""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 
 from services.bootstrap import Running
 from services.common.db.tables import audit_log, inbox, records
-from services.common.endpoints import SfAction
 from services.common.sfid import to18
-from services.receiver.soap import parse_outbound_message
 from services.sim.embedded import wait_until_idle
 from tests.endpoints import sf_path
-from tests.integration.conftest import decision_rows, table_counts, table_rows
+from tests.outbound import SOAP_HEADERS, Poster, is_ack
+from tests.store import decision_rows, table_counts, table_rows
+
+pytestmark = pytest.mark.integration
 
 KIM = "00Q5g0000ZWHszxEQD"
 QUEUE = "00G5g0000QQQdLAEQ1"
-SOAP_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'}
-
-
-class Poster:
-    """Posts fixture messages and waits until the stack settled every notification posted."""
-
-    def __init__(self, live: Running, fixtures: Path) -> None:
-        self.live = live
-        self.fixtures = fixtures / "salesforce"
-        self.posted = 0
-
-    async def post(self, name: str, action: SfAction = "record-created") -> httpx.Response:
-        body = (self.fixtures / name).read_bytes()
-        async with httpx.AsyncClient(base_url=self.live.receiver_url or "") as http:
-            response = await http.post(sf_path(action), content=body, headers=SOAP_HEADERS)
-        if response.status_code == 200:
-            self.posted += len(parse_outbound_message(body).notifications)
-        await wait_until_idle(self.live, settled=self.posted)
-        return response
-
-    async def record(self, sf_id: str) -> dict[str, Any]:
-        async with self.live.runtime.engine.connect() as conn:
-            row = (await conn.execute(select(records).where(records.c.sf_record_id == sf_id))).one()
-        return dict(row._mapping)
-
-    def ae_prospect(self, prospect_id: int) -> dict[str, Any]:
-        assert self.live.ae_sim is not None
-        return self.live.ae_sim.prospects[prospect_id]
-
-    async def last_rule(self) -> str:
-        return str((await decision_rows(self.live))[-1]["rule"])
 
 
 @pytest.fixture
@@ -60,36 +29,28 @@ def poster(stack: Running, fixtures_dir: Path) -> Poster:
     return Poster(stack, fixtures_dir)
 
 
-def _is_ack(response: httpx.Response) -> bool:
-    return (
-        response.status_code == 200
-        and response.headers["content-type"].startswith("text/xml")
-        and "<Ack>true</Ack>" in response.text
-    )
-
-
 async def test_kims_lead_follows_the_manifest_story_through_every_reassignment(
     poster: Poster,
 ) -> None:
-    assert _is_ack(await poster.post("lead-created-owner-connected.xml"))
+    assert is_ack(await poster.post("lead-created-owner-connected.xml"))
     kim = await poster.record(KIM)
     assert await poster.last_rule() == "S2"
     assert poster.ae_prospect(kim["prospect_id"])["assignedUserId"] == 101
 
-    assert _is_ack(await poster.post("lead-reassigned-not-connected.xml", "record-reassigned"))
+    assert is_ack(await poster.post("lead-reassigned-not-connected.xml", "record-reassigned"))
     assert await poster.last_rule() == "S4"
     assert poster.ae_prospect(kim["prospect_id"])["assignedUserId"] == 101
     assert (await poster.record(KIM))["sf_owner_id"] == "0055g00002X7EufAAF"
 
-    assert _is_ack(await poster.post("lead-reassigned-connected.xml", "record-reassigned"))
+    assert is_ack(await poster.post("lead-reassigned-connected.xml", "record-reassigned"))
     assert await poster.last_rule() == "S5"
     assert poster.ae_prospect(kim["prospect_id"])["assignedUserId"] == 102
 
-    assert _is_ack(await poster.post("lead-reassigned-stale.xml", "record-reassigned"))
+    assert is_ack(await poster.post("lead-reassigned-stale.xml", "record-reassigned"))
     assert await poster.last_rule() == "S7"
     assert poster.ae_prospect(kim["prospect_id"])["assignedUserId"] == 102
 
-    assert _is_ack(await poster.post("lead-reassigned-to-queue.xml", "record-reassigned"))
+    assert is_ack(await poster.post("lead-reassigned-to-queue.xml", "record-reassigned"))
     assert await poster.last_rule() == "S6"
     prospect = poster.ae_prospect(kim["prospect_id"])
     assert (prospect["assignedUserId"], prospect["assignedQueueId"]) == (None, QUEUE)
@@ -98,7 +59,7 @@ async def test_kims_lead_follows_the_manifest_story_through_every_reassignment(
 async def test_lead_created_with_unconnected_owner_makes_an_unassigned_prospect(
     poster: Poster,
 ) -> None:
-    assert _is_ack(await poster.post("lead-created-owner-not-connected.xml"))
+    assert is_ack(await poster.post("lead-created-owner-not-connected.xml"))
     record = await poster.record("00Q5g0000sOuOvGEAV")
     assert await poster.last_rule() == "S1"
     prospect = poster.ae_prospect(record["prospect_id"])
@@ -108,7 +69,7 @@ async def test_lead_created_with_unconnected_owner_makes_an_unassigned_prospect(
 
 
 async def test_contact_created_with_connected_owner_is_assigned_to_bob(poster: Poster) -> None:
-    assert _is_ack(await poster.post("contact-created.xml"))
+    assert is_ack(await poster.post("contact-created.xml"))
     record = await poster.record("0035g0000PcZvNKAQ0")
     assert record["sf_object"] == "Contact"
     assert poster.ae_prospect(record["prospect_id"])["assignedUserId"] == 102
@@ -117,7 +78,7 @@ async def test_contact_created_with_connected_owner_is_assigned_to_bob(poster: P
 async def test_fifteen_character_ids_are_stored_in_their_eighteen_character_form(
     poster: Poster,
 ) -> None:
-    assert _is_ack(await poster.post("lead-created-15-char-ids.xml"))
+    assert is_ack(await poster.post("lead-created-15-char-ids.xml"))
     record = await poster.record("00Q5g0000IXRUVNEQ5")
     assert record["sf_owner_id"] == "0055g0000Zti3ElAQI"
     assert poster.ae_prospect(record["prospect_id"])["assignedUserId"] == 101
@@ -125,7 +86,7 @@ async def test_fifteen_character_ids_are_stored_in_their_eighteen_character_form
 
 async def test_batch_of_100_is_acked_once_and_yields_100_applied_events(poster: Poster) -> None:
     response = await poster.post("lead-created-batch-100.xml")
-    assert _is_ack(response)
+    assert is_ack(response)
     assert response.text.count("<Ack>") == 1
     counts = await table_counts(poster.live)
     assert counts["inbox"] == 100
@@ -148,7 +109,7 @@ async def test_posting_the_same_message_twice_changes_nothing_the_second_time(
     ae_calls = len(poster.live.ae_sim.call_log)
     records_before = await table_rows(poster.live, records)
 
-    assert _is_ack(await poster.post("lead-reassigned-connected.xml", "record-reassigned"))
+    assert is_ack(await poster.post("lead-reassigned-connected.xml", "record-reassigned"))
 
     assert await table_counts(poster.live) == before
     assert await table_rows(poster.live, records) == records_before
@@ -172,47 +133,6 @@ async def test_stale_notification_posted_after_the_newer_one_changes_nothing(
     assert len(poster.live.ae_sim.call_log) == ae_calls
     stale = [r for r in await table_rows(poster.live, audit_log) if r["rule"] == "S7"]
     assert len(stale) == 1 and "stale" in stale[0]["reason"]
-
-
-BAD = sorted((Path(__file__).parents[2] / "services/demo/fixtures/salesforce/bad").iterdir())
-
-
-@pytest.mark.parametrize("bad", BAD, ids=[p.name for p in BAD])
-async def test_bad_message_is_refused_with_a_soap_fault_and_leaves_no_trace(
-    poster: Poster, bad: Path
-) -> None:
-    await poster.post("lead-created-owner-connected.xml")  # something to leave untouched
-    before = await table_counts(poster.live)
-    decisions_before = len(await decision_rows(poster.live))
-    assert poster.live.ae_sim is not None
-    ae_before = poster.live.ae_sim.snapshot()
-    depths_before = await poster.live.runtime.broker.queue_depths()
-
-    async with httpx.AsyncClient(base_url=poster.live.receiver_url or "") as http:
-        response = await http.post(
-            sf_path("record-created"), content=bad.read_bytes(), headers=SOAP_HEADERS
-        )
-
-    assert 400 <= response.status_code < 500
-    assert "<soapenv:Fault>" in response.text and "<Ack>" not in response.text
-    assert response.headers["content-type"].startswith("text/xml")
-    # Anything published would be settled by now; a sentinel proves the pipe is flowing.
-    await poster.post("contact-created.xml")
-    assert poster.live.stats["syncer"].settled == 2
-    after = await table_counts(poster.live)
-    assert after["inbox"] == before["inbox"] + 1
-    assert len(await decision_rows(poster.live)) == decisions_before + 1
-    assert await poster.live.runtime.broker.queue_depths() == depths_before
-    assert len(poster.live.ae_sim.snapshot()["prospects"]) == len(ae_before["prospects"]) + 1
-
-
-async def test_body_over_one_megabyte_is_refused_with_413(poster: Poster) -> None:
-    async with httpx.AsyncClient(base_url=poster.live.receiver_url or "") as http:
-        response = await http.post(
-            sf_path("record-created"), content=b"<" * 1_048_577, headers=SOAP_HEADERS
-        )
-    assert response.status_code == 413
-    assert "<soapenv:Fault>" in response.text
 
 
 async def test_relay_retries_transient_ae_failures_until_the_prospect_exists(
@@ -273,7 +193,7 @@ async def test_repeated_reassignments_of_one_record_cost_one_ae_call(
             response = await http.post(
                 sf_path("record-reassigned"), content=message, headers=SOAP_HEADERS
             )
-            assert _is_ack(response)
+            assert is_ack(response)
     poster.posted += len(owners)
     await wait_until_idle(poster.live, settled=poster.posted)
     kim = await poster.record(KIM)

@@ -30,7 +30,9 @@ from services.common.db.tables import (
 from services.common.keys import key_hash
 from services.common.settings import Settings
 from services.demo.replay import SF
-from tests.integration.test_api_support import ALICE_SF, DAVE_SF, sf_id
+from tests.integration.api_support import ALICE_SF, DAVE_SF, sf_id
+
+pytestmark = pytest.mark.integration
 
 TENANT_JSON = SF / "tenant.json"
 DIRECTORY = (tenants, sf_users, ae_users, connected_users, queues, groups, group_members)

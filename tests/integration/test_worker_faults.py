@@ -42,6 +42,8 @@ from services.sim.netfault import FaultProxy
 from services.syncer.worker import apply_sf_events
 from tests.integration.conftest import AMQP_URL, PG_URL
 
+pytestmark = pytest.mark.integration
+
 ALICE, BOB = 101, 102
 UNCONNECTED_SF_OWNER = "0055g0000UHNjcrAQD"
 FAST = Backoff(initial=0.1, maximum=1.0)

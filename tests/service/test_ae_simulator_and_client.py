@@ -28,8 +28,6 @@ from services.sim.lost_answers import LostAnswer
 from services.sim.sf import SfSimState, create_sf_app
 from services.sim.sf.tokens import AccessTokens
 
-pytestmark = pytest.mark.integration
-
 ORG_ID = "00D5e000000TestAAA"
 CLIENT_ID = "ae-test-app"
 CLIENT_SECRET = "ae-test-app-secret"

@@ -18,8 +18,6 @@ import services.demo
 from services.common.web import serve_app
 from services.sim.sf import OUTBOUND_NS, SOBJECT_NS, SfSimState, create_sf_app
 
-pytestmark = pytest.mark.integration
-
 FIXTURE = (
     Path(services.demo.__file__).parent / "fixtures/salesforce/lead-created-owner-connected.xml"
 )

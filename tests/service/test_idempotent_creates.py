@@ -25,7 +25,7 @@ from services.relay.senders import KEY_FIELD
 from services.sim.embedded import wait_until_idle
 from services.sim.lost_answers import LostAnswer
 from tests.endpoints import sf_path
-from tests.integration.webhooks import signed_headers
+from tests.webhooks import signed_headers
 
 PROSPECTS = "/api/v5/objects/prospects"
 LEADS = "/services/data/v62.0/sobjects/Lead"

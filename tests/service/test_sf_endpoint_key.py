@@ -25,7 +25,7 @@ from services.common.logs import configure_logging
 from services.common.sfid import to18
 from services.sim.embedded import wait_until_idle
 from tests.endpoints import ACME_ENDPOINT_KEY, sf_path
-from tests.integration.conftest import table_counts
+from tests.store import table_counts
 
 SOAP_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'}
 GLOBEX_ORG = to18("00D5g0000GLOBEX")

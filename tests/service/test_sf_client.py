@@ -22,8 +22,6 @@ from services.common.web import free_port, serve_app
 from services.sim.lost_answers import LostAnswer
 from services.sim.sf import CallRecord, SfSimState, create_sf_app
 
-pytestmark = pytest.mark.integration
-
 CLIENT_ID = "ownersync-test"
 CLIENT_SECRET = "test-only-secret"
 TOKEN_PATH = "/services/oauth2/token"

@@ -21,8 +21,6 @@ from services.sim.embedded import EmbeddedAe, EmbeddedSf, simulated_connections
 from services.sim.sf import SfSimState, create_sf_app
 from services.sim.sf.tokens import AccessTokens
 
-pytestmark = pytest.mark.integration
-
 ORG_A, ORG_B = "00D5e000000OrgAAAA", "00D5e000000OrgBAAA"
 UNIT_A, UNIT_B = "0Uv5e000000UnitAAA", "0Uv5e000000UnitBAA"
 TOKEN_PATH = "/services/oauth2/token"

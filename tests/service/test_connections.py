@@ -37,8 +37,6 @@ from services.sim.ae import AeSimState, create_ae_app
 from services.sim.sf import SfSimState, create_sf_app
 from services.sim.sf.tokens import AccessTokens
 
-pytestmark = pytest.mark.integration
-
 OPERATOR_KEY = "operator-key-for-the-connection-tests-0123456789"
 KEY_V1 = new_key_spec("v1")
 CLIENT_ID = "3MVG9-acme-connected-app"

@@ -8,8 +8,8 @@ import time
 import httpx
 
 from services.bootstrap import Running
-from tests.integration.conftest import table_counts
-from tests.integration.webhooks import engagement_body, post_webhook, signed_headers
+from tests.store import table_counts
+from tests.webhooks import engagement_body, post_webhook, signed_headers
 
 CREATED = "prospect-created-assigned-unconnected.json"
 
@@ -89,7 +89,7 @@ async def test_the_previous_secret_signs_valid_webhooks_only_during_its_grace_pe
     from sqlalchemy import update
 
     from services.common.db.tables import tenants
-    from tests.integration.webhooks import SECRET
+    from tests.webhooks import SECRET
 
     new_secret = "whsec_" + "bmV3LXNlY3JldC1mb3ItYWNtZS0xMjM0"
     body = engagement_body(CREATED)

@@ -7,14 +7,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from prometheus_client import REGISTRY
 
 from services.bootstrap import Running
-from tests.integration.conftest import table_counts
-from tests.integration.webhooks import engagement_body, post_webhook
-
-pytestmark = pytest.mark.integration
+from tests.store import table_counts
+from tests.webhooks import engagement_body, post_webhook
 
 CREATED = "prospect-created-assigned-unconnected.json"
 
