@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 
-.PHONY: install demo run test test-unit lint bench clean
+.PHONY: install demo run test test-unit lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +33,13 @@ bench: $(STAMP)  ## the benchmark against the real Postgres and RabbitMQ (prints
 	./scripts/ensure-services.sh
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+chaos: $(STAMP)  ## every role as a process under faults, then the owner checker (CHAOS_ARGS=--short: 3 min)
+	./scripts/ensure-services.sh
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
+
 lint: $(STAMP)  ## style, the layer contracts and the types (configured in pyproject.toml)
-	$(BIN)/ruff check services tests bench
-	$(BIN)/ruff format --check services tests bench
+	$(BIN)/ruff check services tests bench chaos
+	$(BIN)/ruff format --check services tests bench chaos
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 

@@ -64,6 +64,7 @@ class AeSimFaults(AnswerLoss):
     fail_next: int = 0
     fail_status: int = 503
     failure_rate: float = 0.0
+    retry_after_s: int | None = None  # a Retry-After header on the simulated 429/5xx answers
     seed: int | None = None
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -76,7 +77,14 @@ class AeSimFaults(AnswerLoss):
             self.rng = random.Random(self.seed)
 
     def clear(self) -> None:
-        self.configure(latency_ms=0.0, fail_next=0, fail_status=503, failure_rate=0.0, seed=None)
+        self.configure(
+            latency_ms=0.0,
+            fail_next=0,
+            fail_status=503,
+            failure_rate=0.0,
+            retry_after_s=None,
+            seed=None,
+        )
         self.configure(**asdict(AnswerLoss()))
 
     def next_failure(self) -> int | None:
@@ -210,6 +218,10 @@ class ProspectUpdate(_AeBody):
     salesforceId: str | None = None
 
 
+class SeedProspect(ProspectCreate):
+    id: int | None = Field(default=None, ge=1)
+
+
 class FaultSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -217,6 +229,9 @@ class FaultSettings(BaseModel):
     fail_next: int | None = Field(default=None, ge=0)
     fail_status: int | None = Field(default=None, ge=400, le=599)
     failure_rate: float | None = Field(default=None, ge=0, le=1)
+    retry_after_s: int | None = Field(
+        default=None, ge=0, description="Retry-After (seconds) on the simulated failures."
+    )
     seed: int | None = None
     lose_answers_after_apply: int | None = Field(
         default=None, ge=0, description="The next N writes are applied, then their answer lost."
@@ -368,12 +383,24 @@ def _control_router() -> APIRouter:
             "fail_next": faults.fail_next,
             "fail_status": faults.fail_status,
             "failure_rate": faults.failure_rate,
+            "retry_after_s": faults.retry_after_s,
             "seed": faults.seed,
             "lose_answers_after_apply": faults.lose_answers_after_apply,
             "lost_answer": faults.lost_answer,
             "lost_answer_hold_ms": faults.lost_answer_hold_ms,
             "answers_lost": faults.answers_lost,
         }
+
+    @router.post("/prospects", status_code=201)
+    async def seed_prospect(request: Request, body: SeedProspect) -> dict[str, Any]:
+        """A prospect made in AE itself (by a form, an import), outside the API and its log."""
+        return _sim(request).add_prospect(
+            body.email,
+            assigned_user_id=body.assignedUserId,
+            assigned_queue_id=body.assignedQueueId,
+            salesforce_id=body.salesforceId,
+            prospect_id=body.id,
+        )
 
     @router.get("/state")
     async def dump_state(request: Request) -> dict[str, Any]:
@@ -430,8 +457,14 @@ def _check_faults(state: AeSimState, _: Request) -> JSONResponse | None:
     if status is None:
         return None
     if status == 429:
-        return _error_response(429, CODE_CONCURRENT_LIMIT, "concurrent requests limit (simulated)")
-    return _error_response(status, CODE_SIMULATED_FAULT, f"simulated fault {status}")
+        answer = _error_response(
+            429, CODE_CONCURRENT_LIMIT, "concurrent requests limit (simulated)"
+        )
+    else:
+        answer = _error_response(status, CODE_SIMULATED_FAULT, f"simulated fault {status}")
+    if state.faults.retry_after_s is not None:
+        answer.headers["Retry-After"] = str(state.faults.retry_after_s)
+    return answer
 
 
 async def _gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
