@@ -455,7 +455,7 @@ async def test_simulated_throttling_carries_retry_after_when_told(
     sim.tokens = None  # any bearer token will do: this test is about the fault's answer
     headers = {"Authorization": "Bearer x", "Pardot-Business-Unit-Id": BUSINESS_UNIT}
     async with httpx.AsyncClient(base_url=ae_url, headers=headers) as raw:
-        settings = {"fail_next": 1, "fail_status": 429, "retry_after_s": 7}
+        settings: dict[str, int | None] = {"fail_next": 1, "fail_status": 429, "retry_after_s": 7}
         assert (await raw.post("/_sim/faults", json=settings)).json()["retry_after_s"] == 7
         throttled = await raw.get(PROSPECTS)
         settings = {"fail_next": 1, "fail_status": 503, "retry_after_s": None}
