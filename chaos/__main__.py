@@ -56,7 +56,7 @@ def render(result: Result) -> None:
         f"chaos {info['plan']} (run {info['run']}, seed {info['seed']}): "
         f"{info['sf_records']} SF records, {info['ae_prospects']} AE prospects, "
         f"{info['sends']} sends ({info['unacked']} never acked), "
-        f"settled in {info['settle_seconds']}s"
+        f"settled in {info['settle_seconds']}s, {info['wall_seconds']}s in all"
     )
     for name in (*f.FAILING, "unlinked"):
         value = getattr(f, name)

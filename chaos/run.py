@@ -374,6 +374,7 @@ class Chaos:
     # ---- the run
 
     async def run(self) -> Result:
+        began = time.monotonic()
         ok = False
         supervisor: asyncio.Task[None] | None = None
         try:
@@ -410,6 +411,7 @@ class Chaos:
                     "unacked": len(stats.unacked),
                     "post_retries": stats.retries,
                     "faults": self.faults_played,
+                    "wall_seconds": round(time.monotonic() - began),  # teardown not included
                 }
             )
             ok = result.figures.ok
