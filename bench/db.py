@@ -82,7 +82,8 @@ class Store:
         return int(await self.conn.fetchval("select count(*) from inbox"))
 
     async def pending_effects(self) -> int:
-        return int(await self.conn.fetchval("select count(*) from outbox where status = 'pending'"))
+        unsent = "select count(*) from outbox where status in ('pending', 'sending')"
+        return int(await self.conn.fetchval(unsent))
 
     async def settled_effects(self) -> int:
         return int(

@@ -243,7 +243,11 @@ class Chaos:
         elif a == "ae_429":
             await self._sim_faults(
                 "ae",
-                {"fail_next": step.count, "fail_status": 429, "retry_after_s": int(step.seconds)},
+                {
+                    "fail_next": step.count,
+                    "fail_status": 429,
+                    "retry_after": str(int(step.seconds)),
+                },
             )
         elif a == "ae_5xx":
             await self._sim_faults("ae", {"fail_next": step.count, "fail_status": 503})

@@ -32,7 +32,8 @@ def _run(connection: Connection) -> None:
 
 
 async def _online() -> None:
-    engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
+    # No statement timeout: a migration may rewrite a large table.
+    engine = make_engine(config.get_main_option("sqlalchemy.url") or "", statement_timeout_ms=0)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,10 +27,12 @@ from services.common.settings import Settings
 from services.common.sf_auth import SfTokenSource
 from services.common.sf_client import SfClient
 from services.common.web import serve_app
-from services.common.worker import WorkerStats, run_worker
+from services.common.worker import Backoff, WorkerStats, run_worker
 from services.receiver.app import install_receiver
-from services.relay.relay import Relay, Senders
+from services.relay.ae_limits import SharedAeLimits
+from services.relay.relay import Relay, Senders, replica_id
 from services.relay.senders import ae_prospect_sender, sf_record_sender
+from services.relay.tenant_senders import TenantSenders
 from services.syncer.worker import apply_sf_events
 
 if TYPE_CHECKING:
@@ -50,6 +52,16 @@ WORKERS = (
 
 class ConfigurationError(Exception):
     pass
+
+
+class RoleFailed(Exception):
+    """A role's task died with a failure: the other roles are stopped and the process exits
+    non-zero (an orchestrator restarts it)."""
+
+    def __init__(self, role: str, cause: BaseException) -> None:
+        self.role = role
+        self.cause = cause
+        super().__init__(f"role {role} died: {cause!r}")
 
 
 def create_app(runtime: Runtime | None = None, settings: Settings | None = None) -> FastAPI:
@@ -93,6 +105,22 @@ class Running:
     relay: Relay | None = None
     stats: dict[str, WorkerStats] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    heartbeat_timeout: float = 60.0
+
+    def health(self) -> dict[str, str]:
+        """Each worker role's state for /healthz: ok, silent (its consume loop stopped
+        beating) or dead (its task ended)."""
+        tasks = {t.get_name(): t for t in self.tasks}
+        states: dict[str, str] = {}
+        for role, stats in self.stats.items():
+            task = tasks.get(role)
+            if task is not None and task.done():
+                states[role] = "dead"
+            elif stats.silent_for() > self.heartbeat_timeout:
+                states[role] = f"silent for {stats.silent_for():.0f} s"
+            else:
+                states[role] = "ok"
+        return states
 
     @property
     def ae_sim(self) -> AeSimState | None:
@@ -134,7 +162,7 @@ async def running(
                 "or set OWNERSYNC_AMQP_URL to run roles separately"
             )
         await runtime.broker.connect()
-        live = Running(runtime)
+        live = Running(runtime, heartbeat_timeout=settings.heartbeat_timeout_s)
         if "relay" in roles:
             await _start_relay(live, settings, stack, stop)
         for role, queue, handle in WORKERS:
@@ -149,11 +177,16 @@ async def running(
                     batch_wait=settings.batch_wait_ms / 1000,
                     stop=stop,
                     stats=live.stats[role],
+                    backoff=Backoff(
+                        settings.hold_backoff_ms / 1000, settings.hold_backoff_max_ms / 1000
+                    ),
                 )
                 live.tasks.append(asyncio.create_task(worker, name=role))
+        for task in live.tasks:
+            task.add_done_callback(lambda _: stop.set())  # one role down takes the rest down
         if "receiver" not in roles and settings.metrics_port:
             metrics_url = await stack.enter_async_context(
-                serve_app(worker_app(), settings.host, settings.metrics_port)
+                serve_app(worker_app(live.health), settings.host, settings.metrics_port)
             )
             log.info("metrics and health on %s/metrics", metrics_url)
         if "receiver" in roles:
@@ -177,6 +210,14 @@ async def running(
         finally:
             stop.set()
             await asyncio.gather(*live.tasks, return_exceptions=True)
+        _raise_failed_role(live.tasks)
+
+
+def _raise_failed_role(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """RoleFailed for the first role whose task died with a failure."""
+    for task in tasks:
+        if not task.cancelled() and (failure := task.exception()) is not None:
+            raise RoleFailed(task.get_name(), failure) from failure
 
 
 async def _start_relay(
@@ -184,20 +225,33 @@ async def _start_relay(
 ) -> None:
     tokens = await _sf_tokens(live, settings, stack)
     ae = await _ae_client(live, settings, stack, tokens)
-    if ae is None or tokens is None:
-        # AE takes the SF connected app's token: with no SF org there is nothing to send with.
-        log.warning("no SF connection: the relay is not started, effects wait in the outbox")
-        return
-    senders = Senders(
-        ae=ae_prospect_sender(ae), sf=sf_record_sender(await _sf_client(stack, tokens))
+    default: Senders | None = None
+    if ae is not None and tokens is not None:
+        sf = await _sf_client(stack, tokens)
+        default = Senders(ae=ae_prospect_sender(ae), sf=sf_record_sender(sf))
+    else:
+        log.info("no default SF connection: each tenant's effects go out with its own connections")
+    ring = settings.keyring if settings.secrets_key is not None else None
+    senders = TenantSenders(
+        live.runtime.engine,
+        ring,
+        default,
+        ae_max_concurrency=settings.ae_max_concurrency,
+        ae_daily_quota=settings.ae_daily_quota,
+        ae_quota_timezone=settings.ae_quota_timezone,
+        ae_limits=_shared_ae_limits(live, settings),
     )
+    stack.push_async_callback(senders.aclose)
     live.relay = Relay(
         live.runtime.engine,
         senders,
+        owner=_replica(settings),
         batch_size=settings.relay_batch_size,
         interval=settings.relay_interval_ms / 1000,
-        max_attempts=settings.relay_max_attempts,
+        backoff_max=settings.relay_backoff_max_seconds,
         coalesce=settings.relay_coalesce_ms / 1000,
+        lease=settings.relay_lease_seconds,
+        quota_timezone=settings.ae_quota_timezone,
     )
     live.tasks.append(asyncio.create_task(live.relay.run(stop), name="relay"))
 
@@ -211,10 +265,7 @@ async def _sf_tokens(
     secret = settings.sf_client_secret.get_secret_value() if settings.sf_client_secret else None
     if url is None:
         if not settings.simulate:
-            raise ConfigurationError(
-                "OWNERSYNC_SF_BASE_URL is required with a real broker "
-                "(or set OWNERSYNC_USE_SIMULATORS=true to run the SF simulator in-process)"
-            )
+            return None  # no default connection: tenants send with their own
         from services.sim.embedded import start_sf
 
         live.sf = await start_sf(live.runtime, stack)
@@ -242,10 +293,7 @@ async def _ae_client(
     ae_url = settings.ae_base_url
     if ae_url is None:
         if not settings.simulate:
-            raise ConfigurationError(
-                "OWNERSYNC_AE_BASE_URL is required with a real broker "
-                "(or set OWNERSYNC_USE_SIMULATORS=true to run the AE simulator in-process)"
-            )
+            return None  # no default connection: tenants send with their own
         from services.sim.embedded import start_ae
 
         live.ae = await start_ae(
@@ -256,6 +304,7 @@ async def _ae_client(
     live.ae_url = ae_url
     if tokens is None:
         return None  # AE takes SF's access token: without a SF connection there is none
+    limits = _shared_ae_limits(live, settings)
     client = await stack.enter_async_context(
         AeClient(
             ae_url,
@@ -263,10 +312,38 @@ async def _ae_client(
             settings.ae_business_unit_id,
             max_concurrency=settings.ae_max_concurrency,
             daily_quota=settings.ae_daily_quota,
+            quota_timezone=settings.ae_quota_timezone,
+            shared_limits=limits(settings.ae_business_unit_id) if limits else None,
         )
     )
     API_CALLS.track("ae", client)
     return client
+
+
+def _shared_ae_limits(live: Running, settings: Settings) -> Callable[[str], SharedAeLimits] | None:
+    """AE's limits of a business unit, counted in Postgres with every other relay replica
+    (None on the embedded SQLite store: one process, its own count)."""
+    if settings.is_sqlite:
+        return None
+    made: dict[str, SharedAeLimits] = {}
+
+    def limits(business_unit_id: str) -> SharedAeLimits:
+        if business_unit_id not in made:
+            made[business_unit_id] = SharedAeLimits(
+                live.runtime.engine,
+                business_unit_id,
+                owner=_replica(settings),
+                daily_quota=settings.ae_daily_quota,
+                max_concurrency=settings.ae_max_concurrency,
+                timezone=settings.ae_quota_timezone,
+            )
+        return made[business_unit_id]
+
+    return limits
+
+
+def _replica(settings: Settings) -> str:
+    return settings.relay_replica_id or replica_id()
 
 
 async def _sf_client(stack: contextlib.AsyncExitStack, tokens: SfTokenSource) -> SfClient:

@@ -582,3 +582,34 @@ class DeadLettersReplayed(ApiModel):
 
 class DeadLetterDiscarded(ApiModel):
     discarded: str
+
+
+# --- effects (the outbox) --------------------------------------------------------------------
+
+EffectState = Literal["waiting", "sending", "dead"]
+
+
+class EffectView(ApiModel):
+    id: int = Field(description="the outbox row id")
+    record_id: int
+    prospect_id: int | None
+    sf_record_id: str | None
+    target: Literal["ae", "sf"]
+    kind: str = Field(description="ae.prospect.upsert, sf.record.upsert")
+    state: EffectState = Field(
+        description="waiting: not sent yet (due, backing off after a failure, or waiting for "
+        "AE's daily quota); sending: a relay holds it now; dead: refused for good"
+    )
+    attempts: int = Field(description="failed tries (a spent quota is not one)")
+    last_error: str | None
+    next_attempt_at: datetime = Field(description="when a relay tries it next (waiting)")
+    created_at: datetime
+    age_seconds: float = Field(description="since the effect was written")
+    lease_owner: str | None = Field(description="the relay replica sending it (sending)")
+
+
+class EffectDiscarded(ApiModel):
+    discarded: int = Field(description="the outbox row id")
+    superseded: list[int] = Field(
+        description="older waiting rows of the same record and kind, which it had replaced"
+    )

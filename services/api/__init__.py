@@ -1,5 +1,5 @@
 """The internal REST API, `/v1`: tenants, users, connected users, user sync, queues and
-groups, records and their audit, assignment requests, reconcile, dead letters.
+groups, records and their audit, assignment requests, reconcile, dead letters, effects.
 
 Every route is typed (unknown fields refused), lists are paginated, errors have one shape, and
 the routes call the same service layer as the CLI (`services.admin`). Its own OpenAPI
@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from services.api import (
     connections,
     dead_letters,
+    effects,
     groups,
     mappings,
     operations,
@@ -38,12 +39,23 @@ TAGS = [
     {"name": "records", "description": "Records and their audit timeline"},
     {"name": "operations", "description": "Assignment requests and reconcile"},
     {"name": "dead letters", "description": "Events that could not be applied"},
+    {"name": "effects", "description": "Effects to SF and AE not sent yet, or dead; discard"},
 ]
 
 
 def v1_router() -> APIRouter:
     router = APIRouter(prefix=PREFIX, responses=responses(401, 403, 404, 413, 422, 429))
-    modules = (tenants, connections, users, mappings, groups, records, operations, dead_letters)
+    modules = (
+        tenants,
+        connections,
+        users,
+        mappings,
+        groups,
+        records,
+        operations,
+        dead_letters,
+        effects,
+    )
     for module in modules:
         router.include_router(module.router)
     return router
@@ -51,7 +63,8 @@ def v1_router() -> APIRouter:
 
 DESCRIPTION = (
     "Send `Authorization: Bearer <key>`. Scopes: `read` (every GET), `write` (users, "
-    "mappings, user sync, queues, groups, assignment requests, reconcile; includes `read`), "
+    "mappings, user sync, queues, groups, assignment requests, reconcile, effect discard; "
+    "includes `read`), "
     "`admin` (connector settings, connections, webhook secret, API keys, dead-letter replay and "
     "discard; includes `write`). A tenant's key sees only its tenant: any other answers 404. "
     "Lists take `limit` and `cursor` and answer `{items, nextCursor}`; errors are "

@@ -6,12 +6,15 @@ are not in the table:
   for an assignment action, created already linked to a SF record, an AE reassignment that
   names no user, or AE echoing the assignee ownersync already holds).
 - DUP: the webhook id was already processed; like S8 there is no effect and no audit row.
+- A9: the event is older (occurredAt) than the newest AE event applied to the record: ignored
+  as stale, audited, like S7 for SF's SystemModstamp. Every other decision that keeps a
+  record stamps it with the event's occurredAt (`ae_modstamp`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
@@ -74,6 +77,31 @@ def decide_ae_event(
                 audited=False,
             )
         )
+    occurred = event.payload.occurred_at
+    if record is not None and record.ae_modstamp is not None and occurred < record.ae_modstamp:
+        reason = (
+            f"stale: occurredAt {occurred.isoformat()} is older than the applied "
+            f"{record.ae_modstamp.isoformat()}"
+        )
+        return AssignerDecision(Decision(Rule.A9, reason, record, record))
+    result = _decide(event, policy, record, sf_user_of, group_members, known_queues, now)
+    after = result.decision.after
+    if after is None:
+        return result
+    newest = occurred if after.ae_modstamp is None else max(after.ae_modstamp, occurred)
+    decision = replace(result.decision, after=after.evolve(ae_modstamp=newest))
+    return replace(result, decision=decision)
+
+
+def _decide(
+    event: AeProspectEvent,
+    policy: TenantPolicy,
+    record: RecordState | None,
+    sf_user_of: Mapping[int, str],
+    group_members: Sequence[Member] | None,
+    known_queues: set[str],
+    now: datetime,
+) -> AssignerDecision:
     webhook = event.payload
     if event.type == AE_PROSPECT_REASSIGNED:
         return AssignerDecision(_reassigned(webhook.prospect, record, policy, sf_user_of))

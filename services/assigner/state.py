@@ -4,7 +4,7 @@ so that the preview decides on exactly what the worker would."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -12,7 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.assigner.decide import AssignerDecision, decide_ae_event
 from services.common.db import store
 from services.common.domain import Member, RecordState, TenantPolicy
-from services.common.messages import AeProspectEvent, AssignToGroup, AssignToUser
+from services.common.messages import AeProspect, AeProspectEvent, AssignToGroup, AssignToUser
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Two stored records an event showed to be one: the prospect's, and the SF record's."""
+
+    prospect_id: int
+    by_prospect: RecordState
+    by_sf_record: RecordState
 
 
 @dataclass
@@ -24,6 +33,8 @@ class AssignerState:
     group_members: dict[int, list[Member]]  # by group id, for the groups the actions name
     sf_user_of: dict[int, str]  # connected AE user -> SF user, for every user in play
     queues: set[str]
+    # Records to merge before deciding (the worker writes them; the preview only looks).
+    merges: list[Merge] = field(default_factory=list)
 
     def decide(
         self, event: AeProspectEvent, *, already_processed: bool, now: datetime
@@ -57,10 +68,20 @@ class AssignerState:
 async def load_assigner_state(
     conn: AsyncConnection, policy: TenantPolicy, events: Sequence[AeProspectEvent]
 ) -> AssignerState:
-    """The records and group members the events touch are locked until the transaction ends."""
+    """The records and group members the events touch are locked until the transaction ends.
+
+    A prospect's record is found by its prospect id or by its SF record id (a record ownersync
+    created learns its other id only when the relay hears back): when each id finds another
+    record, the two are one, to be merged (`merges`); the records show them merged already."""
     tenant_id = policy.tenant_id
     prospects = [e.payload.prospect for e in events]
-    records = await store.records_by(conn, tenant_id, "prospect_id", (p.id for p in prospects))
+    found = await store.records_by_any_id(
+        conn,
+        tenant_id,
+        prospect_ids=(p.id for p in prospects),
+        sf_record_ids=(p.salesforce_id for p in prospects if p.salesforce_id),
+    )
+    records, merges = _link(prospects, found)
     groups = {g for g in map(_group_of, events) if g is not None}
     members = await store.group_members_of(conn, tenant_id, groups)
     users = {p.assigned_user_id for p in prospects}
@@ -73,7 +94,34 @@ async def load_assigner_state(
         conn, tenant_id, {u for u in users if u is not None}
     )
     queues = await store.tenant_queue_ids(conn, tenant_id)
-    return AssignerState(policy, records, members, sf_user_of, queues)
+    return AssignerState(policy, records, members, sf_user_of, queues, merges)
+
+
+def _link(
+    prospects: Sequence[AeProspect], found: Sequence[RecordState]
+) -> tuple[dict[int, RecordState], list[Merge]]:
+    """Each prospect's record (by prospect id, else by SF record id) and the merges needed."""
+    by_prospect = {r.prospect_id: r for r in found if r.prospect_id is not None}
+    by_sf = {r.sf_record_id: r for r in found if r.sf_record_id is not None}
+    linked: dict[int, RecordState] = {}
+    merges: list[Merge] = []
+    for prospect in prospects:
+        if prospect.id in linked:
+            continue
+        mine = by_prospect.get(prospect.id)
+        sf = by_sf.get(prospect.salesforce_id) if prospect.salesforce_id else None
+        if sf is not None and sf.prospect_id not in (None, prospect.id):
+            sf = None  # the SF record is another prospect's: not this one's to take
+        if mine is not None and sf is not None and mine.id != sf.id:
+            if store.can_merge(mine, sf):
+                merges.append(Merge(prospect.id, mine, sf))
+                keep, gone = (mine, sf) if (mine.id or 0) < (sf.id or 0) else (sf, mine)
+                linked[prospect.id] = store.merged_state(keep, gone)
+            else:
+                linked[prospect.id] = mine
+        elif (either := mine if mine is not None else sf) is not None:
+            linked[prospect.id] = either
+    return linked, merges
 
 
 def _group_of(event: AeProspectEvent) -> int | None:

@@ -26,6 +26,12 @@ async def apply_ae_events(
     for policy, tenant_events in tenants:
         tenant_id = policy.tenant_id
         state = await load_assigner_state(conn, policy, tenant_events)
+        for merge in state.merges:
+            first = next(e for e in tenant_events if e.payload.prospect.id == merge.prospect_id)
+            state.records[merge.prospect_id] = await store.merge_records(
+                conn, tenant_id, merge.by_prospect, merge.by_sf_record, store.Cause.of(first), now
+            )
+            log.info("records %s and %s merged", merge.by_prospect.id, merge.by_sf_record.id)
         for event in tenant_events:
             event_id = str(event.event_id)
             result = state.decide(event, already_processed=event_id in processed, now=now)

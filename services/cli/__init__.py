@@ -11,6 +11,7 @@ import typer
 
 from services.cli.connections import connections_app, secrets_app, tenant_check
 from services.cli.dead_letters import dead_letters_app
+from services.cli.effects import effects_app
 from services.cli.mappings import mappings_app, user_sync_app
 from services.cli.reconcile import reconcile_app
 from services.cli.records import record_app
@@ -37,4 +38,5 @@ app.add_typer(user_sync_app, name="user-sync")
 app.add_typer(record_app, name="record")
 app.add_typer(reconcile_app, name="reconcile")
 app.add_typer(dead_letters_app, name="dead-letters")
+app.add_typer(effects_app, name="effects")
 app.add_typer(secrets_app, name="secrets")

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from services.admin.tenant_file import TenantFile
-from services.bootstrap import ROLES, ConfigurationError, running
+from services.bootstrap import ROLES, ConfigurationError, RoleFailed, running
 from services.cli.common import console, err, load_settings, migrate_embedded
 from services.cli.tenants import load_tenant_file
 from services.common.db.engine import migrate
@@ -56,6 +56,9 @@ def _serve(
     except ConfigurationError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    except RoleFailed as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
 
 
 @roles_app.command()

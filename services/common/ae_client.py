@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
+from zoneinfo import ZoneInfo
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -26,12 +28,14 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     RetryError,
+    retry_if_exception,
     retry_if_exception_type,
     retry_if_not_exception_type,
     stop_after_attempt,
     wait_exponential_jitter,
 )
 
+from services.common.retry_after import parse_retry_after
 from services.common.sf_client import NOT_SENT_ERRORS, SfRequestRejected, SfTransientError
 
 if TYPE_CHECKING:
@@ -88,11 +92,19 @@ _USER_FIELDS = ",".join(f.alias or n for n, f in AeUser.model_fields.items())
 
 
 class AeError(Exception):
-    def __init__(self, status: int | None, code: int | None, message: str) -> None:
+    def __init__(
+        self,
+        status: int | None,
+        code: int | None,
+        message: str,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(status, code, message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after  # seconds AE asked us to wait (Retry-After), if any
 
     def __str__(self) -> str:
         status = self.status if self.status is not None else "no response"
@@ -135,7 +147,8 @@ def _error_from(response: httpx.Response) -> AeError:
     if status == 429 and code == DAILY_LIMIT_CODE:
         return AeQuotaExhausted(status, code, message)
     if status == 429 or status >= 500:
-        return AeTransientError(status, code, message)
+        wait = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
+        return AeTransientError(status, code, message, retry_after=wait)
     if status == 404:
         return AeNotFound(status, code, message)
     return AeRequestRejected(status, code, message)
@@ -156,7 +169,11 @@ class AeClient:
         backoff_base: float = 0.2,
         backoff_max: float = 5.0,
         daily_quota: int | None = None,
+        quota_timezone: str = "UTC",
+        shared_limits: AeCallLimits | None = None,
     ) -> None:
+        """`daily_quota` and `max_concurrency` are counted in this process; `shared_limits`
+        (the relay's, in Postgres) counts AE's quota and concurrent calls across processes."""
         self._http = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout,
@@ -168,6 +185,9 @@ class AeClient:
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._daily_quota = daily_quota
+        self._quota_zone = ZoneInfo(quota_timezone)
+        self._quota_day = datetime.now(self._quota_zone).date()
+        self._shared = shared_limits
         self.calls_made = 0
         self.outcomes: Counter[str] = Counter()
 
@@ -187,8 +207,11 @@ class AeClient:
 
     @property
     def quota_remaining(self) -> int | None:
+        if self._shared is not None:
+            return self._shared.quota_remaining
         if self._daily_quota is None:
             return None
+        self._new_quota_day()
         return max(self._daily_quota - self.calls_made, 0)
 
     # --- API ------------------------------------------------------------------------------
@@ -257,13 +280,16 @@ class AeClient:
         params: dict[str, str] | None = None,
         repeatable: bool = True,
     ) -> dict[str, Any]:
+        backoff = wait_exponential_jitter(
+            multiplier=self._backoff_base, max=self._backoff_max, jitter=self._backoff_base
+        )
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_attempts),
-            wait=wait_exponential_jitter(
-                multiplier=self._backoff_base, max=self._backoff_max, jitter=self._backoff_base
-            ),
+            wait=lambda state: max(backoff(state), _asked_wait(state)),
             retry=retry_if_exception_type(AeTransientError)
-            & retry_if_not_exception_type(AeOutcomeUnknown),
+            & retry_if_not_exception_type(AeOutcomeUnknown)
+            # AE asked for a longer wait than this call may take: the caller waits instead.
+            & retry_if_exception(lambda exc: (_retry_after(exc) or 0.0) <= self._backoff_max),
             before_sleep=self._count_retry,
         )
         request = _Request(method, path, json, params, repeatable)
@@ -274,7 +300,10 @@ class AeClient:
             last = exc.last_attempt.exception()
             assert isinstance(last, AeTransientError)
             raise AeTransientError(
-                last.status, last.code, f"{last.message} (gave up after {self._max_attempts} tries)"
+                last.status,
+                last.code,
+                f"{last.message} (gave up after {self._max_attempts} tries)",
+                retry_after=last.retry_after,
             ) from last
         except AeOutcomeUnknown:
             self.outcomes["outcome_unknown"] += 1
@@ -307,11 +336,13 @@ class AeClient:
         error = _error_from(response)
         # A 5xx may come after the work was done; a 429 is a refusal before any of it.
         if not request.repeatable and response.status_code >= 500:
-            raise AeOutcomeUnknown(error.status, error.code, error.message)
+            raise AeOutcomeUnknown(
+                error.status, error.code, error.message, retry_after=error.retry_after
+            )
         raise error
 
     async def _send(self, request: _Request, token: SfToken) -> httpx.Response:
-        async with self._slots:
+        async with self._slots, self._shared_call():
             self._spend_quota()
             try:
                 return await self._http.request(
@@ -334,7 +365,17 @@ class AeClient:
         except SfTransientError as exc:
             raise AeTransientError(exc.status, None, f"no Salesforce token: {exc}") from exc
 
+    def _shared_call(self) -> AbstractAsyncContextManager[None]:
+        return self._shared.call() if self._shared is not None else nullcontext()
+
+    def _new_quota_day(self) -> None:
+        today = datetime.now(self._quota_zone).date()
+        if today != self._quota_day:
+            self._quota_day, self.calls_made = today, 0
+
     def _spend_quota(self) -> None:
+        if self._shared is not None:
+            return  # spent by the shared limits, with the slot
         if self.quota_remaining == 0:
             raise AeQuotaExhausted(None, None, f"local daily quota of {self._daily_quota} spent")
         self.calls_made += 1
@@ -350,6 +391,29 @@ class _Request:
     json: dict[str, Any] | None
     params: dict[str, str] | None
     repeatable: bool  # False: a create, which is not sent again once it may have arrived
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    return exc.retry_after if isinstance(exc, AeError) else None
+
+
+def _asked_wait(state: RetryCallState) -> float:
+    """The Retry-After of the failure about to be retried (0 without one)."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return (_retry_after(exc) if exc is not None else None) or 0.0
+
+
+@runtime_checkable
+class AeCallLimits(Protocol):
+    """AE's limits of one business unit, shared by every process that calls it."""
+
+    def call(self) -> AbstractAsyncContextManager[None]:
+        """Hold one of the concurrent calls and spend one call of the daily quota for the
+        duration of a request; AeQuotaExhausted (before any request) once the quota is spent."""
+        ...
+
+    @property
+    def quota_remaining(self) -> int | None: ...
 
 
 def _prospect_fields() -> dict[str, str]:

@@ -29,6 +29,7 @@ class Rule(StrEnum):
     A6 = "A6"
     A7 = "A7"
     A8 = "A8"
+    A9 = "A9"  # an AE event older than the newest one applied to its record: ignored as stale
     DUP = "DUP"  # a webhook id already processed: no effect, no audit row
     S1 = "S1"
     S2 = "S2"
@@ -40,8 +41,12 @@ class Rule(StrEnum):
     S8 = "S8"
     S9 = "S9"
     # Not a decision: what the answer to a sent effect taught ownersync about the record
-    # (the new prospect id, SF record id or SF owner). Audit rows only.
+    # (the new prospect id, SF record id or SF owner), or an operator's discard of an effect.
+    # Audit rows only.
     RELAY = "RELAY"
+    # Not a decision either: two records that turned out to be one (an event named ids of
+    # both) were merged into the older one. Audit rows only.
+    MERGE = "MERGE"
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,8 @@ class RecordState:
     ae_assigned_user_id: int | None = None
     ae_assigned_queue_id: str | None = None
     sf_owner_id: str | None = None
-    last_modstamp: datetime | None = None
+    last_modstamp: datetime | None = None  # SystemModstamp of the newest SF event applied
+    ae_modstamp: datetime | None = None  # occurredAt of the newest AE event applied
 
     @property
     def ae_assigned(self) -> bool:

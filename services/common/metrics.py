@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
@@ -48,12 +49,28 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 5, 10, 25, 50, 100, 200, 500),
 )
 OUTBOX_DEPTH = Gauge("ownersync_outbox_depth", "Effects waiting to be sent", ["target"])
+RELAY_TENANT_HELD = Gauge(
+    "ownersync_relay_tenant_held",
+    "1 while a tenant's effects are held because its connection cannot be used",
+    ["tenant"],
+)
 OUTBOX_AGE = Gauge(
     "ownersync_outbox_oldest_age_seconds", "Age of the oldest effect waiting", ["target"]
 )
+EFFECTS_WAITING = Gauge(
+    "ownersync_effects_waiting",
+    "Effects not sent yet (pending: due, backing off after a failure, or waiting for AE's quota)",
+    ["tenant"],
+)
+EFFECTS_OLDEST_AGE = Gauge(
+    "ownersync_effects_oldest_waiting_age_seconds",
+    "Age of the tenant's oldest effect not sent yet",
+    ["tenant"],
+)
+EFFECTS_DEAD = Gauge("ownersync_effects_dead", "Effects refused for good, by tenant", ["tenant"])
 
 # Decisions that change nothing anywhere.
-NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.DUP})
+NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.A9, Rule.DUP})
 
 
 class CountsCalls(Protocol):
@@ -65,24 +82,31 @@ class ApiCallCollector(Collector):
     """Reads the SF/AE clients' outcome tallies (and AE's quota) at scrape time."""
 
     def __init__(self) -> None:
-        self.clients: dict[str, CountsCalls] = {}
+        self.clients: dict[tuple[str, str], CountsCalls] = {}
 
-    def track(self, system: str, client: CountsCalls) -> None:
-        self.clients[system] = client
+    def track(self, system: str, client: CountsCalls, tenant: str = "") -> None:
+        """Count `client`'s calls under `system`; `tenant` names a tenant's own client
+        (its calls are added to the system's, its quota is shown under its name)."""
+        self.clients[(system, tenant)] = client
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         calls = CounterMetricFamily(
             "ownersync_api_calls", "Calls to SF and AE by outcome", labels=["system", "outcome"]
         )
         quota = GaugeMetricFamily(
-            "ownersync_ae_quota_remaining", "AE daily API calls left (when a quota is set)"
+            "ownersync_ae_quota_remaining",
+            "AE daily API calls left (when a quota is set), by tenant ('' for the default)",
+            labels=["tenant"],
         )
-        for system, client in self.clients.items():
+        totals: Tally[tuple[str, str]] = Tally()
+        for (system, tenant), client in self.clients.items():
             for outcome, count in client.outcomes.items():
-                calls.add_metric([system, outcome], count)
+                totals[(system, outcome)] += count
             remaining = getattr(client, "quota_remaining", None)
             if system == "ae" and remaining is not None:
-                quota.add_metric([], remaining)
+                quota.add_metric([tenant], remaining)
+        for (system, outcome), count in totals.items():
+            calls.add_metric([system, outcome], count)
         yield calls
         yield quota
 
@@ -100,13 +124,20 @@ def metrics_response() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-def worker_app() -> FastAPI:
-    """The small HTTP face of a worker process: /healthz and /metrics."""
+def worker_app(health: Callable[[], dict[str, str]] | None = None) -> FastAPI:
+    """The small HTTP face of a worker process: /healthz and /metrics.
+
+    `health` names each role's state ("ok" or why not); /healthz answers 503 unless all are ok."""
     app = FastAPI(title="ownersync worker", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> JSONResponse:
+        roles = health() if health is not None else {}
+        healthy = all(state == "ok" for state in roles.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "unhealthy", **roles},
+            status_code=200 if healthy else 503,
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -16,13 +16,17 @@ from services.common.settings import Settings
 
 def build_broker(settings: Settings) -> Broker:
     if settings.amqp_url is None:
-        return MemoryBroker(delivery_limit=settings.delivery_limit)
+        return MemoryBroker(
+            delivery_limit=settings.delivery_limit, retry_limit=settings.retry_limit
+        )
     return RabbitBroker(
         settings.amqp_url,
         exchange=settings.exchange,
         queue_prefix=settings.queue_prefix,
         delivery_limit=settings.delivery_limit,
         prefetch=settings.prefetch,
+        retry_delay=settings.retry_delay_ms / 1000,
+        retry_limit=settings.retry_limit,
     )
 
 
@@ -39,4 +43,10 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, *, broker: Broker | None = None) -> Runtime:
-    return Runtime(settings, make_engine(settings.database_url), broker or build_broker(settings))
+    engine = make_engine(
+        settings.database_url,
+        connect_timeout=settings.db_connect_timeout_s,
+        command_timeout=settings.db_command_timeout_s,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+    )
+    return Runtime(settings, engine, broker or build_broker(settings))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,45 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(200, ge=1, description="most events applied in one transaction")
     batch_wait_ms: int = Field(5, ge=0, description="how long a worker waits to fill a batch")
+    hold_backoff_ms: int = Field(
+        200,
+        ge=1,
+        description="first wait before a worker retries a batch the database or the broker "
+        "failed (doubled each time, up to hold_backoff_max_ms); deliveries are not spent",
+    )
+    hold_backoff_max_ms: int = Field(5000, ge=1, description="longest wait between those retries")
+    retry_delay_ms: int = Field(
+        2000,
+        ge=1,
+        description="how long a message that lost a race (unique violation, deadlock) waits in "
+        "the <prefix>.retry queue before it goes back to its work queue",
+    )
+    retry_limit: int = Field(
+        5,
+        ge=0,
+        description="delayed retries of a message that keeps losing races before it is "
+        "dead-lettered",
+    )
+    heartbeat_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a worker whose consume loop has not beaten for this long answers "
+        "/healthz with 503",
+    )
+    db_connect_timeout_s: float = Field(
+        5.0, gt=0, description="Postgres: most seconds to open a connection"
+    )
+    db_command_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Postgres: most seconds the client waits for one statement (a black-holed "
+        "server is given up on)",
+    )
+    db_statement_timeout_ms: int = Field(
+        20000,
+        ge=0,
+        description="Postgres: the server's statement_timeout on every connection (0 = none)",
+    )
 
     max_body_bytes: int = Field(1_048_576, ge=1, description="larger request bodies get 413")
     api_rate_per_second: float = Field(
@@ -63,7 +103,12 @@ class Settings(BaseSettings):
     ae_base_url: str | None = Field(None, description="AE API base URL; unset = in-process sim")
     ae_business_unit_id: str = "0Uv000000000000"
     ae_max_concurrency: int = Field(5, ge=1, le=5, description="AE allows 5 concurrent calls")
-    ae_daily_quota: int | None = None
+    ae_daily_quota: int | None = Field(
+        None, ge=1, description="AE calls per business unit per day, all relays together"
+    )
+    ae_quota_timezone: str = Field(
+        "UTC", description="the time zone whose midnight starts a new AE quota day"
+    )
 
     sf_base_url: str | None = Field(None, description="SF instance URL; unset = in-process sim")
     sf_client_id: str | None = None
@@ -76,7 +121,21 @@ class Settings(BaseSettings):
         ge=0,
         description="an effect waits this long so repeated changes of one record go in one call",
     )
-    relay_max_attempts: int = Field(10, ge=1, description="attempts before an effect is dead")
+    relay_backoff_max_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="longest wait between tries of an effect that failed for a transient "
+        "reason; such an effect is tried until it succeeds or an operator discards it",
+    )
+    relay_lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="how long a relay owns a record it claimed before another relay may take "
+        "it over (longer than the slowest send)",
+    )
+    relay_replica_id: str | None = Field(
+        None, max_length=128, description="this relay's name in leases; unset = host:pid"
+    )
 
     use_simulators: bool | None = Field(
         None,
@@ -128,6 +187,15 @@ class Settings(BaseSettings):
                 "on (OWNERSYNC_USE_SIMULATORS); set a random key of your own"
             )
         return self
+
+    @field_validator("ae_quota_timezone")
+    @classmethod
+    def _known_time_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"is not a known time zone: {value}") from exc
+        return value
 
     @field_validator("secrets_key", mode="before")
     @classmethod

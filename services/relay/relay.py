@@ -2,9 +2,20 @@
 
 Effects of one record are coalesced: only the newest desired state is sent, and a new effect
 waits `coalesce` seconds for later changes of the same record, so a record reassigned five
-times in quick succession costs one AE call, not five. Rows are claimed with a lease
-(next_attempt_at pushed forward) in a short transaction, sent outside any transaction, then
-settled: done, superseded, retried later with backoff, or dead with the error.
+times in quick succession costs one AE call, not five.
+
+Safe at N replicas. A pass claims due rows with `FOR UPDATE SKIP LOCKED` and takes a lease on
+each of their records (`relay_leases`: owner = this replica, a fencing `version` that grows with
+every claim, expiry from the database clock), so one record's effects go out from one relay at
+a time, in order. The claimed rows are `sending`, stamped with owner and version. They are sent
+outside any transaction, then each record is settled in its own transaction, which first
+releases the lease it still holds: a relay whose lease expired and was taken over finds another
+version there and settles nothing. A settle that fails (a deadlock, a failover) touches only its
+record, which is claimed again when its lease expires. Expired leases are claimed like due rows.
+
+A failure waits (`retry`): transient ones back off up to a cap and are retried until they
+succeed or an operator discards them; a spent AE quota waits for the next quota day without
+counting an attempt; permanent refusals are dead, with the reason.
 
 Each row is rebuilt into its typed effect from its `kind` and versioned payload, and the effect's
 type picks the sender. What an answer teaches (a new prospect id, SF record id or SF owner) is
@@ -15,18 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, assert_never
+from typing import Any, Protocol, assert_never
 
-from sqlalchemy import bindparam, func, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import bindparam, exists, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common import metrics
 from services.common.db.store import Answered, apply_relay_answers, record_from_row
-from services.common.db.tables import outbox, records
+from services.common.db.tables import outbox, records, relay_leases
 from services.common.domain import (
     AeProspectUpsert,
     Effect,
@@ -37,14 +50,38 @@ from services.common.domain import (
     Target,
     effect_from_outbox,
 )
+from services.relay.retry import Rejected, classify, next_quota_day, retry_delay
 
 log = logging.getLogger("ownersync.relay")
 
+__all__ = ["Attempt", "Rejected", "Relay", "Senders", "db_now", "replica_id"]
+
 LEASE = timedelta(seconds=60)
+# The part of a lease that sends may take: the rest is margin for the settle and clock rates.
+SEND_WINDOW = 0.75
 
 
-class Rejected(Exception):
-    """The remote side refused the effect for good (a 4xx): retrying cannot help."""
+class LeaseRunningOut(Exception):
+    """A send not made, or cut short, because the record's lease is about to end: transient."""
+
+
+def replica_id() -> str:
+    """This relay's name in leases: the pod (host) name and the process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:128]
+
+
+async def db_now(conn: AsyncConnection) -> datetime:
+    """The database's clock (Postgres `now()`, the transaction's start), which every replica
+    shares; SQLite runs one process, whose clock it is."""
+    if conn.dialect.name == "postgresql":
+        value: datetime = (await conn.execute(text("SELECT now()"))).scalar_one()
+        return value
+    return datetime.now(UTC)
+
+
+class Held(Exception):
+    """The effect waits for something outside it (its tenant's connection): it is tried again
+    with backoff and never dies of it."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +129,18 @@ class Senders:
                 assert_never(effect)
 
 
+class SendsEffects(Protocol):
+    """What the relay sends with: `Senders`, or `TenantSenders` (each tenant's own)."""
+
+    @property
+    def kinds(self) -> list[str]: ...
+
+    @property
+    def targets(self) -> list[Target]: ...
+
+    async def send(self, record: RecordState, effect: Effect, attempt: Attempt) -> Learned: ...
+
+
 @dataclass
 class _Group:
     """The pending rows of one record and effect kind: only the newest is sent."""
@@ -108,33 +157,48 @@ class _Group:
     tried_before: bool = False
 
 
+@dataclass
+class _Claim:
+    """A record leased by this relay for one pass, and its groups of rows to send."""
+
+    record_id: int
+    version: int
+    groups: list[_Group]
+
+
 class Relay:
     def __init__(
         self,
         engine: AsyncEngine,
-        senders: Senders,
+        senders: SendsEffects,
         *,
+        owner: str | None = None,
         batch_size: int = 200,
         interval: float = 0.2,
-        max_attempts: int = 10,
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
         coalesce: float = 0.0,
+        lease: float = LEASE.total_seconds(),
+        quota_timezone: str = "UTC",
     ) -> None:
         self.engine = engine
         self.senders = senders
+        self.owner = owner or replica_id()
         self.batch_size = batch_size
         self.interval = interval
-        self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.coalesce = timedelta(seconds=coalesce)
+        self.lease = timedelta(seconds=lease)
+        self.quota_timezone = quota_timezone
         self.sent = 0
+        self.fenced = 0  # settles refused because another relay took the lease over
         self.wake = asyncio.Event()
         self._observed_at = 0.0
+        self._deadline = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("relay started for %s", ", ".join(sorted(self.senders.targets)))
+        log.info("relay %s started for %s", self.owner, ", ".join(sorted(self.senders.targets)))
         while not stop.is_set():
             try:
                 handled = await self.run_once()
@@ -155,13 +219,34 @@ class Relay:
         log.info("relay stopped")
 
     async def run_once(self) -> int:
-        """One pass: claim due effects, send them, settle them. Returns the effects handled."""
-        groups = await self._claim(datetime.now(UTC))
-        if not groups:
+        """One pass: claim due records, send their effects, settle each record. Returns the
+        effects handled."""
+        return await self.deliver(await self.claim())
+
+    async def claim(self) -> list[_Claim]:
+        """Lease due records and mark their rows `sending` (the first half of a pass)."""
+        claims = await self._claim()
+        self._deadline = asyncio.get_running_loop().time() + self.send_window
+        return claims
+
+    async def deliver(self, claims: list[_Claim]) -> int:
+        """Send what `claim` leased and settle each record (the second half of a pass).
+
+        Sends must finish well within the lease (`send_window`), measured on this process's
+        clock from the claim: past it another relay may own the record, so nothing more is sent
+        (the effect waits, as after a timeout)."""
+        if not claims:
             return 0
+        groups = [g for c in claims for g in c.groups]
         results = await asyncio.gather(*(self._send(g) for g in groups), return_exceptions=True)
-        await self._settle(groups, results, datetime.now(UTC))
+        by_group = dict(zip(map(id, groups), results, strict=True))
+        for claim in claims:
+            await self._settle_record(claim, [by_group[id(g)] for g in claim.groups])
         return sum(len(g.row_ids) for g in groups)
+
+    @property
+    def send_window(self) -> float:
+        return self.lease.total_seconds() * SEND_WINDOW
 
     async def _observe_outbox(self, every: float = 1.0) -> None:
         """Outbox depth and age for /metrics, at most once a second."""
@@ -169,58 +254,97 @@ class Relay:
         if loop.time() - self._observed_at < every:
             return
         self._observed_at = loop.time()
-        now = datetime.now(UTC)
         async with self.engine.connect() as conn:
+            now = await db_now(conn)
             rows = await conn.execute(
-                select(outbox.c.target, func.count(), func.min(outbox.c.created_at))
-                .where(outbox.c.status == "pending")
-                .group_by(outbox.c.target)
+                select(
+                    outbox.c.tenant_id,
+                    outbox.c.target,
+                    outbox.c.status,
+                    func.count(),
+                    func.min(outbox.c.created_at),
+                )
+                .where(outbox.c.status.in_(("pending", "sending", "dead")))
+                .group_by(outbox.c.tenant_id, outbox.c.target, outbox.c.status)
             )
-            seen = {r[0]: (r[1], r[2]) for r in rows}
+            seen = [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        unsent: dict[str, tuple[int, datetime | None]] = {}
+        waiting: dict[str, tuple[int, datetime | None]] = {}
+        dead: dict[str, int] = {}
+        for tenant, target, status, count, oldest in seen:
+            if status == "dead":
+                dead[tenant] = dead.get(tenant, 0) + count
+                continue
+            tallies = [(unsent, target)] + ([(waiting, tenant)] if status == "pending" else [])
+            for into, key in tallies:
+                n, first = into.get(key, (0, None))
+                into[key] = (n + count, oldest if first is None else min(first, oldest))
         for target in self.senders.targets:
-            count, oldest = seen.get(target, (0, None))
+            count, oldest = unsent.get(target, (0, None))
             metrics.OUTBOX_DEPTH.labels(target).set(count)
-            age = (now - oldest).total_seconds() if oldest is not None else 0.0
-            metrics.OUTBOX_AGE.labels(target).set(age)
+            metrics.OUTBOX_AGE.labels(target).set(_age(now, oldest))
+        for gauge in (metrics.EFFECTS_WAITING, metrics.EFFECTS_OLDEST_AGE, metrics.EFFECTS_DEAD):
+            gauge.clear()
+        for tenant, (count, oldest) in waiting.items():
+            metrics.EFFECTS_WAITING.labels(tenant).set(count)
+            metrics.EFFECTS_OLDEST_AGE.labels(tenant).set(_age(now, oldest))
+        for tenant, count in dead.items():
+            metrics.EFFECTS_DEAD.labels(tenant).set(count)
 
-    async def _claim(self, now: datetime) -> list[_Group]:
+    async def _claim(self) -> list[_Claim]:
         async with self.engine.begin() as conn:
-            due = select(outbox.c.record_id, outbox.c.kind).where(
-                outbox.c.status == "pending",
+            now = await db_now(conn)
+            held = exists().where(
+                relay_leases.c.record_id == outbox.c.record_id, relay_leases.c.expires_at > now
+            )
+            # Due rows, and rows left `sending` by a relay whose lease expired.
+            due = select(outbox.c.record_id).where(
+                outbox.c.status.in_(("pending", "sending")),
                 outbox.c.next_attempt_at <= now,
                 outbox.c.created_at <= now - self.coalesce,
                 outbox.c.kind.in_(self.senders.kinds),
+                ~held,
             )
             if conn.dialect.name == "postgresql":
-                due = due.with_for_update(skip_locked=True)
-            keys = {
-                (r.record_id, r.kind)
-                for r in await conn.execute(due.order_by(outbox.c.id).limit(self.batch_size))
-            }
-            if not keys:
+                due = due.with_for_update(of=outbox, skip_locked=True)
+            found = await conn.execute(due.order_by(outbox.c.id).limit(self.batch_size))
+            wanted = sorted({r.record_id for r in found})
+            if not wanted:
+                return []
+            versions = await self._take_leases(conn, wanted, now)
+            if not versions:
                 return []
             # All pending rows of those records, due or backing off: the newest state wins.
-            rows = (
-                await conn.execute(
-                    select(outbox, records)
-                    .join(records, records.c.id == outbox.c.record_id)
-                    .where(
-                        outbox.c.status == "pending",
-                        tuple_(outbox.c.record_id, outbox.c.kind).in_(list(keys)),
-                    )
-                    .order_by(outbox.c.id)
+            # A row another relay's claim holds locked right now (it lost the lease race) is
+            # left for the next pass, after this one: waiting for it could deadlock.
+            gather = (
+                select(outbox, records)
+                .join(records, records.c.id == outbox.c.record_id)
+                .where(
+                    outbox.c.status.in_(("pending", "sending")),
+                    outbox.c.record_id.in_(list(versions)),
+                    outbox.c.kind.in_(self.senders.kinds),
                 )
-            ).all()
+                .order_by(outbox.c.id)
+            )
+            if conn.dialect.name == "postgresql":
+                gather = gather.with_for_update(of=outbox, skip_locked=True)
+            rows = (await conn.execute(gather)).all()
+            claims: dict[int, _Claim] = {}
             groups: dict[tuple[int, str], _Group] = {}
+            stamps: list[dict[str, Any]] = []
             for row in rows:
                 m = row._mapping
-                key = (m[outbox.c.record_id], m[outbox.c.kind])
-                group = groups.get(key)
+                record_id, kind = m[outbox.c.record_id], m[outbox.c.kind]
+                claim = claims.get(record_id)
+                if claim is None:
+                    claim = claims[record_id] = _Claim(record_id, versions[record_id], [])
+                group = groups.get((record_id, kind))
                 if group is None:
-                    group = groups[key] = _Group(
+                    group = groups[(record_id, kind)] = _Group(
                         record=record_from_row(row),
                         tenant_id=m[outbox.c.tenant_id],
-                        kind=m[outbox.c.kind],
+                        kind=kind,
                         target=m[outbox.c.target],
                         row_ids=[],
                         payload={},
@@ -228,18 +352,51 @@ class Relay:
                         attempts=0,
                         written_at=m[outbox.c.created_at],
                     )
+                    claim.groups.append(group)
                 group.row_ids.append(m[outbox.c.id])
                 group.payload = m[outbox.c.payload]
                 group.event_id = m[outbox.c.event_id]
                 group.attempts = max(group.attempts, m[outbox.c.attempts])
-                # A row is written due at once; later than that, a claim leased it before.
-                claimed_before = m[outbox.c.next_attempt_at] > m[outbox.c.created_at]
-                group.tried_before |= m[outbox.c.attempts] > 0 or claimed_before
-            ids = [i for g in groups.values() for i in g.row_ids]
-            await conn.execute(
-                update(outbox).where(outbox.c.id.in_(ids)).values(next_attempt_at=now + LEASE)
-            )
-            return list(groups.values())
+                # Sending already: a relay claimed it and never settled (it died, or was
+                # fenced). Due later than written: it waited after a try, or for the quota.
+                group.tried_before |= (
+                    m[outbox.c.attempts] > 0
+                    or m[outbox.c.status] == "sending"
+                    or m[outbox.c.next_attempt_at] > m[outbox.c.created_at]
+                )
+                stamps.append({"oid": m[outbox.c.id], "v": claim.version})
+            if stamps:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == bindparam("oid"))
+                    .values(status="sending", lease_owner=self.owner, lease_version=bindparam("v")),
+                    stamps,
+                )
+            return [c for c in claims.values() if c.groups]
+
+    async def _take_leases(
+        self, conn: AsyncConnection, record_ids: list[int], now: datetime
+    ) -> dict[int, int]:
+        """Lease the records no other relay holds: their fencing versions. Inserted in record
+        order, so that two relays taking overlapping sets wait for each other, never deadlock."""
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        expires = now + self.lease
+        insert = dialect.insert(relay_leases).values(
+            [
+                {"record_id": r, "owner": self.owner, "version": 1, "expires_at": expires}
+                for r in record_ids
+            ]
+        )
+        taken = insert.on_conflict_do_update(
+            index_elements=[relay_leases.c.record_id],
+            set_={
+                "owner": insert.excluded.owner,
+                "version": relay_leases.c.version + 1,
+                "expires_at": insert.excluded.expires_at,
+            },
+            where=relay_leases.c.expires_at <= now,
+        ).returning(relay_leases.c.record_id, relay_leases.c.version)
+        return {r.record_id: r.version for r in await conn.execute(taken)}
 
     async def _send(self, group: _Group) -> Learned:
         try:
@@ -247,31 +404,92 @@ class Relay:
         except EffectPayloadError as exc:
             raise Rejected(str(exc)) from exc
         attempt = Attempt(group.tenant_id, group.written_at, group.tried_before)
-        return await self.senders.send(group.record, effect, attempt)
+        left = self._deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise LeaseRunningOut(f"not sent: the lease of record {group.record.id} runs out")
+        try:
+            async with asyncio.timeout(left):
+                return await self.senders.send(group.record, effect, attempt)
+        except TimeoutError as exc:
+            raise LeaseRunningOut(
+                f"send of record {group.record.id} outlasted {self.send_window:.0f}s of its lease"
+            ) from exc
 
-    async def _settle(
-        self, groups: list[_Group], results: list[Learned | BaseException], now: datetime
+    async def _settle_record(
+        self, claim: _Claim, results: list[Learned | BaseException], tries: int = 3
     ) -> None:
-        superseded: list[int] = []
-        done: list[dict[str, Any]] = []
-        answered: list[Answered] = []
+        """Settle one record in its own transaction. A settle that keeps failing leaves the
+        record `sending` under this lease: it is claimed again once the lease expires."""
+        for attempt in range(1, tries + 1):
+            try:
+                await self._settle(claim, results)
+                return
+            except Exception:
+                if attempt == tries:
+                    log.exception(
+                        "settle of record %s failed %d times: it is sent again after its lease",
+                        claim.record_id,
+                        tries,
+                    )
+                    return
+                log.warning("settle of record %s failed, trying again", claim.record_id)
+                await asyncio.sleep(0.05 * attempt)
+
+    async def _settle(self, claim: _Claim, results: list[Learned | BaseException]) -> None:
         async with self.engine.begin() as conn:
-            for group, result in zip(groups, results, strict=True):
+            now = await db_now(conn)
+            # Fencing: release the lease only if it is still ours, at the version we claimed.
+            released = await conn.execute(
+                update(relay_leases)
+                .where(
+                    relay_leases.c.record_id == claim.record_id,
+                    relay_leases.c.owner == self.owner,
+                    relay_leases.c.version == claim.version,
+                )
+                .values(owner=None, expires_at=now)
+                .returning(relay_leases.c.record_id)
+            )
+            if released.first() is None:
+                self.fenced += 1
+                log.warning(
+                    "lease of record %s (version %d) was taken over: %s settles nothing",
+                    claim.record_id,
+                    claim.version,
+                    self.owner,
+                )
+                return
+            ours = (
+                (outbox.c.status == "sending")
+                & (outbox.c.lease_owner == self.owner)
+                & (outbox.c.lease_version == claim.version)
+            )
+            answered: list[Answered] = []
+            sent = 0
+            for group, result in zip(claim.groups, results, strict=True):
                 *older, newest = group.row_ids
                 if isinstance(result, BaseException):
                     await conn.execute(
                         update(outbox)
-                        .where(outbox.c.id.in_(group.row_ids))
+                        .where(outbox.c.id.in_(group.row_ids), ours)
                         .values(**self._failure(group, result, now))
                     )
                     continue
-                superseded += older
-                done.append({"oid": newest, "tries": group.attempts + 1})
+                if older:
+                    await conn.execute(
+                        update(outbox)
+                        .where(outbox.c.id.in_(older), ours)
+                        .values(status="superseded", done_at=now, **_UNLEASED)
+                    )
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == newest, ours)
+                    .values(status="done", done_at=now, attempts=group.attempts + 1, **_UNLEASED)
+                )
                 assert group.record.id is not None
                 answered.append(
                     Answered(group.tenant_id, group.record.id, newest, group.event_id, result)
                 )
-                self.sent += 1
+                sent += 1
                 log.info(
                     "effect sent",
                     extra={
@@ -281,44 +499,54 @@ class Relay:
                         "coalesced": len(group.row_ids),
                     },
                 )
-            # A few statements for the whole pass, not a few per record.
-            if superseded:
-                await conn.execute(
-                    update(outbox)
-                    .where(outbox.c.id.in_(superseded))
-                    .values(status="superseded", done_at=now)
-                )
-            if done:
-                await conn.execute(
-                    update(outbox)
-                    .where(outbox.c.id == bindparam("oid"))
-                    .values(status="done", done_at=now, attempts=bindparam("tries")),
-                    done,
-                )
             await apply_relay_answers(conn, answered, now)
+        self.sent += sent  # once committed
 
     def _failure(self, group: _Group, exc: BaseException, now: datetime) -> dict[str, Any]:
+        failure = classify(exc)
+        if failure.kind == "quota":
+            # Not an attempt: nothing was sent. The quota is back on the next quota day.
+            until = next_quota_day(now, self.quota_timezone)
+            log.warning(
+                "AE daily quota spent: effect on record %s waits until %s",
+                group.record.id,
+                until.isoformat(),
+            )
+            return {"last_error": failure.error, "next_attempt_at": until, **_PENDING}
         attempts = group.attempts + 1
-        error = f"{type(exc).__name__}: {exc}"[:2000]
-        if isinstance(exc, Rejected) or attempts >= self.max_attempts:
+        if failure.kind == "permanent":
             log.error(
                 "effect on record %s is dead after %d attempts: %s",
                 group.record.id,
                 attempts,
-                error,
+                failure.error,
             )
-            return {"status": "dead", "attempts": attempts, "last_error": error, "done_at": now}
-        delay = min(self.backoff_max, self.backoff_base * 2 ** (attempts - 1))
-        delay = random.uniform(delay / 2, delay)
+            return {
+                "status": "dead",
+                "attempts": attempts,
+                "last_error": failure.error,
+                "done_at": now,
+                **_UNLEASED,
+            }
+        delay = retry_delay(failure, attempts, base=self.backoff_base, cap=self.backoff_max)
         log.warning(
-            "effect on record %s failed (attempt %d), retry in %.1fs: %s",
+            "effect on record %s failed (attempt %d), waits %.1fs: %s",
             group.record.id,
             attempts,
             delay,
-            error,
+            failure.error,
         )
         return {
             "attempts": attempts,
-            "last_error": error,
+            "last_error": failure.error,
             "next_attempt_at": now + timedelta(seconds=delay),
+            **_PENDING,
         }
+
+
+_UNLEASED: dict[str, Any] = {"lease_owner": None, "lease_version": None}
+_PENDING: dict[str, Any] = {"status": "pending", **_UNLEASED}
+
+
+def _age(now: datetime, oldest: datetime | None) -> float:
+    return max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0

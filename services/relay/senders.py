@@ -25,6 +25,7 @@ from services.common.ae_client import (
     AeRequestRejected,
 )
 from services.common.domain import AeProspectUpsert, Learned, RecordState, SfRecordUpsert
+from services.common.sf_auth import SfCredentialsRefused
 from services.common.sf_client import (
     SfClient,
     SfOutcomeUnknown,
@@ -129,6 +130,8 @@ def sf_record_sender(sf: SfClient) -> SfSender:
                     effect.sobject, record.sf_record_id, changes, auto_assign=auto_assign
                 )
                 learned = Learned()
+        except SfCredentialsRefused:
+            raise  # the tenant's connection, not this effect: held, tried again once fixed
         except SfRequestRejected as exc:
             raise Rejected(str(exc)) from exc
         # With the active rule SF picks the owner; its outbound message tells the syncer.

@@ -64,7 +64,7 @@ class AeSimFaults(AnswerLoss):
     fail_next: int = 0
     fail_status: int = 503
     failure_rate: float = 0.0
-    retry_after_s: int | None = None  # a Retry-After header on the simulated 429/5xx answers
+    retry_after: str | None = None  # the Retry-After header of the failures (seconds or a date)
     seed: int | None = None
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -82,7 +82,7 @@ class AeSimFaults(AnswerLoss):
             fail_next=0,
             fail_status=503,
             failure_rate=0.0,
-            retry_after_s=None,
+            retry_after=None,
             seed=None,
         )
         self.configure(**asdict(AnswerLoss()))
@@ -229,8 +229,8 @@ class FaultSettings(BaseModel):
     fail_next: int | None = Field(default=None, ge=0)
     fail_status: int | None = Field(default=None, ge=400, le=599)
     failure_rate: float | None = Field(default=None, ge=0, le=1)
-    retry_after_s: int | None = Field(
-        default=None, ge=0, description="Retry-After (seconds) on the simulated failures."
+    retry_after: str | None = Field(
+        default=None, max_length=64, description="Retry-After of the failures: seconds or a date"
     )
     seed: int | None = None
     lose_answers_after_apply: int | None = Field(
@@ -383,7 +383,7 @@ def _control_router() -> APIRouter:
             "fail_next": faults.fail_next,
             "fail_status": faults.fail_status,
             "failure_rate": faults.failure_rate,
-            "retry_after_s": faults.retry_after_s,
+            "retry_after": faults.retry_after,
             "seed": faults.seed,
             "lose_answers_after_apply": faults.lose_answers_after_apply,
             "lost_answer": faults.lost_answer,
@@ -457,14 +457,14 @@ def _check_faults(state: AeSimState, _: Request) -> JSONResponse | None:
     if status is None:
         return None
     if status == 429:
-        answer = _error_response(
+        failed = _error_response(
             429, CODE_CONCURRENT_LIMIT, "concurrent requests limit (simulated)"
         )
     else:
-        answer = _error_response(status, CODE_SIMULATED_FAULT, f"simulated fault {status}")
-    if state.faults.retry_after_s is not None:
-        answer.headers["Retry-After"] = str(state.faults.retry_after_s)
-    return answer
+        failed = _error_response(status, CODE_SIMULATED_FAULT, f"simulated fault {status}")
+    if state.faults.retry_after is not None:
+        failed.headers["Retry-After"] = state.faults.retry_after
+    return failed
 
 
 async def _gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -27,9 +27,10 @@ async def apply_sf_events(
     for policy, tenant_events in tenants:
         tenant_id = policy.tenant_id
         payloads = [e.payload for e in tenant_events]
-        known = await store.records_by(
-            conn, tenant_id, "sf_record_id", (p.record_id for p in payloads)
+        found = await store.records_by_any_id(
+            conn, tenant_id, sf_record_ids=(p.record_id for p in payloads)
         )
+        known = {r.sf_record_id: r for r in found if r.sf_record_id is not None}
         ae_user_of = await store.ae_users_connected_to(
             conn, tenant_id, (p.owner_id for p in payloads)
         )

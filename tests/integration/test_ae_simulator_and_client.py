@@ -449,23 +449,6 @@ async def test_state_is_dumped_and_reset_over_http(
     assert (sim.prospects, sim.call_log, sim.next_prospect_id) == ({}, [], 5001)
 
 
-async def test_simulated_throttling_carries_retry_after_when_told(
-    sim: AeSimState, ae_url: str
-) -> None:
-    sim.tokens = None  # any bearer token will do: this test is about the fault's answer
-    headers = {"Authorization": "Bearer x", "Pardot-Business-Unit-Id": BUSINESS_UNIT}
-    async with httpx.AsyncClient(base_url=ae_url, headers=headers) as raw:
-        settings: dict[str, int | None] = {"fail_next": 1, "fail_status": 429, "retry_after_s": 7}
-        assert (await raw.post("/_sim/faults", json=settings)).json()["retry_after_s"] == 7
-        throttled = await raw.get(PROSPECTS)
-        settings = {"fail_next": 1, "fail_status": 503, "retry_after_s": None}
-        await raw.post("/_sim/faults", json=settings)
-        plain = await raw.get(PROSPECTS)
-
-    assert (throttled.status_code, throttled.headers.get("Retry-After")) == (429, "7")
-    assert (plain.status_code, plain.headers.get("Retry-After")) == (503, None)
-
-
 async def test_a_prospect_made_in_ae_is_seeded_outside_the_api_and_its_call_log(
     sim: AeSimState, ae_url: str, ae: AeClient
 ) -> None:

@@ -36,6 +36,7 @@ SAMPLES = {
     "sf_record_id": "00Q5g0000ZWHszxEQD",
     "key_id": "0" * 16,
     "letter_id": "no-such-letter",
+    "effect_id": "1",
 }
 RANK = {"read": 1, "write": 2, "admin": 3}
 NOT_FOUND = {"error": {"code": "not_found", "message": "not found", "details": None}}

@@ -112,7 +112,9 @@ async def world(database: str) -> AsyncIterator[World]:
         serve_app(create_sf_app(org)) as sf_url,
         serve_app(create_ae_app(ae)) as ae_url,
         httpx.AsyncClient(
-            base_url=api_url, headers={"Authorization": f"Bearer {OPERATOR_KEY}"}
+            base_url=api_url,
+            headers={"Authorization": f"Bearer {OPERATOR_KEY}"},
+            timeout=30,  # a check calls out to both simulators: slow on a loaded machine
         ) as api,
     ):
         yield World(api, runtime, org, ae, sf_url, ae_url)

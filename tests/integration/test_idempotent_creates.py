@@ -72,7 +72,7 @@ async def test_lost_answers_after_ae_creates_leave_one_prospect_per_record(
     assert ae is not None
     ae.faults.configure(lose_answers_after_apply=LOST, lost_answer=lost_answer)
 
-    async with httpx.AsyncClient(base_url=embedded.receiver_url or "") as http:
+    async with httpx.AsyncClient(base_url=embedded.receiver_url or "", timeout=30) as http:
         response = await http.post(
             sf_path("record-created"), content=BATCH.read_bytes(), headers=SOAP_HEADERS
         )
@@ -92,7 +92,7 @@ async def post_prospects_created(live: Running, count: int) -> None:
     template = json.loads(
         (FIXTURES / "engagement" / "prospect-created-assigned-connected.json").read_bytes()
     )
-    async with httpx.AsyncClient(base_url=live.receiver_url or "") as http:
+    async with httpx.AsyncClient(base_url=live.receiver_url or "", timeout=30) as http:
         for n in range(count):
             prospect = {**template["prospect"], "id": 9100 + n, "email": f"p{n}@example.com"}
             hold_prospect(live.ae_sim, prospect)

@@ -83,6 +83,11 @@ def decide(
     )
 
 
+def at(minute: int) -> datetime:
+    """The occurredAt of the demo webhooks: 09:00 to 09:05 on 2 November 2026."""
+    return datetime(2026, 11, 2, 9, minute, tzinfo=UTC)
+
+
 def stored(**fields: Any) -> RecordState:
     return RecordState(id=1, **fields)
 
@@ -101,6 +106,7 @@ def test_a1_created_prospect_with_connected_owner_creates_sf_lead_owned_by_mappe
         ae_assigned_user_id=ALICE,
         sf_object="Lead",
         sf_owner_id=ALICE_SF,
+        ae_modstamp=at(1),
     )
     assert d.before is None
     assert d.audited and not d.refused
@@ -137,7 +143,7 @@ def test_created_unassigned_prospect_is_stored_and_waits_for_an_assignment_actio
 
     assert d.rule == "A0"
     assert d.effects == ()
-    assert d.after == RecordState(prospect_id=9002, email="ben@example.com")
+    assert d.after == RecordState(prospect_id=9002, email="ben@example.com", ae_modstamp=at(1))
     assert "waiting for an assignment action" in d.reason
 
 
@@ -215,7 +221,7 @@ def test_a4_assign_to_connected_user_moves_the_existing_sf_record_to_the_mapped_
         SfRecordUpsert("Lead", ALICE_SF, auto_assign=False, email="ben@example.com"),
     )
     assert d.after == record.evolve(
-        ae_assigned_user_id=ALICE, sf_owner_id=ALICE_SF, email="ben@example.com"
+        ae_assigned_user_id=ALICE, sf_owner_id=ALICE_SF, email="ben@example.com", ae_modstamp=at(4)
     )
 
 
@@ -290,6 +296,7 @@ def test_a6_assign_to_queue_sets_ae_queue_and_creates_a_lead_owned_by_the_queue(
         ae_assigned_queue_id=QUEUE,
         sf_object="Lead",
         sf_owner_id=QUEUE,
+        ae_modstamp=at(2),
     )
 
 
@@ -328,7 +335,9 @@ def test_a7_pushes_lead_with_auto_assign_and_no_owner() -> None:
 
     assert d.rule == "A7"
     assert d.effects == (SfRecordUpsert("Lead", None, auto_assign=True, email="di@example.com"),)
-    assert d.after == RecordState(prospect_id=9004, email="di@example.com", sf_object="Lead")
+    assert d.after == RecordState(
+        prospect_id=9004, email="di@example.com", sf_object="Lead", ae_modstamp=at(3)
+    )
 
 
 def test_a7_refused_in_contacts_mode() -> None:
@@ -358,7 +367,7 @@ def test_a8_ae_reassignment_of_a_record_assigned_in_both_systems_is_refused() ->
     d = decide(event, record=record).decision
 
     assert (d.rule, d.refused, d.effects) == ("A8", True, ())
-    assert d.after == record
+    assert d.after == record.evolve(ae_modstamp=at(1))
     assert "the reassignment must be made in Salesforce" in d.reason
 
 
@@ -391,7 +400,7 @@ def test_ae_reassignment_echoing_the_stored_assignee_changes_nothing() -> None:
     d = decide(event, record=record).decision
 
     assert (d.rule, d.refused, d.effects) == ("A0", False, ())
-    assert d.after == record
+    assert d.after == record.evolve(ae_modstamp=at(1))
 
 
 def test_duplicate_webhook_has_no_effect_and_leaves_no_audit() -> None:
@@ -403,3 +412,30 @@ def test_duplicate_webhook_has_no_effect_and_leaves_no_audit() -> None:
 
     assert (d.rule, d.audited, d.effects) == ("DUP", False, ())
     assert d.before == d.after == record
+
+
+def test_a9_ae_event_older_than_the_newest_applied_is_ignored_as_stale() -> None:
+    record = stored(prospect_id=9002, email="ben@example.com", ae_modstamp=at(4))
+    event = ae_event("prospect-created-assigned-connected", type="prospect.reassigned")
+
+    d = decide(event, record=record).decision
+
+    assert (d.rule, d.effects, d.refused) == ("A9", (), False)
+    assert d.after == d.before == record
+    assert d.audited and d.reason.startswith("stale: occurredAt 2026-11-02T09:01:00")
+
+
+def test_ae_event_of_the_same_time_as_the_newest_applied_is_not_stale() -> None:
+    record = stored(prospect_id=9003, email="cy@example.com", ae_modstamp=at(2))
+
+    d = decide(ae_event("assign-to-queue"), record=record).decision
+
+    assert d.rule == "A6" and d.after is not None and d.after.ae_modstamp == at(2)
+
+
+def test_applied_ae_event_stamps_the_record_with_its_occurred_at() -> None:
+    record = stored(prospect_id=9005, email="ed@example.com", ae_modstamp=at(1))
+
+    d = decide(ae_event("assign-to-group"), record=record).decision
+
+    assert d.rule == "A5" and d.after is not None and d.after.ae_modstamp == at(5)

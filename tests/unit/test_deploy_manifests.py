@@ -16,7 +16,7 @@ import typer.main
 import yaml
 
 from services.cli import app
-from services.common.broker.base import BINDINGS, DEAD_LETTERS, QueueRole
+from services.common.broker.base import BINDINGS, DEAD_LETTERS, RETRY, QueueRole
 from services.common.broker.rabbit import RabbitBroker
 from services.common.settings import Settings
 
@@ -259,16 +259,22 @@ def test_rabbitmq_definitions_declare_the_topology_the_code_declares() -> None:
     queues = {q["name"]: q["arguments"] for q in definitions["queues"]}
     expected = {broker.queue_name(role): broker._work_queue_arguments() for role in QueueRole}
     expected[broker.queue_name(DEAD_LETTERS)] = {"x-queue-type": "quorum"}
+    expected[broker.queue_name(RETRY)] = broker.retry_queue_arguments()
     assert queues == expected
 
     exchanges = {e["name"]: e["type"] for e in definitions["exchanges"]}
-    assert exchanges == {broker.exchange_name: "topic", broker.dlx_name: "fanout"}
+    assert exchanges == {
+        broker.exchange_name: "topic",
+        broker.dlx_name: "fanout",
+        broker.retry_exchange_name: "fanout",
+    }
 
     bindings = {(b["source"], b["destination"], b["routing_key"]) for b in definitions["bindings"]}
     expected_bindings = {
         (broker.exchange_name, broker.queue_name(role), key) for role, key in BINDINGS.items()
     }
     expected_bindings.add((broker.dlx_name, broker.queue_name(DEAD_LETTERS), ""))
+    expected_bindings.add((broker.retry_exchange_name, broker.queue_name(RETRY), ""))
     assert bindings == expected_bindings
 
 
@@ -276,7 +282,8 @@ def test_the_rabbitmq_policy_covers_exactly_the_work_queues() -> None:
     broker = _broker()
     (policy,) = json.loads(DEFINITIONS.read_text())["policies"]
     every_queue = {broker.queue_name(role) for role in QueueRole} | {
-        broker.queue_name(DEAD_LETTERS)
+        broker.queue_name(DEAD_LETTERS),
+        broker.queue_name(RETRY),
     }
     matched = {name for name in every_queue if re.search(policy["pattern"], name)}
     assert matched == {broker.queue_name(role) for role in QueueRole}
@@ -284,3 +291,26 @@ def test_the_rabbitmq_policy_covers_exactly_the_work_queues() -> None:
         "delivery-limit": broker.delivery_limit,
         "dead-letter-exchange": broker.dlx_name,
     }
+
+
+def _deployment(name: str) -> dict[str, Any]:
+    return next(d for d in _of_kind("Deployment") if d["metadata"]["name"] == name)
+
+
+def test_two_relays_run_and_are_rolled_one_at_a_time() -> None:
+    relay = _deployment("relay")
+    assert relay["spec"]["replicas"] == 2
+    strategy = relay["spec"]["strategy"]
+    # Never fewer than two while rolling: a new pod starts before an old one stops.
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    production = yaml.safe_load((DEPLOY / "overlays/production/kustomization.yaml").read_text())
+    assert {"name": "relay", "count": 2} in production["replicas"]
+
+
+def test_each_relay_pod_leases_records_under_its_own_name() -> None:
+    env = {e["name"]: e for e in _container(_deployment("relay")).get("env", [])}
+    replica = env["OWNERSYNC_RELAY_REPLICA_ID"]
+    assert replica["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from services.common.messages import AeProspectEvent, SfRecordEvent, load_events
 
 AnyEvent = SfRecordEvent | AeProspectEvent
+V = TypeVar("V")
 
 
 class BrokerUnavailable(Exception):
@@ -24,7 +25,19 @@ class QueueRole(StrEnum):
 
 BINDINGS: dict[QueueRole, str] = {QueueRole.SYNCER: "sf.#", QueueRole.ASSIGNER: "ae.#"}
 DEAD_LETTERS = "dead-letters"
+RETRY = "retry"
 REASON_HEADER = "x-ownersync-reason"
+# How many delayed retries (lost races) a message has had; absent on the first.
+RETRIES_HEADER = "x-ownersync-retries"
+# Headers that count or describe earlier deliveries: a parked, retried or replayed copy is a new
+# message and starts without them (a carried x-delivery-count would spend its deliveries).
+DELIVERY_HEADERS = ("x-delivery-count", "x-death", "x-first-death", "x-last-death")
+
+
+def fresh_headers(headers: Mapping[str, V] | None, *drop: str) -> dict[str, V]:
+    """`headers` without the delivery bookkeeping (and without the `drop` prefixes)."""
+    prefixes = (*DELIVERY_HEADERS, *drop)
+    return {k: v for k, v in (headers or {}).items() if not k.startswith(prefixes)}
 
 
 def group_by_type(events: Sequence[AnyEvent]) -> dict[str, list[AnyEvent]]:
@@ -46,6 +59,7 @@ class Outcome(StrEnum):
 
     ACK = "ack"  # applied (or a duplicate): remove it from the queue
     REQUEUE = "requeue"  # could not be applied now: try again, up to the delivery limit
+    RETRY = "retry"  # lost a race: try again after a delay, up to the retry limit
     DEAD_LETTER = "dead_letter"  # can never be applied: park it with the reason
 
 
@@ -61,6 +75,7 @@ class Delivery:
     # (`basic.ack multiple`), with the delivery tag that orders them.
     ack_through: Callable[[], Awaitable[None]] | None = None
     tag: int = 0
+    retries: int = 0  # delayed retries this message already had
 
     @classmethod
     def decode(
@@ -85,6 +100,10 @@ class Delivery:
     async def requeue(self, reason: str | None = None) -> None:
         """Try again later; at the delivery limit the message is dead-lettered with `reason`."""
         await self._settle(Outcome.REQUEUE, reason)
+
+    async def retry_later(self, reason: str | None = None) -> None:
+        """Try again after the retry delay; past the retry limit it is dead-lettered."""
+        await self._settle(Outcome.RETRY, reason)
 
     async def dead_letter(self, reason: str) -> None:
         await self._settle(Outcome.DEAD_LETTER, reason)

@@ -20,7 +20,13 @@ from typing import Any, Protocol
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from services.common.broker.base import DEAD_LETTERS, REASON_HEADER, Broker, BrokerUnavailable
+from services.common.broker.base import (
+    DEAD_LETTERS,
+    REASON_HEADER,
+    Broker,
+    BrokerUnavailable,
+    fresh_headers,
+)
 from services.common.broker.memory import MemoryBroker
 from services.common.broker.rabbit import RabbitBroker
 from services.common.messages import load_event
@@ -142,11 +148,8 @@ class RabbitDeadLetters:
         ) -> bool:
             if not parked.event_type:
                 return False
-            headers = {
-                k: v
-                for k, v in (message.headers or {}).items()
-                if not k.startswith(("x-ownersync-", "x-death", "x-first-death", "x-last-death"))
-            }
+            # A replayed message is a new one: full fresh deliveries, no retries spent.
+            headers = fresh_headers(message.headers, "x-ownersync-")
             await exchange.publish(
                 aio_pika.Message(
                     message.body,

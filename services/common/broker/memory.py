@@ -22,9 +22,14 @@ from services.common.metrics import EVENTS_DEAD_LETTERED
 
 
 class MemoryBroker:
-    def __init__(self, delivery_limit: int = 5) -> None:
+    def __init__(
+        self, delivery_limit: int = 5, *, retry_limit: int = 5, retry_delay: float = 0.5
+    ) -> None:
         self.delivery_limit = delivery_limit
-        self._queues: dict[QueueRole, asyncio.Queue[tuple[bytes, int]]] = {}
+        self.retry_limit = retry_limit
+        self.retry_delay = retry_delay
+        # (body, earlier deliveries, earlier delayed retries)
+        self._queues: dict[QueueRole, asyncio.Queue[tuple[bytes, int, int]]] = {}
         self.dead_letters: list[DeadLetter] = []
         self._ids = itertools.count(1)
 
@@ -38,7 +43,7 @@ class MemoryBroker:
             body = dump_events(same_type)
             for role, pattern in BINDINGS.items():
                 if topic_matches(pattern, routing_key):
-                    self._queues[role].put_nowait((body, 0))
+                    self._queues[role].put_nowait((body, 0, 0))
 
     async def consume(
         self, role: QueueRole, *, batch_size: int, batch_wait: float
@@ -58,18 +63,29 @@ class MemoryBroker:
                 size += batch[-1].size
             yield batch
 
-    def _delivery(self, role: QueueRole, body: bytes, count: int) -> Delivery:
+    def _delivery(self, role: QueueRole, body: bytes, count: int, retries: int) -> Delivery:
         async def settle(outcome: Outcome, reason: str | None) -> None:
+            queue = self._queues[role]
             if outcome is Outcome.REQUEUE:
                 if count + 1 >= self.delivery_limit:
                     limit = f"delivery limit {self.delivery_limit} reached"
                     self._park(role, body, f"{limit}: {reason}" if reason else limit)
                 else:
-                    self._queues[role].put_nowait((body, count + 1))
+                    queue.put_nowait((body, count + 1, retries))
+            elif outcome is Outcome.RETRY:
+                if retries >= self.retry_limit:
+                    limit = f"retry limit {self.retry_limit} reached"
+                    self._park(role, body, f"{limit}: {reason}" if reason else limit)
+                else:
+                    # A fresh delivery count, like a copy coming back from the retry queue.
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(self.retry_delay, queue.put_nowait, (body, 0, retries + 1))
             elif outcome is Outcome.DEAD_LETTER:
                 self._park(role, body, reason or "dead-lettered")
 
-        return Delivery.decode(body, count, settle)
+        delivery = Delivery.decode(body, count, settle)
+        delivery.retries = retries
+        return delivery
 
     def _park(self, role: QueueRole, body: bytes, reason: str) -> None:
         for _, part in split_message(body):

@@ -5,6 +5,13 @@ Topology (declared by every process at start-up, idempotently):
     -> `<prefix>.syncer`   bound to `sf.#`  (quorum, x-delivery-limit, DLX)
     -> `<prefix>.assigner` bound to `ae.#`  (quorum, x-delivery-limit, DLX)
   exchange `<prefix>.dlx` (fanout, durable) -> `<prefix>.dead-letters` (quorum)
+  exchange `<prefix>.retry` (fanout, durable) -> `<prefix>.retry` (quorum; each message expires
+    after the retry delay and dead-letters, at least once, to `<exchange>` under its own routing
+    key: back to its work queue. The delay is per message, not an argument of the queue, so
+    that changing it never makes the queue's re-declaration fail)
+
+Settling never raises on a channel the broker closed: an unsettled message comes back to the
+queue anyway (and the inbox dedupes it), so the consumer carries on.
 """
 
 from __future__ import annotations
@@ -28,13 +35,17 @@ from services.common.broker.base import (
     BINDINGS,
     DEAD_LETTERS,
     REASON_HEADER,
+    RETRIES_HEADER,
+    RETRY,
     AnyEvent,
     BrokerUnavailable,
     Delivery,
     Outcome,
     QueueRole,
+    fresh_headers,
     group_by_type,
 )
+from services.common.failures import is_infrastructure
 from services.common.messages import dump_events, split_message
 from services.common.metrics import EVENTS_DEAD_LETTERED
 
@@ -52,6 +63,8 @@ class RabbitBroker:
         prefetch: int = 300,
         connect_timeout: float = 3.0,
         publish_timeout: float = 10.0,
+        retry_delay: float = 2.0,
+        retry_limit: int = 5,
     ) -> None:
         self.url = url
         self.exchange_name = exchange
@@ -60,6 +73,8 @@ class RabbitBroker:
         self.prefetch = prefetch
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
+        self.retry_delay = retry_delay
+        self.retry_limit = retry_limit
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -72,6 +87,19 @@ class RabbitBroker:
     @property
     def dlx_name(self) -> str:
         return f"{self.prefix}.dlx"
+
+    @property
+    def retry_exchange_name(self) -> str:
+        return f"{self.prefix}.{RETRY}"
+
+    def retry_queue_arguments(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": self.exchange_name,
+            # At least once: a message leaves the retry queue only once its work queue has it.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
 
     async def connect(self) -> None:
         """Connect and declare the topology; raises BrokerUnavailable when RabbitMQ is down."""
@@ -100,6 +128,13 @@ class RabbitBroker:
             self.queue_name(DEAD_LETTERS), durable=True, arguments={"x-queue-type": "quorum"}
         )
         await dead.bind(dlx, routing_key="")
+        retry = await channel.declare_exchange(
+            self.retry_exchange_name, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        delayed = await channel.declare_queue(
+            self.queue_name(RETRY), durable=True, arguments=self.retry_queue_arguments()
+        )
+        await delayed.bind(retry, routing_key="")
         for role, pattern in BINDINGS.items():
             queue = await channel.declare_queue(
                 self.queue_name(role), durable=True, arguments=self._work_queue_arguments()
@@ -133,27 +168,37 @@ class RabbitBroker:
     async def consume(
         self, role: QueueRole, *, batch_size: int, batch_wait: float
     ) -> AsyncGenerator[list[Delivery], None]:
+        """Batches of deliveries; raises (for the worker to start over) when a settle found the
+        channel closed and the channel did not come back."""
         await self.connect()
         assert self._connection is not None
         channel = await self._connection.channel(publisher_confirms=True)
-        await channel.set_qos(prefetch_count=max(self.prefetch, batch_size))
-        queue = await channel.declare_queue(
-            self.queue_name(role), durable=True, arguments=self._work_queue_arguments()
-        )
-        dlx = await channel.get_exchange(self.dlx_name)
+        consumer = _Consumer(self, role, channel)
+        try:
+            await channel.set_qos(prefetch_count=max(self.prefetch, batch_size))
+            queue = await channel.declare_queue(
+                self.queue_name(role), durable=True, arguments=self._work_queue_arguments()
+            )
+            consumer.dlx = await channel.get_exchange(self.dlx_name)
+            consumer.retry = await channel.get_exchange(self.retry_exchange_name)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         tag = await queue.consume(inbox.put, no_ack=False)
         try:
             while True:
-                batch = [self._delivery(role, await inbox.get(), dlx)]
+                consumer.check()
+                batch = [consumer.delivery(await inbox.get())]
                 size = batch[0].size
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(batch_wait):
                         while size < batch_size:
-                            batch.append(self._delivery(role, await inbox.get(), dlx))
+                            batch.append(consumer.delivery(await inbox.get()))
                             size += batch[-1].size
                 while size < batch_size and not inbox.empty():
-                    batch.append(self._delivery(role, inbox.get_nowait(), dlx))
+                    batch.append(consumer.delivery(inbox.get_nowait()))
                     size += batch[-1].size
                 yield batch
         finally:
@@ -162,30 +207,6 @@ class RabbitBroker:
             # Unsettled prefetched messages go back to the queue when the channel closes.
             with contextlib.suppress(Exception):
                 await channel.close()
-
-    def _delivery(
-        self, role: QueueRole, message: AbstractIncomingMessage, dlx: AbstractExchange
-    ) -> Delivery:
-        # A quorum queue counts earlier deliveries in this header (absent on the first).
-        delivered_before = (message.headers or {}).get("x-delivery-count")
-        count = delivered_before if isinstance(delivered_before, int) else 0
-
-        async def settle(outcome: Outcome, reason: str | None) -> None:
-            if outcome is Outcome.ACK:
-                await message.ack()
-            elif outcome is Outcome.REQUEUE and count + 1 < self.delivery_limit:
-                await message.nack(requeue=True)
-            else:
-                if outcome is Outcome.REQUEUE:
-                    limit = f"delivery limit {self.delivery_limit} reached"
-                    reason = f"{limit}: {reason}" if reason else limit
-                await self._park(dlx, role, message, reason or "dead-lettered")
-
-        delivery = Delivery.decode(message.body, count, settle)
-        # Safe because a consumer settles each batch before it takes the next one.
-        delivery.ack_through = lambda: message.ack(multiple=True)
-        delivery.tag = int(message.delivery_tag or 0)
-        return delivery
 
     async def _park(
         self,
@@ -196,8 +217,9 @@ class RabbitBroker:
     ) -> None:
         # Publish to the DLX ourselves (confirmed) so the reason travels with the message, one
         # event per message so that each can be listed, replayed or discarded on its own; then
-        # ack. If the publish fails, the requeue leaves the message where it was.
-        headers = dict(message.headers or {})
+        # ack. If the publish fails, the requeue leaves the message where it was. The parked
+        # copy is a new message: it starts with no delivery count and no retries.
+        headers = fresh_headers(message.headers, RETRIES_HEADER)
         headers.update({REASON_HEADER: reason[:1000], "x-ownersync-queue": role.value})
         parts = split_message(message.body)
         try:
@@ -225,6 +247,42 @@ class RabbitBroker:
         EVENTS_DEAD_LETTERED.labels(role.value).inc(len(parts))
         log.warning("dead-lettered %s from %s: %s", message.message_id, role.value, reason)
 
+    async def _retry_later(
+        self,
+        retry: AbstractExchange,
+        message: AbstractIncomingMessage,
+        retries: int,
+        reason: str | None,
+    ) -> None:
+        # A copy with one more retry waits out the TTL of the retry queue, then RabbitMQ
+        # dead-letters it back to its work queue (its routing key is its event type); the
+        # original is acked once the copy is confirmed. It starts with no delivery count.
+        headers = fresh_headers(message.headers, RETRIES_HEADER, "x-ownersync-")
+        headers[RETRIES_HEADER] = retries + 1
+        if reason:
+            headers["x-ownersync-last-error"] = reason[:1000]
+        await retry.publish(
+            aio_pika.Message(
+                message.body,
+                headers=headers,
+                content_type=message.content_type,
+                message_id=message.message_id,
+                type=message.type,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                expiration=self.retry_delay,
+            ),
+            routing_key=message.routing_key or message.type or "",
+        )
+        await message.ack()
+        log.warning(
+            "message %s retried in %.1f s (retry %d of %d): %s",
+            message.message_id,
+            self.retry_delay,
+            retries + 1,
+            self.retry_limit,
+            reason,
+        )
+
     async def open_channel(self, **options: Any) -> AbstractChannel:
         """A channel of its own on the broker's connection (the caller closes it)."""
         await self.connect()
@@ -243,7 +301,7 @@ class RabbitBroker:
         assert self._connection is not None
         depths: dict[str, int] = {}
         async with self._connection.channel() as channel:
-            for name in [*(r.value for r in QueueRole), DEAD_LETTERS]:
+            for name in [*(r.value for r in QueueRole), DEAD_LETTERS, RETRY]:
                 queue = await channel.declare_queue(self.queue_name(name), passive=True)
                 depths[name] = int(queue.declaration_result.message_count or 0)
         return depths
@@ -253,16 +311,93 @@ class RabbitBroker:
         await self.connect()
         assert self._connection is not None
         async with self._connection.channel() as channel:
-            for name in [*(r.value for r in QueueRole), DEAD_LETTERS]:
+            for name in [*(r.value for r in QueueRole), DEAD_LETTERS, RETRY]:
                 # if_unused=True (aio-pika's default) is refused by quorum queues.
                 await channel.queue_delete(self.queue_name(name), if_unused=False, if_empty=False)
             await channel.exchange_delete(self.exchange_name)
             await channel.exchange_delete(self.dlx_name)
+            await channel.exchange_delete(self.retry_exchange_name)
 
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
+
+
+class ConsumerLost(ConnectionError):
+    """The consumer's channel closed under a settle and did not come back: start over."""
+
+
+class _Consumer:
+    """One consumer channel: turns its messages into deliveries whose settling never raises
+    on a closed channel (the broker returns those messages to the queue by itself)."""
+
+    def __init__(self, broker: RabbitBroker, role: QueueRole, channel: AbstractChannel) -> None:
+        self.broker = broker
+        self.role = role
+        self.channel = channel
+        self.dlx: AbstractExchange | None = None
+        self.retry: AbstractExchange | None = None
+        self.settle_failed = False
+
+    def check(self) -> None:
+        if self.settle_failed and self.channel.is_closed:
+            raise ConsumerLost(f"{self.role.value} channel closed under a settle")
+        self.settle_failed = False
+
+    async def _guarded(self, what: str, message: AbstractIncomingMessage, act: Any) -> None:
+        try:
+            await act()
+        except Exception as exc:
+            if not is_infrastructure(exc):
+                raise
+            self.settle_failed = True
+            log.warning(
+                "could not %s message %s (%r): the broker returns it to the queue",
+                what,
+                message.message_id,
+                exc,
+            )
+
+    def delivery(self, message: AbstractIncomingMessage) -> Delivery:
+        broker, role = self.broker, self.role
+        headers = message.headers or {}
+        # A quorum queue counts earlier deliveries in this header (absent on the first).
+        delivered_before = headers.get("x-delivery-count")
+        count = delivered_before if isinstance(delivered_before, int) else 0
+        retried = headers.get(RETRIES_HEADER)
+        retries = retried if isinstance(retried, int) else 0
+        dlx, retry = self.dlx, self.retry
+        assert dlx is not None and retry is not None
+
+        async def settle(outcome: Outcome, reason: str | None) -> None:
+            if outcome is Outcome.ACK:
+                await message.ack()
+            elif outcome is Outcome.REQUEUE and count + 1 < broker.delivery_limit:
+                await message.nack(requeue=True)
+            elif outcome is Outcome.RETRY and retries < broker.retry_limit:
+                await broker._retry_later(retry, message, retries, reason)
+            else:
+                if outcome is Outcome.REQUEUE:
+                    limit = f"delivery limit {broker.delivery_limit} reached"
+                    reason = f"{limit}: {reason}" if reason else limit
+                elif outcome is Outcome.RETRY:
+                    limit = f"retry limit {broker.retry_limit} reached"
+                    reason = f"{limit}: {reason}" if reason else limit
+                await broker._park(dlx, role, message, reason or "dead-lettered")
+
+        async def guarded_settle(outcome: Outcome, reason: str | None) -> None:
+            await self._guarded(outcome.value, message, lambda: settle(outcome, reason))
+
+        async def ack_through() -> None:
+            await self._guarded("ack", message, lambda: message.ack(multiple=True))
+
+        delivery = Delivery.decode(message.body, count, guarded_settle)
+        # Safe because a consumer settles each batch before it takes the next one.
+        delivery.ack_through = ack_through
+        delivery.tag = int(message.delivery_tag or 0)
+        delivery.retries = retries
+        return delivery
 
 
 def _message(events: list[AnyEvent]) -> aio_pika.Message:
@@ -287,6 +422,6 @@ async def purge_queues(broker: RabbitBroker) -> None:
     await broker.connect()
     assert broker._connection is not None
     async with broker._connection.channel() as channel:
-        for name in [*(r.value for r in QueueRole), DEAD_LETTERS]:
+        for name in [*(r.value for r in QueueRole), DEAD_LETTERS, RETRY]:
             queue = await channel.declare_queue(broker.queue_name(name), passive=True)
             await queue.purge()

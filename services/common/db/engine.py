@@ -19,13 +19,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
+def make_engine(
+    database_url: str,
+    *,
+    pool_size: int = 5,
+    connect_timeout: float = 5.0,
+    command_timeout: float = 30.0,
+    statement_timeout_ms: int = 20000,
+) -> AsyncEngine:
+    """An engine whose every Postgres connection has a connect timeout, a client-side command
+    timeout (a black-holed server is given up on) and a server-side statement_timeout."""
     if database_url.startswith("sqlite"):
         engine = create_async_engine(database_url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
+    connect_args: dict[str, Any] = {
+        "timeout": connect_timeout,
+        "command_timeout": command_timeout,
+        "server_settings": {"statement_timeout": str(statement_timeout_ms)},
+    }
     return create_async_engine(
-        database_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=connect_timeout + command_timeout,
+        connect_args=connect_args,
     )
 
 

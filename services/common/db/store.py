@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.db.tables import (
@@ -47,6 +47,7 @@ _RECORD_FIELDS = (
     "ae_assigned_queue_id",
     "sf_owner_id",
     "last_modstamp",
+    "ae_modstamp",
 )
 
 
@@ -79,19 +80,90 @@ async def processed_event_ids(conn: AsyncConnection, event_ids: Iterable[str]) -
     return {r.event_id for r in rows}
 
 
-async def records_by(
-    conn: AsyncConnection, tenant_id: str, column: str, keys: Iterable[Any]
-) -> dict[Any, RecordState]:
-    """Records of a tenant keyed by `sf_record_id` or `prospect_id`, locked for this batch."""
-    keys = set(keys)
-    if not keys:
-        return {}
-    col = records.c[column]
-    query = select(records).where(records.c.tenant_id == tenant_id, col.in_(keys))
+async def records_by_any_id(
+    conn: AsyncConnection,
+    tenant_id: str,
+    *,
+    prospect_ids: Iterable[int] = (),
+    sf_record_ids: Iterable[str] = (),
+) -> list[RecordState]:
+    """The tenant's records holding any of the ids, locked for this batch (in id order)."""
+    prospects, sf_ids = set(prospect_ids), set(sf_record_ids)
+    if not prospects and not sf_ids:
+        return []
+    query = select(records).where(
+        records.c.tenant_id == tenant_id,
+        or_(records.c.prospect_id.in_(prospects), records.c.sf_record_id.in_(sf_ids)),
+    )
     if conn.dialect.name == "postgresql":
-        # Two workers applying events of the same record must not both read the old state.
         query = query.order_by(records.c.id).with_for_update()
-    return {getattr(r, column): record_from_row(r) for r in await conn.execute(query)}
+    return [record_from_row(r) for r in await conn.execute(query)]
+
+
+def can_merge(one: RecordState, other: RecordState) -> bool:
+    """Whether two records may be one: no id of one contradicts an id of the other."""
+    return all(
+        a is None or b is None or a == b
+        for a, b in (
+            (one.prospect_id, other.prospect_id),
+            (one.sf_record_id, other.sf_record_id),
+        )
+    )
+
+
+def merged_state(keep: RecordState, gone: RecordState) -> RecordState:
+    """`keep` completed with what only `gone` knew; the newest of each modstamp."""
+    owner = keep if keep.ae_assigned or not gone.ae_assigned else gone
+    return keep.evolve(
+        prospect_id=keep.prospect_id or gone.prospect_id,
+        sf_record_id=keep.sf_record_id or gone.sf_record_id,
+        sf_object=keep.sf_object or gone.sf_object,
+        email=keep.email or gone.email,
+        ae_assigned_user_id=owner.ae_assigned_user_id,
+        ae_assigned_queue_id=owner.ae_assigned_queue_id,
+        sf_owner_id=keep.sf_owner_id or gone.sf_owner_id,
+        last_modstamp=_newest(keep.last_modstamp, gone.last_modstamp),
+        ae_modstamp=_newest(keep.ae_modstamp, gone.ae_modstamp),
+    )
+
+
+def _newest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+async def merge_records(
+    conn: AsyncConnection,
+    tenant_id: str,
+    one: RecordState,
+    other: RecordState,
+    cause: Cause,
+    now: datetime,
+) -> RecordState:
+    """Merge two stored, locked records that are one into the older (smaller id): its audit
+    and outbox rows move to it, the younger row goes, and an audit row (MERGE) says so.
+    Written at once, so that the ids the younger row held are free for the merged row."""
+    assert one.id is not None and other.id is not None and one.id != other.id
+    keep, gone = (one, other) if one.id < other.id else (other, one)
+    merged = merged_state(keep, gone)
+    for table in (audit_log, outbox):
+        await conn.execute(
+            update(table).where(table.c.record_id == gone.id).values(record_id=keep.id)
+        )
+    await conn.execute(delete(records).where(records.c.id == gone.id))
+    await conn.execute(
+        update(records)
+        .where(records.c.id == keep.id)
+        .values(updated_at=now, **_record_values(merged))
+    )
+    reason = (
+        f"records {keep.id} and {gone.id} are one (prospect {merged.prospect_id}, SF record "
+        f"{merged.sf_record_id}): merged into {keep.id}"
+    )
+    await conn.execute(
+        insert(audit_log),
+        [audit_row(tenant_id, keep.id, cause, Rule.MERGE, reason, gone, merged, now)],
+    )
+    return merged
 
 
 async def ae_users_connected_to(
@@ -124,7 +196,7 @@ async def oldest_unlinked_by_email(
     wanted = {e.lower() for e in emails if e}
     if not wanted:
         return {}
-    rows = await conn.execute(
+    query = (
         select(records)
         .where(
             records.c.tenant_id == tenant_id,
@@ -134,6 +206,12 @@ async def oldest_unlinked_by_email(
         )
         .order_by(records.c.created_at, records.c.id)
     )
+    if conn.dialect.name == "postgresql":
+        # S9 links the candidate: locked, so that two workers never link the same prospect to
+        # two SF records; a candidate another transaction linked meanwhile is not returned
+        # (Postgres checks the WHERE again once it has the lock).
+        query = query.with_for_update()
+    rows = await conn.execute(query)
     found: dict[str, RecordState] = {}
     for row in rows:
         found.setdefault(row.email, record_from_row(row))
@@ -454,12 +532,14 @@ async def tenant_queue_ids(conn: AsyncConnection, tenant_id: str) -> set[str]:
 
 
 async def pending_effects(engine: AsyncEngine) -> int:
-    """Effects the relay has still to send (or retry)."""
+    """Effects the relay has still to send (or retry), or is sending."""
     async with engine.connect() as conn:
         return int(
             (
                 await conn.execute(
-                    select(func.count()).select_from(outbox).where(outbox.c.status == "pending")
+                    select(func.count())
+                    .select_from(outbox)
+                    .where(outbox.c.status.in_(("pending", "sending")))
                 )
             ).scalar_one()
         )

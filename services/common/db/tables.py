@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
@@ -184,6 +185,7 @@ records = Table(
     Column("ae_assigned_queue_id", SfIdType),
     Column("sf_owner_id", SfIdType),
     Column("last_modstamp", TS, doc="SystemModstamp of the newest SF notification applied"),
+    Column("ae_modstamp", TS, doc="occurredAt of the newest AE event applied"),
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
     UniqueConstraint("tenant_id", "prospect_id", name="uq_records_prospect"),
@@ -234,9 +236,45 @@ outbox = Table(
     Column("last_error", Text),
     Column("created_at", TS, nullable=False),
     Column("done_at", TS),
-    CheckConstraint("status in ('pending', 'done', 'superseded', 'dead')", name="status"),
+    Column("lease_owner", String(128), doc="the relay replica sending the row (status sending)"),
+    Column("lease_version", BigInteger, doc="the fencing version of that replica's record lease"),
+    CheckConstraint(
+        "status in ('pending', 'sending', 'done', 'superseded', 'dead', 'discarded')",
+        name="status",
+    ),
     CheckConstraint("target in ('ae', 'sf')", name="target"),
     Index("ix_outbox_pending", "status", "next_attempt_at"),
+    Index("ix_outbox_record_status", "record_id", "status"),
+)
+
+# One relay replica at a time sends a record's effects: the one holding its lease. `version`
+# grows with every claim and fences a settle: a replica whose lease was taken over cannot settle.
+relay_leases = Table(
+    "relay_leases",
+    metadata,
+    Column("record_id", ForeignKey("records.id", ondelete="CASCADE"), primary_key=True),
+    Column("owner", String(128), doc="replica id; null once released"),
+    Column("version", BigInteger, nullable=False),
+    Column("expires_at", TS, nullable=False, doc="database clock"),
+)
+
+# AE's daily call quota of each business unit, counted by every relay replica together.
+ae_quota = Table(
+    "ae_quota",
+    metadata,
+    Column("business_unit_id", String(18), primary_key=True),
+    Column("day", Date, nullable=False, doc="the day (OWNERSYNC_AE_QUOTA_TIMEZONE) counted"),
+    Column("calls", Integer, nullable=False),
+)
+
+# AE's concurrent calls per business unit: a call holds one slot row, leased, while it runs.
+ae_slots = Table(
+    "ae_slots",
+    metadata,
+    Column("business_unit_id", String(18), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("holder", String(160), doc="the replica and call holding the slot"),
+    Column("expires_at", TS),
 )
 
 # Each tenant's own SF org and AE business unit. Secrets are sealed (services.common.crypto):
