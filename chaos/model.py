@@ -57,7 +57,7 @@ class Figures:
     duplicated: int = 0  # records with more than one object where one is due
     wrong_owner: int = 0  # present, but owned by someone the model does not allow
     dead_lettered: int = 0  # parked broker messages + dead outbox effects
-    stuck: int = 0  # work-queue messages + outbox effects still pending after the settle wait
+    stuck: int = 0  # queued messages + outbox effects not settled after the settle wait
     unlinked: int = 0  # an SF record's AE prospect does not name it (salesforceId)
     examples: dict[str, list[str]] = field(default_factory=dict)
 

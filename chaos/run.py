@@ -318,11 +318,7 @@ class Chaos:
         depths = await self._broker_depths()
         outbox = await self._outbox(conn)
         sf = (await self.http.get(f"http://127.0.0.1:{self.ports['sf']}/_sim/state")).json()
-        return (
-            depths.get("syncer", 0) + depths.get("assigner", 0) == 0
-            and outbox.get("pending", 0) == 0
-            and sf.get("outbound_pending", 0) == 0
-        )
+        return _unsettled(depths, outbox) == 0 and sf.get("outbound_pending", 0) == 0
 
     async def settle(self, conn: asyncpg.Connection) -> float:
         """Until the queues, the outbox and the SF outbound queue are empty twice in a row, or
@@ -342,9 +338,7 @@ class Chaos:
         depths = await self._broker_depths()
         outbox = await self._outbox(conn)
         figures.dead_lettered = depths.get("dead-letters", 0) + outbox.get("dead", 0)
-        figures.stuck = (
-            depths.get("syncer", 0) + depths.get("assigner", 0) + outbox.get("pending", 0)
-        )
+        figures.stuck = _unsettled(depths, outbox)
         expected = sorted(self.traffic.unique_event_ids)
         seen = await conn.fetchval(
             "select count(*) from inbox where event_id::text = any($1::text[])", expected
@@ -450,6 +444,16 @@ class Chaos:
             await broker.delete_topology()
         finally:
             await broker.close()
+
+
+SETTLED = {"done", "superseded", "dead"}  # outbox statuses that end an effect
+
+
+def _unsettled(depths: dict[str, int], outbox: dict[str, int]) -> int:
+    """Messages still queued for work (the work queues and the delayed-retry queue, when
+    there is one; not the parked ones) plus effects not yet settled (pending, sending, ...)."""
+    queued = sum(n for queue, n in depths.items() if queue != "dead-letters")
+    return queued + sum(n for status, n in outbox.items() if status not in SETTLED)
 
 
 async def _drop_database(url: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from chaos.model import Figures, Model
-from chaos.run import TENANT_FILE
+from chaos.run import TENANT_FILE, _unsettled
 from chaos.traffic import Shape, build
 
 ALICE, BOB, CAROL = "005A", "005B", "005C"  # CAROL is not connected
@@ -162,3 +162,10 @@ def test_the_traffic_is_the_same_for_a_seed_and_every_notification_is_in_the_mod
     )
     # Every AE webhook names a prospect seeded into the AE simulator beforehand.
     assert {p["id"] for p in one.seeded_prospects} == set(one.model.ae_prospects)
+
+
+def test_stuck_counts_queued_work_and_every_effect_not_yet_settled() -> None:
+    depths = {"syncer": 2, "assigner": 1, "retry": 3, "dead-letters": 40}
+    outbox = {"done": 900, "superseded": 9, "dead": 4, "pending": 5, "sending": 200}
+    assert _unsettled(depths, outbox) == 2 + 1 + 3 + 5 + 200  # parked and dead count elsewhere
+    assert _unsettled({"syncer": 0, "dead-letters": 7}, {"done": 1, "dead": 2}) == 0
