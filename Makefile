@@ -4,10 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 # The fast tiers wait on loopback HTTP more than they compute: more workers than cores pays.
 FAST_WORKERS ?= 4
 
-.PHONY: install demo run test test-fast test-integration test-unit lint bench clean
+.PHONY: install demo run test test-fast test-integration test-unit lint bench clean chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +40,13 @@ bench: $(STAMP)  ## the benchmark against the real Postgres and RabbitMQ (prints
 	./scripts/ensure-services.sh
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+chaos: $(STAMP)  ## every role as a process under faults, then the owner checker (CHAOS_ARGS=--short: 3 min)
+	./scripts/ensure-services.sh
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
+
 lint: $(STAMP)  ## style, the layer contracts and the types (configured in pyproject.toml)
-	$(BIN)/ruff check services tests bench
-	$(BIN)/ruff format --check services tests bench
+	$(BIN)/ruff check services tests bench chaos
+	$(BIN)/ruff format --check services tests bench chaos
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 

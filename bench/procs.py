@@ -73,6 +73,9 @@ class Service:
     log_path: Path
     health_url: str | None = None
     peak_mb: float | None = None
+    command: list[str] = field(default_factory=list)  # what start() ran, for restart()
+    env: dict[str, str] = field(default_factory=dict)
+    restarts: int = 0
 
     @property
     def pid(self) -> int:
@@ -102,27 +105,41 @@ class Services:
         *,
         health_url: str | None = None,
         env: Mapping[str, str] | None = None,
+        module: str = "services.cli",
     ) -> Service:
+        """`python -m <module> <args>` (an `ownersync` command by default), logging to a file."""
+        command = [sys.executable, "-m", module, *args]
+        full_env = {**self.env, **(env or {})}
         log_path = self.log_dir / f"{name}.log"
-        log = log_path.open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *args],
-            cwd=REPO,
-            env={**self.env, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C to the benchmark is not sent to the roles
-        )
-        log.close()
-        service = Service(name, proc, log_path, health_url)
+        service = Service(name, _spawn(command, full_env, log_path), log_path, health_url)
+        service.command, service.env = command, full_env
         self.items[name] = service
         return service
 
-    async def wait_ready(self, within: float = 60.0) -> None:
+    def kill(self, name: str) -> None:
+        """SIGKILL one of our own processes (by pid): no clean-up, as a crash or an OOM kill."""
+        service = self.items[name]
+        if service.alive():
+            with contextlib.suppress(ProcessLookupError):
+                service.proc.kill()
+        service.proc.wait()
+
+    def restart(self, name: str) -> Service:
+        """Start a stopped (or killed) service again with the same command and settings; its
+        log goes on in the same file."""
+        service = self.items[name]
+        if service.alive():
+            raise RuntimeError(f"{name} is still running (pid {service.pid})")
+        service.proc = _spawn(service.command, service.env, service.log_path, append=True)
+        service.restarts += 1
+        return service
+
+    async def wait_ready(self, within: float = 60.0, names: Iterable[str] | None = None) -> None:
+        """Until every service (or those named) answers 200 on its health URL."""
+        wanted = set(names) if names is not None else set(self.items)
         async with httpx.AsyncClient(timeout=2.0) as client:
             for service in self.items.values():
-                if service.health_url is None:
+                if service.health_url is None or service.name not in wanted:
                     continue
                 deadline = time.monotonic() + within
                 while True:
@@ -162,6 +179,21 @@ class Services:
                 with contextlib.suppress(ProcessLookupError):
                     service.proc.kill()
                 service.proc.wait()
+
+
+def _spawn(
+    command: list[str], env: Mapping[str, str], log_path: Path, *, append: bool = False
+) -> subprocess.Popen[bytes]:
+    with log_path.open("ab" if append else "wb") as log:
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C to the benchmark is not sent to the roles
+        )
 
 
 @dataclass

@@ -218,6 +218,10 @@ class ProspectUpdate(_AeBody):
     salesforceId: str | None = None
 
 
+class SeedProspect(ProspectCreate):
+    id: int | None = Field(default=None, ge=1)
+
+
 class FaultSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -386,6 +390,17 @@ def _control_router() -> APIRouter:
             "lost_answer_hold_ms": faults.lost_answer_hold_ms,
             "answers_lost": faults.answers_lost,
         }
+
+    @router.post("/prospects", status_code=201)
+    async def seed_prospect(request: Request, body: SeedProspect) -> dict[str, Any]:
+        """A prospect made in AE itself (by a form, an import), outside the API and its log."""
+        return _sim(request).add_prospect(
+            body.email,
+            assigned_user_id=body.assignedUserId,
+            assigned_queue_id=body.assignedQueueId,
+            salesforce_id=body.salesforceId,
+            prospect_id=body.id,
+        )
 
     @router.get("/state")
     async def dump_state(request: Request) -> dict[str, Any]:

@@ -445,3 +445,17 @@ async def test_state_is_dumped_and_reset_over_http(
     assert [p["email"] for p in dumped["prospects"]] == ["dump@example.com"]
     assert dumped["callCounts"] == {f"POST {PROSPECTS} 201": 1}
     assert (sim.prospects, sim.call_log, sim.next_prospect_id) == ({}, [], 5001)
+
+
+async def test_a_prospect_made_in_ae_is_seeded_outside_the_api_and_its_call_log(
+    sim: AeSimState, ae_url: str, ae: AeClient
+) -> None:
+    async with httpx.AsyncClient(base_url=ae_url) as raw:
+        body = {"id": 700123, "email": "seed@example.com", "assignedUserId": 101}
+        made = await raw.post("/_sim/prospects", json=body)
+
+    assert made.status_code == 201
+    found = await ae.find_prospects_by_email("seed@example.com")
+    assert [(p.id, p.assigned_user_id) for p in found] == [(700123, 101)]
+    assert sim.call_log == [("GET", PROSPECTS, 200)]  # the look-up only
+    assert sim.next_prospect_id == 700124
