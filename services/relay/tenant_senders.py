@@ -29,7 +29,14 @@ from services.common.ae_client import AeCallLimits
 from services.common.connections import connections_from_row
 from services.common.crypto import KeyRing, SecretsKeyMissing, SecretUnreadable
 from services.common.db.tables import tenant_connections
-from services.common.domain import Effect, Learned, RecordState, Target
+from services.common.domain import (
+    AeProspectUpsert,
+    Effect,
+    Learned,
+    RecordState,
+    SfRecordUpsert,
+    Target,
+)
 from services.common.sf_auth import SfCredentialsRefused
 from services.common.tenant_clients import TenantClients
 from services.relay.relay import Attempt, Held, Senders
@@ -86,11 +93,12 @@ class TenantSenders:
 
     @property
     def kinds(self) -> list[str]:
-        return Senders(ae=_never, sf=_never).kinds
+        # Every tenant's connections write to both systems.
+        return [AeProspectUpsert.kind, SfRecordUpsert.kind]
 
     @property
     def targets(self) -> list[Target]:
-        return list(Senders(ae=_never, sf=_never).targets)
+        return [AeProspectUpsert.target, SfRecordUpsert.target]
 
     async def send(self, record: RecordState, effect: Effect, attempt: Attempt) -> Learned:
         tenant = attempt.tenant_id
@@ -127,13 +135,12 @@ class TenantSenders:
         # A held tenant's row is looked at on each try (its effects back off meanwhile), so
         # fixed connections are used at once; a flowing tenant's every `refresh` seconds.
         now = asyncio.get_running_loop().time()
-        entry = self._entries.get(tenant)
-        if entry is not None and not entry.reason and now - entry.looked_at < self.refresh:
+        if (entry := self._usable(tenant, now)) is not None:
             return entry
         async with self._locks.setdefault(tenant, asyncio.Lock()):
-            entry = self._entries.get(tenant)
-            if entry is not None and not entry.reason and now - entry.looked_at < self.refresh:
+            if (entry := self._usable(tenant, now)) is not None:
                 return entry  # another send of this tenant looked while we waited
+            entry = self._entries.get(tenant)
             async with self.engine.connect() as conn:
                 query = select(tenant_connections).where(tenant_connections.c.tenant_id == tenant)
                 row = (await conn.execute(query)).mappings().first()
@@ -148,6 +155,13 @@ class TenantSenders:
             if fresh.senders is None:
                 self._hold(tenant, fresh, fresh.reason)
             return fresh
+
+    def _usable(self, tenant: str, now: float) -> _Entry | None:
+        """The tenant's entry while it flows and was looked at less than `refresh` ago."""
+        entry = self._entries.get(tenant)
+        if entry is not None and not entry.reason and now - entry.looked_at < self.refresh:
+            return entry
+        return None
 
     def _open(
         self, tenant: str, row: Mapping[Any, Any] | None, updated_at: datetime | None, now: float
@@ -177,7 +191,3 @@ class TenantSenders:
         senders = Senders(ae=ae_prospect_sender(clients.ae), sf=sf_record_sender(clients.sf))
         log.info("effects of %s go to its own SF org and AE business unit", tenant)
         return _Entry(senders, clients, updated_at, now)
-
-
-async def _never(*_: object) -> Learned:  # pragma: no cover - only its presence is read
-    raise AssertionError("not a sender")
