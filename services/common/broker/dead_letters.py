@@ -28,7 +28,7 @@ from services.common.broker.base import (
     fresh_headers,
 )
 from services.common.broker.memory import MemoryBroker
-from services.common.broker.rabbit import RabbitBroker
+from services.common.broker.rabbit import RabbitBroker, copy_of
 from services.common.messages import load_event
 
 SCAN_LIMIT = 10_000  # the most dead letters one call looks at
@@ -151,14 +151,7 @@ class RabbitDeadLetters:
             # A replayed message is a new one: full fresh deliveries, no retries spent.
             headers = fresh_headers(message.headers, "x-ownersync-")
             await exchange.publish(
-                aio_pika.Message(
-                    message.body,
-                    headers=headers,
-                    content_type=message.content_type,
-                    message_id=message.message_id,
-                    type=message.type,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
+                copy_of(message, headers),
                 routing_key=parked.event_type,
                 mandatory=True,
             )

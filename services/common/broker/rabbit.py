@@ -226,14 +226,7 @@ class RabbitBroker:
             await asyncio.gather(
                 *(
                     dlx.publish(
-                        aio_pika.Message(
-                            body,
-                            headers=headers,
-                            content_type=message.content_type,
-                            message_id=event_id or message.message_id,
-                            type=message.type,
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        ),
+                        copy_of(message, headers, body=body, message_id=event_id),
                         routing_key=message.routing_key or "",
                     )
                     for event_id, body in parts
@@ -262,15 +255,7 @@ class RabbitBroker:
         if reason:
             headers["x-ownersync-last-error"] = reason[:1000]
         await retry.publish(
-            aio_pika.Message(
-                message.body,
-                headers=headers,
-                content_type=message.content_type,
-                message_id=message.message_id,
-                type=message.type,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                expiration=self.retry_delay,
-            ),
+            copy_of(message, headers, expiration=self.retry_delay),
             routing_key=message.routing_key or message.type or "",
         )
         await message.ack()
@@ -398,6 +383,27 @@ class _Consumer:
         delivery.tag = int(message.delivery_tag or 0)
         delivery.retries = retries
         return delivery
+
+
+def copy_of(
+    message: AbstractIncomingMessage,
+    headers: dict[str, Any],
+    *,
+    body: bytes | None = None,
+    message_id: str | None = None,
+    expiration: float | None = None,
+) -> aio_pika.Message:
+    """A persistent new message made from `message` (parked, retried or replayed), with
+    `headers` in place of its own."""
+    return aio_pika.Message(
+        message.body if body is None else body,
+        headers=headers,
+        content_type=message.content_type,
+        message_id=message_id or message.message_id,
+        type=message.type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        expiration=expiration,
+    )
 
 
 def _message(events: list[AnyEvent]) -> aio_pika.Message:
