@@ -5,6 +5,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 
+import aio_pika
 import pytest
 from sqlalchemy import text
 
@@ -99,3 +100,22 @@ async def stack(base_settings: Settings, clean: None) -> AsyncIterator[Running]:
     keys = {"acme": ACME_ENDPOINT_KEY} if ACME_ENDPOINT_KEY else {}
     async with running(settings, ROLES, stop, sf_endpoint_keys=keys) as live:
         yield live
+
+
+async def take_dead_letters(
+    settings: Settings, wanted: int, timeout: float = 30
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """`wanted` dead letters of the run, taken off the queue (TimeoutError if fewer come)."""
+    connection = await aio_pika.connect(AMQP_URL)
+    found: list[aio_pika.abc.AbstractIncomingMessage] = []
+    async with connection, connection.channel() as channel:
+        queue = await channel.declare_queue(f"{settings.queue_prefix}.dead-letters", passive=True)
+        async with asyncio.timeout(timeout):
+            while len(found) < wanted:
+                message = await queue.get(fail=False)
+                if message is None:
+                    await asyncio.sleep(0.05)
+                    continue
+                await message.ack()
+                found.append(message)
+    return found

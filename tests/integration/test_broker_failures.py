@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import aio_pika
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,7 +22,7 @@ from services.common.web import free_port, serve_app
 from services.common.worker import Decided, WorkerStats, run_worker
 from services.demo.replay import FIXTURES
 from tests.endpoints import sf_path
-from tests.integration.conftest import AMQP_URL
+from tests.integration.conftest import take_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -67,24 +66,6 @@ def _event(tenant: str = "acme") -> SfRecordEvent:
     )
 
 
-async def _dead_letters(
-    settings: Settings, wanted: int
-) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    connection = await aio_pika.connect(AMQP_URL)
-    found: list[aio_pika.abc.AbstractIncomingMessage] = []
-    async with connection, connection.channel() as channel:
-        queue = await channel.declare_queue(f"{settings.queue_prefix}.dead-letters", passive=True)
-        async with asyncio.timeout(10):
-            while len(found) < wanted:
-                message = await queue.get(fail=False)
-                if message is None:
-                    await asyncio.sleep(0.05)
-                    continue
-                await message.ack()
-                found.append(message)
-    return found
-
-
 async def test_event_failing_every_time_is_dead_lettered_with_its_reason_at_the_delivery_limit(
     base_settings: Settings, clean: None
 ) -> None:
@@ -116,7 +97,7 @@ async def test_event_failing_every_time_is_dead_lettered_with_its_reason_at_the_
     try:
         event = _event()
         await runtime.broker.publish([event])
-        [parked] = await _dead_letters(base_settings, 1)
+        [parked] = await take_dead_letters(base_settings, 1)
     finally:
         stop.set()
         await worker
@@ -148,7 +129,7 @@ async def test_event_of_an_unknown_tenant_is_dead_lettered_at_once(
     )
     try:
         await runtime.broker.publish([_event("ghost")])
-        [parked] = await _dead_letters(base_settings, 1)
+        [parked] = await take_dead_letters(base_settings, 1)
     finally:
         stop.set()
         await worker
@@ -194,7 +175,7 @@ async def test_one_poison_event_in_a_message_of_many_is_parked_alone_and_the_res
     )
     try:
         await runtime.broker.publish(events)  # one message of five events
-        [parked] = await _dead_letters(base_settings, 1)
+        [parked] = await take_dead_letters(base_settings, 1)
     finally:
         stop.set()
         await worker

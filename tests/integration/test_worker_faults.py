@@ -40,7 +40,7 @@ from services.common.web import free_port
 from services.common.worker import Backoff, Decided, WorkerStats, run_worker
 from services.sim.netfault import FaultProxy
 from services.syncer.worker import apply_sf_events
-from tests.integration.conftest import AMQP_URL, PG_URL
+from tests.integration.conftest import AMQP_URL, PG_URL, take_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -307,28 +307,11 @@ async def test_a_message_that_keeps_losing_races_is_dead_lettered_after_the_retr
     async with workers(base_settings) as live:
         live.start(QueueRole.SYNCER, always_deadlocked)
         await direct.broker.publish([event])
-        [parked] = await _parked(base_settings, 1)
+        [parked] = await take_dead_letters(base_settings, 1)
     # Each delivery (the first and 3 delayed retries) is tried, then tried again alone at once.
     assert tries == 2 * (1 + base_settings.retry_limit)
     reason = str(parked.headers["x-ownersync-reason"])
     assert reason.startswith("retry limit 3 reached: IntegrityError")
-
-
-async def _parked(settings: Settings, wanted: int) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """The dead letters, taken off the queue."""
-    connection = await aio_pika.connect(AMQP_URL)
-    found: list[aio_pika.abc.AbstractIncomingMessage] = []
-    async with connection, connection.channel() as channel:
-        queue = await channel.declare_queue(f"{settings.queue_prefix}.dead-letters", passive=True)
-        async with asyncio.timeout(30):
-            while len(found) < wanted:
-                message = await queue.get(fail=False)
-                if message is None:
-                    await asyncio.sleep(0.05)
-                    continue
-                await message.ack()
-                found.append(message)
-    return found
 
 
 async def test_a_parked_message_replayed_gets_full_fresh_deliveries(
