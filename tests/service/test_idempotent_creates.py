@@ -4,22 +4,15 @@ answers, as a dropped connection, a 500 or a timeout would."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select
 
-from services.admin.tenant_file import load_tenant
-from services.bootstrap import ROLES, Running, running
-from services.common.db.engine import make_engine, migrate
+from services.bootstrap import Running
 from services.common.db.tables import records
-from services.common.settings import Settings
-from services.common.web import free_port
 from services.demo.replay import FIXTURES, demo_tenant, hold_prospect
 from services.relay.senders import KEY_FIELD
 from services.sim.embedded import wait_until_idle
@@ -36,27 +29,11 @@ BATCH = FIXTURES / "salesforce" / "lead-created-batch-100.xml"
 
 
 @pytest.fixture
-async def embedded(tmp_path: Path) -> AsyncIterator[Running]:
-    tenant = demo_tenant()
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/ownersync.db",
-        amqp_url=None,
-        ae_base_url=None,
-        sf_base_url=None,
-        port=free_port(),
-        relay_interval_ms=20,
-        relay_coalesce_ms=0,
-    )
-    await asyncio.to_thread(migrate, settings.database_url)
-    engine = make_engine(settings.database_url)
-    async with engine.begin() as conn:
-        await load_tenant(conn, tenant)
-    await engine.dispose()
-    keys = {tenant.tenant: tenant.salesforce_endpoint_key or ""}
-    async with running(settings, ROLES, asyncio.Event(), sf_endpoint_keys=keys) as live:
-        assert live.relay is not None
-        live.relay.backoff_base = 0.05
-        yield live
+async def embedded(stack: Running) -> Running:
+    """The service tier's roles, with a relay that tries again quickly."""
+    assert stack.relay is not None
+    stack.relay.backoff_base = 0.05
+    return stack
 
 
 async def stored_records(live: Running) -> list[dict[str, Any]]:
