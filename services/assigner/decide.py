@@ -6,7 +6,7 @@ are not in the table:
   for an assignment action, created already linked to a SF record, an AE reassignment that
   names no user, or AE echoing the assignee ownersync already holds).
 - DUP: the webhook id was already processed; like S8 there is no effect and no audit row.
-- A9: the event is older (occurredAt) than the newest AE event applied to the record: ignored
+- STALE: the event is older (occurredAt) than the newest AE event applied to the record: ignored
   as stale, audited, like S7 for SF's SystemModstamp. Every other decision that keeps a
   record stamps it with the event's occurredAt (`ae_modstamp`).
 """
@@ -83,7 +83,7 @@ def decide_ae_event(
             f"stale: occurredAt {occurred.isoformat()} is older than the applied "
             f"{record.ae_modstamp.isoformat()}"
         )
-        return AssignerDecision(Decision(Rule.A9, reason, record, record))
+        return AssignerDecision(Decision(Rule.STALE, reason, record, record))
     result = _decide(event, policy, record, sf_user_of, group_members, known_queues, now)
     after = result.decision.after
     if after is None:

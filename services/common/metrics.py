@@ -70,7 +70,7 @@ EFFECTS_OLDEST_AGE = Gauge(
 EFFECTS_DEAD = Gauge("ownersync_effects_dead", "Effects refused for good, by tenant", ["tenant"])
 
 # Decisions that change nothing anywhere.
-NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.A9, Rule.DUP})
+NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.STALE, Rule.DUP})
 
 
 class CountsCalls(Protocol):

@@ -243,7 +243,7 @@ def _engagement_body(name: str, story: Story) -> bytes:
     body = json.loads((AE / "prospect-created-assigned-connected.json").read_bytes())
     body["type"] = "prospect.reassigned"
     body["prospect"]["assignedUserId"] = story.tenant.engagement_users["bob"]
-    # After the last fixture about 9002 (09:04): an older AE event would be ignored as stale (A9).
+    # After the last fixture about 9002 (09:04): an older AE event would be ignored (STALE).
     body["occurredAt"] = "2026-11-02T09:06:00Z"
     return json.dumps(body).encode()
 

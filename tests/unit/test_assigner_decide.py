@@ -414,13 +414,13 @@ def test_duplicate_webhook_has_no_effect_and_leaves_no_audit() -> None:
     assert d.before == d.after == record
 
 
-def test_a9_ae_event_older_than_the_newest_applied_is_ignored_as_stale() -> None:
+def test_stale_ae_event_older_than_the_newest_applied_is_ignored() -> None:
     record = stored(prospect_id=9002, email="ben@example.com", ae_modstamp=at(4))
     event = ae_event("prospect-created-assigned-connected", type="prospect.reassigned")
 
     d = decide(event, record=record).decision
 
-    assert (d.rule, d.effects, d.refused) == ("A9", (), False)
+    assert (d.rule, d.effects, d.refused) == ("STALE", (), False)
     assert d.after == d.before == record
     assert d.audited and d.reason.startswith("stale: occurredAt 2026-11-02T09:01:00")
 
