@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from services.api import install_api
+from services.assigner.sla_loop import SlaLoop
 from services.assigner.worker import apply_ae_events
 from services.common.ae_client import AeClient
 from services.common.broker.base import QueueRole
@@ -103,6 +104,7 @@ class Running:
     ae_url: str | None = None
     sf_url: str | None = None
     relay: Relay | None = None
+    sla: SlaLoop | None = None
     stats: dict[str, WorkerStats] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     heartbeat_timeout: float = 60.0
@@ -182,6 +184,12 @@ async def running(
                     ),
                 )
                 live.tasks.append(asyncio.create_task(worker, name=role))
+        if "assigner" in roles:
+            # Every assigner replica fires due follow-up SLA timers (claimed, never twice).
+            live.sla = SlaLoop(
+                runtime.engine, replica=_replica(settings), interval=settings.sla_interval_ms / 1000
+            )
+            live.tasks.append(asyncio.create_task(live.sla.run(stop), name="sla"))
         for task in live.tasks:
             task.add_done_callback(lambda _: stop.set())  # one role down takes the rest down
         if "receiver" not in roles and settings.metrics_port:

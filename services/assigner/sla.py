@@ -16,7 +16,14 @@ from datetime import datetime
 from typing import Literal
 
 from services.assigner.round_robin import pick_member, record_assignment
-from services.common.domain import Decision, Member, RecordState, Rule, SfOwnerReassign
+from services.common.domain import (
+    Decision,
+    Member,
+    RecordState,
+    Rule,
+    SfOwnerReassign,
+    SfRecordUpsert,
+)
 from services.common.sla import SlaPolicy, SlaState, SlaTimer, describe_duration
 
 
@@ -30,6 +37,24 @@ class Expiry:
     assigned_member: Member | None = None
     next_owner: str | None = None  # the new member's SF user: a fresh timer waits for it
     wait_until: datetime | None = None  # state "waiting": fire again then
+
+
+def sla_to_start(
+    decision: Decision,
+    member: Member | None,
+    sf_user_of: Mapping[int, str],
+    policy: SlaPolicy | None,
+) -> str | None:
+    """The SF owner whose confirmation starts a follow-up SLA after an A5 decision, or None:
+    the group has an SLA and the decision writes the member's connected SF user as owner."""
+    if policy is None or not policy.on or member is None or decision.rule != Rule.A5:
+        return None
+    owner = sf_user_of.get(member.ae_user_id)
+    writes_owner = any(
+        isinstance(e, SfRecordUpsert) and e.owner_id == owner and not e.auto_assign
+        for e in decision.effects
+    )
+    return owner if owner is not None and writes_owner else None
 
 
 def decide_expiry(

@@ -8,9 +8,10 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.assigner.sla import sla_to_start
 from services.assigner.state import load_assigner_state
 from services.common.broker.base import AnyEvent
-from services.common.db import store
+from services.common.db import sla_store, store
 from services.common.messages import AeProspectEvent, AssignToGroup
 from services.common.worker import Decided, by_tenant
 
@@ -23,9 +24,11 @@ async def apply_ae_events(
     tenants, processed = await by_tenant(conn, events, AeProspectEvent, "assigner")
     writer = store.BatchWriter(conn, now)
     decided: list[Decided] = []
+    timers: list[tuple[str, int, dict[str, object]]] = []  # (tenant, prospect, timer fields)
     for policy, tenant_events in tenants:
         tenant_id = policy.tenant_id
         state = await load_assigner_state(conn, policy, tenant_events)
+        slas = await sla_store.group_policies(conn, tenant_id, state.group_members)
         for merge in state.merges:
             first = next(e for e in tenant_events if e.payload.prospect.id == merge.prospect_id)
             state.records[merge.prospect_id] = await store.merge_records(
@@ -48,6 +51,20 @@ async def apply_ae_events(
                 await store.save_member_counters(
                     conn, tenant_id, action.group_id, result.assigned_member
                 )
+                sla = slas.get(action.group_id)
+                owner = sla_to_start(decision, result.assigned_member, state.sf_user_of, sla)
+                if sla is not None and owner is not None:
+                    timer = sla_store.new_timer(
+                        tenant_id,
+                        0,
+                        action.group_id,
+                        result.assigned_member.ae_user_id,
+                        owner,
+                        sla,
+                        0,
+                        now,
+                    )
+                    timers.append((tenant_id, event.payload.prospect.id, timer))
             log.info(
                 "decision",
                 extra={
@@ -62,4 +79,6 @@ async def apply_ae_events(
                 },
             )
     await writer.flush()
+    # A record made in this batch has its id only now.
+    await sla_store.add_timers_by_prospect(conn, timers)
     return decided

@@ -50,6 +50,9 @@ class Rule(StrEnum):
     # Not a decision either: two records that turned out to be one (an event named ids of
     # both) were merged into the older one. Audit rows only.
     MERGE = "MERGE"
+    # Not a decision: a follow-up SLA clock started, met or stopped (its expiry is A9).
+    # Audit rows only.
+    SLA = "SLA"
 
 
 @dataclass(frozen=True)

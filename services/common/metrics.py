@@ -33,6 +33,11 @@ EVENTS_SKIPPED = Counter(
     "Events that changed nothing: duplicates (S8/DUP), stale (S7), refusals and no-ops",
     ["type", "rule"],
 )
+SLA_TOTAL = Counter(
+    "ownersync_sla_total",
+    "Follow-up SLAs ended: met (worked in time) or missed (expired), per group and member",
+    ["group", "member", "outcome"],
+)
 EVENTS_DEAD_LETTERED = Counter(
     "ownersync_events_dead_lettered_total", "Events parked in the dead-letter queue", ["queue"]
 )

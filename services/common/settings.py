@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     sf_client_secret: SecretStr | None = None
 
     relay_interval_ms: int = Field(200, ge=10, description="outbox poll interval")
+    sla_interval_ms: int = Field(
+        1000, ge=10, description="how often each assigner looks for due follow-up SLA timers"
+    )
     relay_batch_size: int = Field(200, ge=1)
     relay_coalesce_ms: int = Field(
         300,
