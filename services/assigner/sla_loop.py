@@ -63,6 +63,7 @@ class SlaLoop:
         async with self.engine.begin() as conn:
             now = self.clock()
             timers = await sla_store.claim_due(conn, now, self.batch_size)
+            timers = [t for t in timers if await sla_store.take(conn, t, self.replica)]
             for timer in timers:
                 expiry = await self._fire(conn, timer, now)
                 # Missed once, when its clock ran out (a waiting timer fires again later).

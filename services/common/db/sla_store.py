@@ -242,6 +242,21 @@ async def claim_due(conn: AsyncConnection, now: datetime, limit: int) -> list[Sl
     return [timer_from_row(r) for r in await conn.execute(query)]
 
 
+async def take(conn: AsyncConnection, timer: SlaTimer, replica: str) -> bool:
+    """Fence a claimed timer: only one transaction can take it as it was claimed (on SQLite,
+    which has no SKIP LOCKED, the second writer fails or finds it changed)."""
+    taken = await conn.execute(
+        update(sla_timers)
+        .where(
+            sla_timers.c.id == timer.id,
+            sla_timers.c.state == timer.state,
+            sla_timers.c.due_at == timer.due_at,
+        )
+        .values(fired_by=replica)
+    )
+    return taken.rowcount == 1
+
+
 async def end_timer(
     conn: AsyncConnection,
     timer: SlaTimer,
