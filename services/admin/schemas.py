@@ -564,6 +564,25 @@ class GroupMemberPut(WorkingHoursFields, ApiInput):
 # --- records, audit, assignment requests, reconcile --------------------------------------
 
 
+class SlaTimerView(ApiModel):
+    """One follow-up SLA clock of a record: pending until SF confirms the owner, then running
+    until it is met, stopped (owner changed by someone else), or runs out (escalated to the next
+    member, fallback, expired; waiting: nobody is on to take it yet)."""
+
+    id: int
+    state: str
+    group_id: int
+    ae_user_id: int
+    sf_owner_id: str
+    escalations: int = Field(description="moves of the record by its SLA before this clock")
+    sla_seconds: int
+    business_hours: bool
+    started_at: datetime | None
+    due_at: datetime | None
+    ended_at: datetime | None
+    reason: str | None
+
+
 class RecordView(ApiModel):
     id: int
     prospect_id: int | None
@@ -580,6 +599,9 @@ class RecordView(ApiModel):
     )
     created_at: datetime
     updated_at: datetime
+    sla: list[SlaTimerView] = Field(
+        [], description="the record's follow-up SLA clocks, oldest first (record views only)"
+    )
 
 
 class AuditEntry(ApiModel):

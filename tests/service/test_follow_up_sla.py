@@ -14,9 +14,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
-from services.admin import groups
+from services.admin import groups, records
 from services.admin.schemas import GroupSlaPut
 from services.bootstrap import Running
 from services.common.db.tables import sla_timers
@@ -41,6 +42,11 @@ def service_settings(service_settings: Settings) -> Settings:
 @pytest.fixture
 def engagement(stack: Running) -> Engagement:
     return Engagement(stack)
+
+
+def missed() -> float:
+    labels = {"group": str(GROUP), "member": str(ALICE_AE), "outcome": "missed"}
+    return REGISTRY.get_sample_value("ownersync_sla_total", labels) or 0.0
 
 
 async def set_sla(live: Running, **sla: Any) -> None:
@@ -124,6 +130,7 @@ async def test_a9_unworked_lead_moves_to_the_next_member_with_auto_assign_false(
 ) -> None:
     await set_sla(engagement.live)
     lead = await assigned_through_the_group(engagement)
+    missed_before = missed()
     await asyncio.sleep(0.2)  # a few passes of the SLA loop: nothing is due yet
     assert [t["state"] for t in await timers(engagement.live)] == ["running"]
 
@@ -144,6 +151,13 @@ async def test_a9_unworked_lead_moves_to_the_next_member_with_auto_assign_false(
     # AE follows when SF's outbound message comes back (S5).
     assert engagement.ae.prospects[PROSPECT]["assignedUserId"] == BOB_AE
     assert engagement.live.sla is not None and engagement.live.sla.fired == 1
+    async with engagement.live.runtime.engine.connect() as conn:
+        view = await records.get_record(conn, "acme", "prospect", PROSPECT)
+    assert [(t.state, t.sf_owner_id) for t in view.sla] == [
+        ("escalated", ALICE_SF),
+        ("running", BOB_SF),
+    ]
+    assert missed() == missed_before + 1
 
 
 async def test_worked_lead_is_kept(engagement: Engagement) -> None:
