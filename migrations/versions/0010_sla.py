@@ -3,7 +3,8 @@
 Groups get a follow-up SLA (`sla_seconds`, business hours only or not, what to do when nobody
 is on, how many escalations before the fallback queue or user); members get working hours (a
 time zone, weekly hours, away dates); tenants their untouched statuses. `sla_timers` holds the
-SLA clocks, claimed when due with FOR UPDATE SKIP LOCKED. The stale-AE-event rule is renamed
+SLA clocks, claimed when due with FOR UPDATE SKIP LOCKED; `deferred_assignments` the group
+assignments that wait for the first member to come on. The stale-AE-event rule is renamed
 from A9 to STALE in the audit: A9 is the SLA escalation now.
 
 Revision ID: 0010_sla
@@ -85,12 +86,37 @@ def upgrade() -> None:
         postgresql_where=sa.text(OPEN),
         sqlite_where=sa.text(OPEN),
     )
+    op.create_table(
+        "deferred_assignments",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True),
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column(
+            "record_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("group_id", sa.BigInteger(), nullable=False),
+        sa.Column("event", sa.JSON(), nullable=False),
+        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("done_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["record_id"],
+            ["records.id"],
+            name=op.f("fk_deferred_assignments_record_id_records"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_deferred_assignments")),
+    )
+    op.create_index(
+        "ix_deferred_assignments_due", "deferred_assignments", ["done_at", "due_at"], unique=False
+    )
     op.execute("UPDATE audit_log SET rule = 'STALE' WHERE rule = 'A9'")
 
 
 def downgrade() -> None:
     op.execute("DELETE FROM audit_log WHERE rule = 'A9'")
     op.execute("UPDATE audit_log SET rule = 'A9' WHERE rule = 'STALE'")
+    op.drop_index("ix_deferred_assignments_due", table_name="deferred_assignments")
+    op.drop_table("deferred_assignments")
     op.drop_index("uq_sla_timers_open_record", table_name="sla_timers")
     op.drop_index("ix_sla_timers_due", table_name="sla_timers")
     op.drop_table("sla_timers")

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 
 from services.admin import groups, records
-from services.admin.schemas import GroupSlaPut
+from services.admin.schemas import GroupMemberPut, GroupSlaPut
 from services.bootstrap import Running
-from services.common.db.tables import sla_timers
+from services.common.db.tables import deferred_assignments, sla_timers
 from services.common.settings import Settings
 from services.sim.embedded import wait_until_idle
 from tests.outbound import Poster, is_ack
@@ -55,10 +55,14 @@ async def set_sla(live: Running, **sla: Any) -> None:
         await groups.set_group_sla(conn, "acme", GROUP, data)
 
 
-async def timers(live: Running) -> list[dict[str, Any]]:
+async def rows(live: Running, table: Table) -> list[dict[str, Any]]:
     async with live.runtime.engine.connect() as conn:
-        rows = await conn.execute(select(sla_timers).order_by(sla_timers.c.id))
-        return [dict(r._mapping) for r in rows]
+        found = await conn.execute(select(table).order_by(table.c.id))
+        return [dict(r._mapping) for r in found]
+
+
+async def timers(live: Running) -> list[dict[str, Any]]:
+    return await rows(live, sla_timers)
 
 
 async def run_out(engagement: Engagement) -> None:
@@ -206,3 +210,42 @@ async def test_a9_after_max_escalations_the_lead_goes_to_the_fallback_queue(
     a9 = [r for r in await decision_rows(engagement.live) if r["rule"] == "A9"]
     assert "fallback" in a9[-1]["reason"]
     assert engagement.ae.prospects[PROSPECT]["assignedQueueId"] == QUEUE
+
+
+async def test_a5_waits_for_the_first_member_to_come_on_unless_the_group_assigns_when_closed(
+    engagement: Engagement,
+) -> None:
+    live = engagement.live
+    today = datetime.now(UTC).date()
+    away = [today.isoformat(), (today + timedelta(days=1)).isoformat()]
+    await set_sla(live, assignWhenClosed=False)
+    async with live.runtime.engine.begin() as conn:
+        for member in (ALICE_AE, BOB_AE):
+            off = GroupMemberPut.model_validate({"awayDates": away})
+            await groups.put_member(conn, "acme", GROUP, member, off)
+
+    await engagement.post(engagement_body("assign-to-group.json"))
+
+    waiting = await engagement.record(PROSPECT)
+    assert waiting["ae_assigned_user_id"] is None and waiting["sf_record_id"] is None
+    [a5] = [r for r in await decision_rows(live) if r["rule"] == "A5"]
+    assert "no member is working now" in a5["reason"] and "waits" in a5["reason"]
+    [deferred] = await rows(live, deferred_assignments)
+    first_on = datetime.combine(today + timedelta(days=2), datetime.min.time(), tzinfo=UTC)
+    assert deferred["due_at"] == first_on and deferred["done_at"] is None
+
+    # Alice is back; the wait is over.
+    async with live.runtime.engine.begin() as conn:
+        await groups.put_member(conn, "acme", GROUP, ALICE_AE, GroupMemberPut.model_validate({}))
+        await conn.execute(
+            update(deferred_assignments).values(due_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    async with asyncio.timeout(10):
+        while (await rows(live, deferred_assignments))[0]["done_at"] is None:
+            await asyncio.sleep(0.02)
+    await wait_until_idle(live, settled=engagement.posted)
+
+    assigned = await engagement.record(PROSPECT)
+    assert assigned["ae_assigned_user_id"] == ALICE_AE
+    assert engagement.sf_lead(assigned["sf_record_id"])["OwnerId"] == ALICE_SF
+    assert [t["state"] for t in await timers(live)] == ["running"]  # and its SLA started

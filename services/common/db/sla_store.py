@@ -20,6 +20,7 @@ from services.common import metrics
 from services.common.db import store
 from services.common.db.tables import (
     audit_log,
+    deferred_assignments,
     group_members,
     groups,
     records,
@@ -240,6 +241,68 @@ async def claim_due(conn: AsyncConnection, now: datetime, limit: int) -> list[Sl
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return [timer_from_row(r) for r in await conn.execute(query)]
+
+
+async def add_deferred_by_prospect(
+    conn: AsyncConnection,
+    waits: Sequence[tuple[str, int, int, dict[str, Any], datetime]],
+    now: datetime,
+) -> None:
+    """A5 actions waiting for a member to come on: (tenant, prospect, group, event, due)."""
+    for tenant_id, prospect_id, group_id, event, due in waits:
+        record_id = (
+            await conn.execute(
+                select(records.c.id).where(
+                    records.c.tenant_id == tenant_id, records.c.prospect_id == prospect_id
+                )
+            )
+        ).scalar_one()
+        await conn.execute(
+            insert(deferred_assignments).values(
+                tenant_id=tenant_id,
+                record_id=record_id,
+                group_id=group_id,
+                event=event,
+                due_at=due,
+                created_at=now,
+            )
+        )
+
+
+async def claim_deferred(conn: AsyncConnection, now: datetime, limit: int) -> list[Any]:
+    """Due waiting assignments, locked for this transaction (SKIP LOCKED on Postgres)."""
+    query = (
+        select(deferred_assignments)
+        .where(deferred_assignments.c.done_at.is_(None), deferred_assignments.c.due_at <= now)
+        .order_by(deferred_assignments.c.due_at, deferred_assignments.c.id)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    claimed = []
+    for row in await conn.execute(query):
+        # Fenced as timers are: on SQLite a second writer fails or finds it changed.
+        taken = await conn.execute(
+            update(deferred_assignments)
+            .where(
+                deferred_assignments.c.id == row.id,
+                deferred_assignments.c.done_at.is_(None),
+                deferred_assignments.c.due_at == row.due_at,
+            )
+            .values(due_at=row.due_at)
+        )
+        if taken.rowcount == 1:
+            claimed.append(row)
+    return claimed
+
+
+async def settle_deferred(
+    conn: AsyncConnection, deferred_id: int, now: datetime, *, due_again: datetime | None
+) -> None:
+    values = {"due_at": due_again} if due_again is not None else {"done_at": now}
+    await conn.execute(
+        update(deferred_assignments).where(deferred_assignments.c.id == deferred_id).values(values)
+    )
 
 
 async def take(conn: AsyncConnection, timer: SlaTimer, replica: str) -> bool:

@@ -324,6 +324,22 @@ sla_timers = Table(
     ),
 )
 
+# A5 actions waiting for the first member of their group to come on (the group does not assign
+# when closed): the SLA loop decides the event again when `due_at` comes.
+deferred_assignments = Table(
+    "deferred_assignments",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("record_id", ForeignKey("records.id", ondelete="CASCADE"), nullable=False),
+    Column("group_id", BigInteger, nullable=False),
+    Column("event", JSON, nullable=False, doc="the AE event, decided again when due"),
+    Column("due_at", TS, nullable=False),
+    Column("done_at", TS),
+    Column("created_at", TS, nullable=False),
+    Index("ix_deferred_assignments_due", "done_at", "due_at"),
+)
+
 # Each tenant's own SF org and AE business unit. Secrets are sealed (services.common.crypto):
 # the ciphertext column holds nonce + AES-GCM output in base64, its key id column names the key.
 tenant_connections = Table(
