@@ -31,7 +31,6 @@ async def apply_ae_events(
     for policy, tenant_events in tenants:
         tenant_id = policy.tenant_id
         state = await load_assigner_state(conn, policy, tenant_events)
-        slas = await sla_store.group_policies(conn, tenant_id, state.group_members)
         for merge in state.merges:
             first = next(e for e in tenant_events if e.payload.prospect.id == merge.prospect_id)
             state.records[merge.prospect_id] = await store.merge_records(
@@ -65,7 +64,7 @@ async def apply_ae_events(
                 await store.save_member_counters(
                     conn, tenant_id, action.group_id, result.assigned_member
                 )
-                sla = slas.get(action.group_id)
+                sla = state.slas.get(action.group_id)
                 owner = sla_to_start(decision, result.assigned_member, state.sf_user_of, sla)
                 if sla is not None and owner is not None:
                     timer = sla_store.new_timer(
