@@ -68,6 +68,7 @@ class SfUpdate:
     owner_id: str
     status: str | None = None
     last_activity_date: date | None = None
+    modstamp: datetime | None = None  # SystemModstamp: when SF made the change it reports
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,15 @@ def worked(update: SfUpdate, untouched: Collection[str]) -> str | None:
 
 def on_sf_update(timer: SlaTimer, update: SfUpdate, untouched: Collection[str]) -> Ended | None:
     """What an SF notification does to an open timer: stops it (owner changed by anyone else),
-    meets it (the record was worked), or nothing."""
+    meets it (the record was worked), or nothing.
+
+    An owner change stops only a started clock, and only when SF made it after the clock
+    started: a notification of ownersync's own earlier move (SF delivers out of order, late)
+    names the previous owner, and before SF confirms the owner the move itself is still on its
+    way."""
     if not timer.open:
         return None
-    if update.owner_id != timer.sf_owner_id:
+    if update.owner_id != timer.sf_owner_id and _after_start(timer, update):
         return Ended(
             "stopped",
             f"owner changed in SF to {update.owner_id} (was {timer.sf_owner_id}): SLA stopped",
@@ -99,6 +105,12 @@ def on_sf_update(timer: SlaTimer, update: SfUpdate, untouched: Collection[str]) 
     if why is not None:
         return Ended("met", f"worked by {timer.sf_owner_id}: {why}")
     return None
+
+
+def _after_start(timer: SlaTimer, update: SfUpdate) -> bool:
+    if timer.started_at is None:
+        return False
+    return update.modstamp is None or update.modstamp > timer.started_at
 
 
 def due_time(

@@ -61,7 +61,9 @@ async def apply_sf_events(
                 known[sf.record_id] = stored
                 unlinked.pop(email, None)
                 if stored.id is not None and stored.id > 0 and decision.rule != Rule.S7:
-                    update = SfUpdate(sf.owner_id, sf.status, sf.last_activity_date)
+                    update = SfUpdate(
+                        sf.owner_id, sf.status, sf.last_activity_date, sf.system_modstamp
+                    )
                     sla_updates.append((stored.id, update))
             log.info(
                 "decision",

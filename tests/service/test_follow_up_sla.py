@@ -249,3 +249,17 @@ async def test_a5_waits_for_the_first_member_to_come_on_unless_the_group_assigns
     assert assigned["ae_assigned_user_id"] == ALICE_AE
     assert engagement.sf_lead(assigned["sf_record_id"])["OwnerId"] == ALICE_SF
     assert [t["state"] for t in await timers(live)] == ["running"]  # and its SLA started
+
+
+async def test_owner_changed_in_sf_by_someone_else_stops_the_sla(engagement: Engagement) -> None:
+    await set_sla(engagement.live)
+    lead = await assigned_through_the_group(engagement)
+    poster = Poster(engagement.live)
+    poster.posted = engagement.posted
+    moved = updated_body(lead, BOB_SF, "Open - Not Contacted", 2)
+    assert is_ack(await poster.post_body(moved, "record-reassigned"))
+    engagement.posted = poster.posted
+
+    [stopped] = await timers(engagement.live)
+    assert stopped["state"] == "stopped" and BOB_SF in stopped["reason"]
+    assert owner_patches(engagement) == []

@@ -95,6 +95,21 @@ def test_owner_changed_by_anyone_else_stops_the_sla() -> None:
     assert ended is not None and ended.state == "stopped"
 
 
+def test_a_late_notification_of_ownersyncs_own_earlier_move_does_not_stop_the_new_clock() -> None:
+    started = timer(owner=BEN, user=2)
+    assert started.started_at is not None
+    earlier = SfUpdate(ANN, modstamp=started.started_at - timedelta(seconds=5))
+    assert on_sf_update(started, earlier, UNTOUCHED) is None
+    later = SfUpdate(ANN, modstamp=started.started_at + timedelta(seconds=5))
+    ended = on_sf_update(started, later, UNTOUCHED)
+    assert ended is not None and ended.state == "stopped"
+
+
+def test_an_owner_change_before_sf_confirmed_the_owner_does_not_stop_the_pending_clock() -> None:
+    pending = timer(state="pending", started_at=None, due_at=None)
+    assert on_sf_update(pending, SfUpdate(BEN, modstamp=NOW), UNTOUCHED) is None
+
+
 def test_an_ended_timer_ignores_later_updates() -> None:
     done = timer(state="met")
     assert on_sf_update(done, SfUpdate(BEN, status="Closed"), UNTOUCHED) is None
