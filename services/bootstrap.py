@@ -28,6 +28,7 @@ from services.common.sf_auth import SfTokenSource
 from services.common.sf_client import SfClient
 from services.common.web import serve_app
 from services.common.worker import Backoff, WorkerStats, run_worker
+from services.console import install_console
 from services.receiver.app import install_receiver
 from services.relay.ae_limits import SharedAeLimits
 from services.relay.relay import Relay, Senders, replica_id
@@ -65,8 +66,8 @@ class RoleFailed(Exception):
 
 
 def create_app(runtime: Runtime | None = None, settings: Settings | None = None) -> FastAPI:
-    """The served app (receiver endpoints and the /v1 API) on `runtime` (borrowed: the caller
-    closes it) or on a runtime of its own built from `settings`."""
+    """The served app (receiver endpoints, the /v1 API and the /console pages) on `runtime`
+    (borrowed: the caller closes it) or on a runtime of its own built from `settings`."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,6 +90,7 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
     )
     install_receiver(app)
     install_api(app)
+    install_console(app)
     return app
 
 
