@@ -29,8 +29,9 @@ test: test-fast test-integration  ## the whole suite: the fast tiers, then the r
 test-fast: $(STAMP)  ## unit and service tiers: SQLite, in-process broker, simulators; no Postgres or RabbitMQ
 	$(BIN)/python -m pytest tests/unit tests/service -m "not integration" -n $(FAST_WORKERS)
 
-test-integration: $(STAMP)  ## the tier that needs the real Postgres and RabbitMQ
+test-integration: $(STAMP)  ## the tier that needs the real Postgres and RabbitMQ (and chromium)
 	./scripts/ensure-services.sh
+	./scripts/ensure-browser.sh
 	$(BIN)/python -m pytest tests/integration -m integration
 
 test-unit: $(STAMP)  ## the pure tier alone: no I/O
