@@ -28,6 +28,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from services.common.broker.base import Delivery
@@ -37,6 +38,8 @@ ENDPOINT_VARIABLES: Final = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_
 # The headers of the W3C trace context: what a message carries of its trace.
 CARRIED: Final = ("traceparent", "tracestate")
 NOTHING: Final[Mapping[str, str]] = {}
+# Probes and scrapes: a span each would bury the traces worth reading.
+UNTRACED_PATHS: Final = frozenset({"/metrics", "/healthz", "/readyz"})
 
 _propagator = TraceContextTextMapPropagator()
 _tracer: Tracer | None = None
@@ -89,10 +92,14 @@ class _ReceiptSpans:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         tracer = _tracer
-        if tracer is None or scope["type"] != "http":
+        if tracer is None or scope["type"] != "http" or scope["path"] in UNTRACED_PATHS:
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {
+            name: value.decode("latin-1")
+            for key, value in scope["headers"]
+            if (name := key.decode("latin-1").lower()) in CARRIED
+        }
         method = scope["method"]
         with tracer.start_as_current_span(
             method,
@@ -112,14 +119,16 @@ class _ReceiptSpans:
             try:
                 await self.app(scope, receive, send_status)
             finally:
-                route = scope.get("route")
-                if path := getattr(route, "path", None):
+                # The route the router took (none for a call a middleware answered first, such
+                # as one refused for its API key: the span keeps the method alone).
+                path = getattr(scope.get("route"), "path", None)
+                if isinstance(path, str):
                     span.update_name(f"{method} {path}")
                     span.set_attribute("http.route", path)
 
 
-def instrument_app(app: Any) -> None:
-    """Give `app` (a FastAPI or Starlette app) server spans, when tracing is on."""
+def instrument_app(app: Starlette) -> None:
+    """Give `app` server spans, when tracing is on."""
     if _tracer is not None:
         app.add_middleware(_ReceiptSpans)
 
@@ -145,7 +154,6 @@ def _publishing(tracer: Tracer, destination: str, events: int) -> Iterator[Mappi
         f"publish {destination}",
         kind=SpanKind.PRODUCER,
         attributes={
-            "messaging.system": "rabbitmq",
             "messaging.operation.type": "publish",
             "messaging.destination.name": destination,
             "messaging.batch.message_count": events,
@@ -185,7 +193,6 @@ def processing(
 def _processing(tracer: Tracer, queue: str, deliveries: Sequence[Delivery]) -> Iterator[None]:
     parents = [_remote_context(d.trace) for d in deliveries]
     attributes: dict[str, Any] = {
-        "messaging.system": "rabbitmq",
         "messaging.operation.type": "process",
         "messaging.destination.name": queue,
         "messaging.batch.message_count": len(deliveries),
@@ -195,7 +202,7 @@ def _processing(tracer: Tracer, queue: str, deliveries: Sequence[Delivery]) -> I
     links = [] if single else [Link(s) for p in parents if (s := _span_context(p)).is_valid]
     with tracer.start_as_current_span(
         f"process {queue}",
-        context=parents[0] if single else None,
+        context=parents[0] if single else Context(),
         kind=SpanKind.CONSUMER,
         links=links,
         attributes=attributes,
@@ -225,11 +232,12 @@ def _processing(tracer: Tracer, queue: str, deliveries: Sequence[Delivery]) -> I
                 child.end()
 
 
-def _remote_context(carrier: Mapping[str, str]) -> Context | None:
-    return _propagator.extract(carrier) if carrier else None
+def _remote_context(carrier: Mapping[str, str]) -> Context:
+    """The context a carrier continues; with none, a new trace (not the current span's)."""
+    return _propagator.extract(carrier, context=Context()) if carrier else Context()
 
 
-def _span_context(context: Context | None) -> SpanContext:
+def _span_context(context: Context) -> SpanContext:
     return trace.get_current_span(context).get_span_context()
 
 

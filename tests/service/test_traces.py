@@ -5,9 +5,10 @@ learned) carry its trace id."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import SpanKind, Tracer, format_span_id
 from sqlalchemy import select
 
 from services.bootstrap import Running
@@ -126,3 +127,24 @@ async def test_a_batch_of_several_messages_links_each_and_keeps_each_decision_in
         assert decision.context is not None
         assert audit[str(event.event_id)].trace_id == trace_id_of(receipt)
         assert effects[str(event.event_id)].traceparent == traceparent(decision.context)
+
+
+async def test_an_api_call_continues_its_callers_trace_and_probes_are_not_traced(
+    spans: InMemorySpanExporter, stack: Running
+) -> None:
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with httpx.AsyncClient(base_url=stack.receiver_url or "") as http:
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get("/metrics")).status_code == 200
+        answer = await http.get(
+            "/v1/tenants/acme/records/prospect/9002", headers={"traceparent": caller}
+        )
+    assert answer.status_code == 401
+
+    [call] = spans.get_finished_spans()  # refused for its key, before routing
+    assert call.kind is SpanKind.SERVER and call.parent is not None
+    assert trace_id_of(call) == "0af7651916cd43dd8448eb211c80319c"
+    assert format_span_id(call.parent.span_id) == "b7ad6b7169203331"
+    assert call.attributes is not None
+    assert call.attributes["url.path"] == "/v1/tenants/acme/records/prospect/9002"
+    assert call.attributes["http.response.status_code"] == 401
