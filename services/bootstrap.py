@@ -18,10 +18,11 @@ from fastapi import FastAPI
 
 from services.api import install_api
 from services.assigner.worker import apply_ae_events
+from services.common import tracing
 from services.common.ae_client import AeClient
 from services.common.broker.base import QueueRole
 from services.common.broker.memory import MemoryBroker
-from services.common.metrics import API_CALLS, worker_app
+from services.common.metrics import API_CALLS, HEARTBEATS, worker_app
 from services.common.runtime import Runtime, build_runtime
 from services.common.settings import Settings
 from services.common.sf_auth import SfTokenSource
@@ -91,6 +92,7 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
     install_receiver(app)
     install_api(app)
     install_console(app)
+    tracing.instrument_app(app)
     return app
 
 
@@ -170,6 +172,7 @@ async def running(
         for role, queue, handle in WORKERS:
             if role in roles:
                 live.stats[role] = WorkerStats()
+                HEARTBEATS.track(role, live.stats[role].silent_for)
                 worker = run_worker(
                     runtime.broker,
                     queue,
