@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -201,6 +202,7 @@ inbox = Table(
     Column("type", String(64), nullable=False),
     Column("source_id", Text, nullable=False),
     Column("processed_at", TS, nullable=False),
+    Index("ix_inbox_processed_at", "processed_at"),  # pruning
 )
 
 audit_log = Table(
@@ -217,8 +219,11 @@ audit_log = Table(
     Column("after", JSON),
     Column("reason", Text, nullable=False),
     Column("created_at", TS, nullable=False),
-    Index("ix_audit_log_tenant_record", "tenant_id", "record_id"),
+    Index("ix_audit_log_record", "record_id", "id"),
 )
+
+_UNSETTLED = text("status in ('pending', 'sending', 'dead')")
+_SETTLED = text("status in ('done', 'superseded', 'discarded')")
 
 outbox = Table(
     "outbox",
@@ -243,7 +248,10 @@ outbox = Table(
         name="status",
     ),
     CheckConstraint("target in ('ae', 'sf')", name="target"),
-    Index("ix_outbox_pending", "status", "next_attempt_at"),
+    # Partial: the relay's claim and the operators' lists read unsettled rows, few whatever the
+    # table's size; pruning reads settled ones by age.
+    Index("ix_outbox_unsettled", "id", postgresql_where=_UNSETTLED, sqlite_where=_UNSETTLED),
+    Index("ix_outbox_settled_done_at", "done_at", postgresql_where=_SETTLED, sqlite_where=_SETTLED),
     Index("ix_outbox_record_status", "record_id", "status"),
 )
 
