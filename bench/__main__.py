@@ -26,8 +26,8 @@ QUICK = {
     "latency_seconds": 3.0,
     "reassign_records": 20,
     "reassign_times": 3,
-    "webhooks": 20,
-    "drain_timeout": 5.0,
+    "webhooks": 10,
+    "drain_timeout": 3.0,
 }
 
 
@@ -119,14 +119,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--drain-timeout",
         type=float,
         help="longest wait for the relay to empty the outbox between phases; what is left is "
-        "reported [= --settle-timeout; --quick: 5]",
+        "reported [= --settle-timeout; --quick: 3]",
     )
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     p.add_argument(
         "--quick",
         action="store_true",
         help="a smoke-sized run: 3,000 notifications, 3 s per latency phase, 20 records x 3, "
-        "20 webhooks per kind",
+        "10 webhooks per kind",
     )
     args = p.parse_args(argv)
     defaults = (

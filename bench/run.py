@@ -4,17 +4,17 @@ Phases, in this order (the figures are printed in the issue's order):
   1. baseline   raw aio-pika + asyncpg, while the roles sit idle on the same services
   2. ae-calls   records reassigned several times within a minute: AE calls vs records changed,
                 and receipt of each record's last change to the AE call carrying it
-  3. throughput as fast as the receiver acks: notifications/s received and applied end to end
+  3. ae-to-sf   signed AE webhooks (assign to a user, round robin, the active rule) until SF
+                has the lead: webhooks/s end to end and receipt to the SF call; run while the
+                outbox is empty, so that SF calls queue behind nothing
+  4. throughput as fast as the receiver acks: notifications/s received and applied end to end
                 (the capacity the next phase takes fractions of)
-  4. latency    25% and 50% of that capacity (or --rate): receipt-to-decision, and receipt to
+  5. latency    25% and 50% of that capacity (or --rate): receipt-to-decision, and receipt to
                 the AE call
-  5. ae-to-sf   signed AE webhooks (assign to a user, round robin, the active rule) until SF
-                has the lead: webhooks/s end to end and receipt to the SF call
   6. preload    (--preload) the tables filled with N rows each, then throughput again
   7. relay      the relay's sustained AE rate (bench/relay_rate.py, when present)
-Between phases the system is left to settle (inbox complete, outbox empty, for at most
---settle-timeout), so a phase does not pay for the relay's backlog of the previous one; what was
-still waiting is reported.
+Between phases the relay is left to empty the outbox (for at most --drain-timeout), so a phase
+does not pay for the backlog of the previous one; what it left is reported.
 """
 
 from __future__ import annotations
@@ -78,9 +78,12 @@ class Options:
     drain_timeout: float | None = None  # None: settle_timeout
 
 
+_STARTED = time.monotonic()
+
+
 def _say(options: Options, text: str) -> None:
     if not options.quiet:
-        print(f"[bench] {text}", flush=True)
+        print(f"[bench {time.monotonic() - _STARTED:6.1f}s] {text}", flush=True)
 
 
 def _tuning() -> dict[str, Any]:
@@ -612,9 +615,16 @@ class Bench:
     async def phase_preload(self) -> None:
         """Each level: the tables filled up to N rows, then the throughput phase again, beside
         the empty database's figure."""
-        empty = self.results["throughput"]["rate"]
         f = self.fixture
         owners = preload.Owners(f.tenant, f.connected, tuple(f.ae_user_of[u] for u in f.connected))
+        # The reference: the same phase again, just before the first load, so that warm-up (the
+        # first phase pays for it) and the relay's backlog weigh the same on both sides.
+        await self._drain(await self.db.inbox_count(), "preload")
+        reference = await self.phase_throughput("throughput before the preload")
+        empty = reference["rate"]
+        self.results["preload_reference"] = {
+            k: reference[k] for k in ("rate", "received_rate", "complete", "cpu", "db_time")
+        }
         loaded, levels = 0, []
         for level in sorted(set(self.o.preload)):
             if level <= loaded:
@@ -677,13 +687,13 @@ class Bench:
             await self.setup()
             await self.phase_baseline()
             await self.phase_ae_calls()
+            if self.o.webhooks:  # while the outbox is empty: SF calls queue behind nothing
+                await self.phase_ae_to_sf()
             self.results["throughput"] = await self.phase_throughput()
             self.results["throughput"].update(
                 await self._drain(await self.db.inbox_count(), "throughput")
             )
             await self.phase_latencies()
-            if self.o.webhooks:
-                await self.phase_ae_to_sf()
             if self.o.preload:
                 await self.phase_preload()
             ok = True

@@ -56,7 +56,8 @@ def test_quick_benchmark_completes_with_every_figure() -> None:
         assert run["offered_rate"] == pytest.approx(run["fraction"] * throughput["rate"])
         assert run["observations"] >= run["notifications"] * 0.9
         assert run["p50"] <= run["p95"] <= run["p99"]
-        assert run["receipt_to_ae_ms"]["records"] > 0
+        to_ae = run["receipt_to_ae_ms"]  # the relay may still be sending: not_in_ae
+        assert to_ae["records"] + to_ae["not_in_ae"] + to_ae["no_call_needed"] > 0
     assert figures["latency"] == runs[-1]
 
     assert figures["baseline"]["rate"] > 0
@@ -75,7 +76,7 @@ def test_quick_benchmark_completes_with_every_figure() -> None:
     assert set(figures["ae_to_sf"]) == {"assign_to_user", "round_robin", "active_rule"}
     for kind, row in figures["ae_to_sf"].items():
         assert row["refused"] == 0, kind
-        assert row["leads"] == row["webhooks"] == row["paced_leads"] == 20, kind
+        assert row["leads"] == row["webhooks"] == row["paced_leads"] == 10, kind
         assert row["rate"] > 0 and row["paced_ms"]["p99"] > 0, kind
 
     (level,) = figures["preload"]
@@ -83,6 +84,8 @@ def test_quick_benchmark_completes_with_every_figure() -> None:
     for table in ("records", "inbox", "audit_log", "outbox"):
         assert level["tables"][table]["rows"] >= PRELOAD, table
     assert level["complete"] and level["rate"] > 0
-    assert level["ratio_to_empty"] == pytest.approx(level["rate"] / throughput["rate"])
+    reference = figures["preload_reference"]
+    assert reference["complete"]
+    assert level["ratio_to_empty"] == pytest.approx(level["rate"] / reference["rate"])
     assert "relay_rate" in figures
     assert set(figures["verdicts"]) == {"throughput", "p99", "memory", "ae_calls", "preload"}
