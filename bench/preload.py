@@ -3,8 +3,9 @@
 Fills `records`, `inbox`, `audit_log` and `outbox` (as settled rows) with N rows each, shaped
 like the rows the roles write (18-character SF ids, uuid5 event ids, owner JSON, effect
 payloads), through COPY (asyncpg `copy_records_to_table`), then VACUUM ANALYZE them as
-autovacuum would have. Inbox entries are spread over the 40 hours before the run (inside the
-48 h retention: the pruner leaves them), the rest over the 30 days before.
+autovacuum would have. Inbox entries and settled outbox rows are spread over the 40 hours
+before the run: inside the 48 h retention, as the pruner leaves them (older ones it would be
+deleting during the measurement); records and audit rows over the 30 days before.
 
 Ids are taken from each table's own sequence (advanced past the range first), so rows the roles
 write meanwhile never collide with the preload's.
@@ -168,7 +169,7 @@ def _outbox(
 ) -> Iterator[tuple[Any, ...]]:
     for i in range(start, start + count):
         k = i % len(o.sf_users)
-        at = _at(end, HISTORY_SPAN, i, n)
+        at = _at(end, INBOX_SPAN, i, n)
         sf_id = _sf_id("00Q", i)
         payload = {
             "assigned_user_id": o.ae_users[k],
