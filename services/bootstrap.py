@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -23,6 +24,7 @@ from services.common import tracing
 from services.common.ae_client import AeClient
 from services.common.broker.base import QueueRole
 from services.common.broker.memory import MemoryBroker
+from services.common.db.prune import Pruner
 from services.common.metrics import API_CALLS, HEARTBEATS, worker_app
 from services.common.runtime import Runtime, build_runtime
 from services.common.settings import Settings
@@ -267,6 +269,13 @@ async def _start_relay(
         quota_timezone=settings.ae_quota_timezone,
     )
     live.tasks.append(asyncio.create_task(live.relay.run(stop), name="relay"))
+    pruner = Pruner(
+        live.runtime.engine,
+        timedelta(hours=settings.inbox_retention_hours),
+        batch_size=settings.prune_batch_size,
+        interval=settings.prune_interval_seconds,
+    )
+    live.tasks.append(asyncio.create_task(pruner.run(stop), name="prune"))
 
 
 async def _sf_tokens(

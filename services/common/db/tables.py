@@ -211,6 +211,7 @@ inbox = Table(
     Column("type", String(64), nullable=False),
     Column("source_id", Text, nullable=False),
     Column("processed_at", TS, nullable=False),
+    Index("ix_inbox_processed_at", "processed_at"),  # pruning
 )
 
 audit_log = Table(
@@ -228,8 +229,11 @@ audit_log = Table(
     Column("reason", Text, nullable=False),
     Column("created_at", TS, nullable=False),
     Column("trace_id", String(32), doc="the OpenTelemetry trace of the decision, when traced"),
-    Index("ix_audit_log_tenant_record", "tenant_id", "record_id"),
+    Index("ix_audit_log_record", "record_id", "id"),
 )
+
+_UNSETTLED = text("status in ('pending', 'sending', 'dead')")
+_SETTLED = text("status in ('done', 'superseded', 'discarded')")
 
 outbox = Table(
     "outbox",
@@ -255,7 +259,10 @@ outbox = Table(
         name="status",
     ),
     CheckConstraint("target in ('ae', 'sf')", name="target"),
-    Index("ix_outbox_pending", "status", "next_attempt_at"),
+    # Partial: the relay's claim and the operators' lists read unsettled rows, few whatever the
+    # table's size; pruning reads settled ones by age.
+    Index("ix_outbox_unsettled", "id", postgresql_where=_UNSETTLED, sqlite_where=_UNSETTLED),
+    Index("ix_outbox_settled_done_at", "done_at", postgresql_where=_SETTLED, sqlite_where=_SETTLED),
     Index("ix_outbox_record_status", "record_id", "status"),
 )
 
