@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(200, ge=1, description="most events applied in one transaction")
     batch_wait_ms: int = Field(5, ge=0, description="how long a worker waits to fill a batch")
+    uvloop: bool = Field(
+        True, description="run the roles on uvloop when it is installed (else asyncio's loop)"
+    )
     hold_backoff_ms: int = Field(
         200,
         ge=1,

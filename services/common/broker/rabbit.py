@@ -185,20 +185,26 @@ class RabbitBroker:
             with contextlib.suppress(Exception):
                 await channel.close()
             raise
-        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        tag = await queue.consume(inbox.put, no_ack=False)
+        # Each message is decoded as it arrives, while the worker waits on the database for
+        # the batch before: the next batch is ready when that one is acked.
+        inbox: asyncio.Queue[Delivery] = asyncio.Queue()
+
+        async def arrived(message: AbstractIncomingMessage) -> None:
+            inbox.put_nowait(consumer.delivery(message))
+
+        tag = await queue.consume(arrived, no_ack=False)
         try:
             while True:
                 consumer.check()
-                batch = [consumer.delivery(await inbox.get())]
+                batch = [await inbox.get()]
                 size = batch[0].size
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(batch_wait):
                         while size < batch_size:
-                            batch.append(consumer.delivery(await inbox.get()))
+                            batch.append(await inbox.get())
                             size += batch[-1].size
                 while size < batch_size and not inbox.empty():
-                    batch.append(consumer.delivery(inbox.get_nowait()))
+                    batch.append(inbox.get_nowait())
                     size += batch[-1].size
                 yield batch
         finally:
