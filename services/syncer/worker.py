@@ -27,15 +27,11 @@ async def apply_sf_events(
     for policy, tenant_events in tenants:
         tenant_id = policy.tenant_id
         payloads = [e.payload for e in tenant_events]
-        found = await store.records_by_any_id(
-            conn, tenant_id, sf_record_ids=(p.record_id for p in payloads)
+        known, unlinked = await store.records_of_sf_events(
+            conn, tenant_id, (p.record_id for p in payloads), (p.email for p in payloads)
         )
-        known = {r.sf_record_id: r for r in found if r.sf_record_id is not None}
         ae_user_of = await store.ae_users_connected_to(
             conn, tenant_id, (p.owner_id for p in payloads)
-        )
-        unlinked = await store.oldest_unlinked_by_email(
-            conn, tenant_id, (p.email for p in payloads if p.record_id not in known)
         )
         for event in tenant_events:
             sf = event.payload

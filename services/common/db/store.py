@@ -7,9 +7,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.common.db import bulk
 from services.common.db.tables import (
     ae_users,
     audit_log,
@@ -68,15 +81,28 @@ def policy_from_row(row: Any) -> TenantPolicy:
     )
 
 
+def one_of(
+    conn: AsyncConnection, column: ColumnElement[Any], values: Iterable[Any]
+) -> ColumnElement[bool]:
+    """`column IN (values)`; on Postgres `column = ANY(array)`, one statement (prepared and
+    planned once) whatever the number of values, where IN makes one per count."""
+    values = set(values)
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, sorted(values), type_=ARRAY(column.type)))
+    return column.in_(values)
+
+
 async def load_policies(
     conn: AsyncConnection, tenant_ids: Iterable[str]
 ) -> dict[str, TenantPolicy]:
-    rows = await conn.execute(select(tenants).where(tenants.c.id.in_(set(tenant_ids))))
+    rows = await conn.execute(select(tenants).where(one_of(conn, tenants.c.id, tenant_ids)))
     return {r.id: policy_from_row(r) for r in rows}
 
 
 async def processed_event_ids(conn: AsyncConnection, event_ids: Iterable[str]) -> set[str]:
-    rows = await conn.execute(select(inbox.c.event_id).where(inbox.c.event_id.in_(set(event_ids))))
+    rows = await conn.execute(
+        select(inbox.c.event_id).where(one_of(conn, inbox.c.event_id, event_ids))
+    )
     return {r.event_id for r in rows}
 
 
@@ -93,11 +119,57 @@ async def records_by_any_id(
         return []
     query = select(records).where(
         records.c.tenant_id == tenant_id,
-        or_(records.c.prospect_id.in_(prospects), records.c.sf_record_id.in_(sf_ids)),
+        or_(
+            one_of(conn, records.c.prospect_id, prospects),
+            one_of(conn, records.c.sf_record_id, sf_ids),
+        ),
     )
     if conn.dialect.name == "postgresql":
         query = query.order_by(records.c.id).with_for_update()
     return [record_from_row(r) for r in await conn.execute(query)]
+
+
+async def records_of_sf_events(
+    conn: AsyncConnection,
+    tenant_id: str,
+    sf_record_ids: Iterable[str],
+    emails: Iterable[str | None],
+) -> tuple[dict[str, RecordState], dict[str, RecordState]]:
+    """In one round trip, locked for this batch (in id order): the tenant's records of the SF
+    ids (by SF id), and for each email the oldest prospect with that email and no SF record
+    yet (S9 links it; by lower-case email).
+
+    Locked, so that two workers never link the same prospect to two SF records; a candidate
+    another transaction linked meanwhile is not returned (Postgres checks the WHERE again once
+    it has the lock)."""
+    sf_ids = set(sf_record_ids)
+    wanted = {e.lower() for e in emails if e}
+    if not sf_ids and not wanted:
+        return {}, {}
+    query = select(records).where(
+        records.c.tenant_id == tenant_id,
+        or_(
+            one_of(conn, records.c.sf_record_id, sf_ids),
+            and_(
+                records.c.sf_record_id.is_(None),
+                records.c.prospect_id.is_not(None),
+                one_of(conn, records.c.email, wanted),
+            ),
+        ),
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.order_by(records.c.id).with_for_update()
+    known: dict[str, RecordState] = {}
+    oldest: dict[str, tuple[tuple[datetime, int], RecordState]] = {}
+    for row in await conn.execute(query):
+        record = record_from_row(row)
+        if record.sf_record_id is not None:
+            known[record.sf_record_id] = record
+        elif row.email is not None:
+            age = (row.created_at, row.id)
+            if row.email not in oldest or age < oldest[row.email][0]:
+                oldest[row.email] = (age, record)
+    return known, {email: record for email, (_, record) in oldest.items()}
 
 
 def can_merge(one: RecordState, other: RecordState) -> bool:
@@ -172,7 +244,7 @@ async def ae_users_connected_to(
     rows = await conn.execute(
         select(connected_users.c.sf_user_id, connected_users.c.ae_user_id).where(
             connected_users.c.tenant_id == tenant_id,
-            connected_users.c.sf_user_id.in_(set(sf_user_ids)),
+            one_of(conn, connected_users.c.sf_user_id, sf_user_ids),
         )
     )
     return {r.sf_user_id: r.ae_user_id for r in rows}
@@ -184,38 +256,10 @@ async def sf_users_connected_to(
     rows = await conn.execute(
         select(connected_users.c.ae_user_id, connected_users.c.sf_user_id).where(
             connected_users.c.tenant_id == tenant_id,
-            connected_users.c.ae_user_id.in_(set(ae_user_ids)),
+            one_of(conn, connected_users.c.ae_user_id, ae_user_ids),
         )
     )
     return {r.ae_user_id: r.sf_user_id for r in rows}
-
-
-async def oldest_unlinked_by_email(
-    conn: AsyncConnection, tenant_id: str, emails: Iterable[str | None]
-) -> dict[str, RecordState]:
-    wanted = {e.lower() for e in emails if e}
-    if not wanted:
-        return {}
-    query = (
-        select(records)
-        .where(
-            records.c.tenant_id == tenant_id,
-            records.c.sf_record_id.is_(None),
-            records.c.prospect_id.is_not(None),
-            records.c.email.in_(wanted),
-        )
-        .order_by(records.c.created_at, records.c.id)
-    )
-    if conn.dialect.name == "postgresql":
-        # S9 links the candidate: locked, so that two workers never link the same prospect to
-        # two SF records; a candidate another transaction linked meanwhile is not returned
-        # (Postgres checks the WHERE again once it has the lock).
-        query = query.with_for_update()
-    rows = await conn.execute(query)
-    found: dict[str, RecordState] = {}
-    for row in rows:
-        found.setdefault(row.email, record_from_row(row))
-    return found
 
 
 Event = SfRecordEvent | AeProspectEvent
@@ -305,6 +349,9 @@ class BatchWriter:
 
     async def flush(self) -> None:
         """Write the batch: new records in one INSERT … RETURNING, then everything else."""
+        if bulk.applies(self.conn):
+            await self._flush_postgres()
+            return
         real_id: dict[int, int] = {}
         if self._new:
             staged = list(self._new.items())
@@ -329,13 +376,44 @@ class BatchWriter:
                     for s in self._updates.values()
                 ],
             )
+        self._resolve(real_id)
+        for table, rows in ((inbox, self._inbox), (audit_log, self._audit), (outbox, self._outbox)):
+            if rows:
+                await self.conn.execute(insert(table), rows)
+
+    def _resolve(self, real_id: dict[int, int]) -> None:
+        """The audit and outbox rows of new records get their real ids."""
         for rows in (self._audit, self._outbox):
             for row in rows:
                 if row["record_id"] is not None and row["record_id"] < 0:
                     row["record_id"] = real_id[row["record_id"]]
-        for table, rows in ((inbox, self._inbox), (audit_log, self._audit), (outbox, self._outbox)):
+
+    async def _flush_postgres(self) -> None:
+        """`flush` on Postgres: one statement per table whatever the batch size."""
+        conn, now = self.conn, self.now
+        real_id: dict[int, int] = {}
+        if self._new:
+            staged = list(self._new.items())
+            ids = await bulk.insert_records(
+                conn,
+                [
+                    {"tenant_id": tenant_id, "created_at": now, "updated_at": now, **vars(state)}
+                    for _, (tenant_id, state) in staged
+                ],
+            )
+            real_id = {tmp: new for (tmp, _), new in zip(staged, ids, strict=True)}
+        if self._updates:
+            await bulk.update_records(
+                conn, [{"updated_at": now, **vars(s)} for s in self._updates.values()]
+            )
+        self._resolve(real_id)
+        for table, columns, rows in (
+            ("inbox", bulk.INBOX, self._inbox),
+            ("audit_log", bulk.AUDIT, self._audit),
+            ("outbox", bulk.OUTBOX, self._outbox),
+        ):
             if rows:
-                await self.conn.execute(insert(table), rows)
+                await bulk.insert_rows(conn, table, columns, rows)
 
 
 def _record_values(state: RecordState) -> dict[str, Any]:
