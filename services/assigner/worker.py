@@ -48,18 +48,19 @@ async def apply_ae_events(
                 await store.save_member_counters(
                     conn, tenant_id, action.group_id, result.assigned_member
                 )
-            log.info(
-                "decision",
-                extra={
-                    "tenant": tenant_id,
-                    "prospect": event.payload.prospect.id,
-                    "record": stored.sf_record_id if stored else None,
-                    "event_id": event_id,
-                    "webhook_id": event.source_id,
-                    "rule": decision.rule,
-                    "refused": decision.refused,
-                    "reason": decision.reason,
-                },
-            )
+            if log.isEnabledFor(logging.INFO):  # the extra dict costs, per event
+                log.info(
+                    "decision",
+                    extra={
+                        "tenant": tenant_id,
+                        "prospect": event.payload.prospect.id,
+                        "record": stored.sf_record_id if stored else None,
+                        "event_id": event_id,
+                        "webhook_id": event.source_id,
+                        "rule": decision.rule,
+                        "refused": decision.refused,
+                        "reason": decision.reason,
+                    },
+                )
     await writer.flush()
     return decided

@@ -192,6 +192,8 @@ def load_events(body: bytes) -> list[SfRecordEvent | AeProspectEvent]:
     items = data if isinstance(data, list) else [data]
     if not items:
         raise ValueError("a message with no events")
+    if not all(isinstance(item, dict) for item in items):
+        raise ValueError("an event that is not a JSON object")
     return [_EVENT.validate_python(upcast(item)) for item in items]
 
 

@@ -54,17 +54,18 @@ async def apply_sf_events(
             if stored is not None:
                 known[sf.record_id] = stored
                 unlinked.pop(email, None)
-            log.info(
-                "decision",
-                extra={
-                    "tenant": tenant_id,
-                    "record": sf.record_id,
-                    "prospect": stored.prospect_id if stored else None,
-                    "event_id": event_id,
-                    "sf_notification_id": event.source_id,
-                    "rule": decision.rule,
-                    "reason": decision.reason,
-                },
-            )
+            if log.isEnabledFor(logging.INFO):  # the extra dict costs, per event
+                log.info(
+                    "decision",
+                    extra={
+                        "tenant": tenant_id,
+                        "record": sf.record_id,
+                        "prospect": stored.prospect_id if stored else None,
+                        "event_id": event_id,
+                        "sf_notification_id": event.source_id,
+                        "rule": decision.rule,
+                        "reason": decision.reason,
+                    },
+                )
     await writer.flush()
     return decided

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
+    Select,
     and_,
     any_,
     bindparam,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -115,18 +117,39 @@ async def records_by_any_id(
 ) -> list[RecordState]:
     """The tenant's records holding any of the ids, locked for this batch (in id order)."""
     prospects, sf_ids = set(prospect_ids), set(sf_record_ids)
-    if not prospects and not sf_ids:
+    wheres = [
+        one_of(conn, column, ids)
+        for column, ids in ((records.c.prospect_id, prospects), (records.c.sf_record_id, sf_ids))
+        if ids
+    ]
+    if not wheres:
         return []
-    query = select(records).where(
-        records.c.tenant_id == tenant_id,
-        or_(
-            one_of(conn, records.c.prospect_id, prospects),
-            one_of(conn, records.c.sf_record_id, sf_ids),
-        ),
-    )
-    if conn.dialect.name == "postgresql":
-        query = query.order_by(records.c.id).with_for_update()
+    query = _locked_records(conn, tenant_id, wheres)
     return [record_from_row(r) for r in await conn.execute(query)]
+
+
+def _locked_records(
+    conn: AsyncConnection, tenant_id: str, wheres: Sequence[ColumnElement[bool]]
+) -> Select[Any]:
+    """The tenant's records that meet any of `wheres`, locked (in id order).
+
+    Each condition is looked up on its own (and so on its own index, whatever the planner
+    knows of the table: one WHERE with an OR is planned as a scan of all the tenant's rows
+    until the table has statistics); the conditions are repeated on the locked rows, so that
+    a row another transaction changed meanwhile is returned only if it still meets them."""
+    of_tenant = records.c.tenant_id == tenant_id
+    found = [select(records.c.id).where(of_tenant, where) for where in wheres]
+    ids = found[0] if len(found) == 1 else union_all(*found)
+    if conn.dialect.name != "postgresql":
+        return select(records).where(records.c.id.in_(ids), or_(*wheres))
+    # = ANY(ARRAY(…)): the ids are found first, then their rows by primary key; as an IN
+    # (a semi-join) it may be planned as a loop over the tenant's rows.
+    return (
+        select(records)
+        .where(records.c.id == any_(func.array(ids.scalar_subquery())), or_(*wheres))
+        .order_by(records.c.id)
+        .with_for_update()
+    )
 
 
 async def records_of_sf_events(
@@ -146,19 +169,13 @@ async def records_of_sf_events(
     wanted = {e.lower() for e in emails if e}
     if not sf_ids and not wanted:
         return {}, {}
-    query = select(records).where(
-        records.c.tenant_id == tenant_id,
-        or_(
-            one_of(conn, records.c.sf_record_id, sf_ids),
-            and_(
-                records.c.sf_record_id.is_(None),
-                records.c.prospect_id.is_not(None),
-                one_of(conn, records.c.email, wanted),
-            ),
-        ),
-    )
-    if conn.dialect.name == "postgresql":
-        query = query.order_by(records.c.id).with_for_update()
+    wheres = []
+    if sf_ids:
+        wheres.append(one_of(conn, records.c.sf_record_id, sf_ids))
+    if wanted:
+        unlinked = and_(records.c.sf_record_id.is_(None), records.c.prospect_id.is_not(None))
+        wheres.append(and_(one_of(conn, records.c.email, wanted), unlinked))
+    query = _locked_records(conn, tenant_id, wheres)
     known: dict[str, RecordState] = {}
     oldest: dict[str, tuple[tuple[datetime, int], RecordState]] = {}
     for row in await conn.execute(query):
