@@ -1,5 +1,5 @@
 """The store's batch path on Postgres: one locked query for a batch's records, one statement per
-table for its writes (arrays, so the statement is the same whatever the batch size)."""
+table for its writes (its rows as one JSON parameter: the same statement for any batch size)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The helpers of the fast decision path: the event loop the roles run on, the arrays the
+"""The helpers of the fast decision path: the event loop the roles run on, the JSON rows the
 Postgres batch statements take, and the decoding of a worker's messages ahead of its batch."""
 
 from __future__ import annotations
@@ -26,30 +26,22 @@ def test_the_roles_run_on_uvloop_when_it_is_installed_and_wanted() -> None:
     assert not issubclass(run_event_loop(_loop_type(), uvloop=False), uvloop.Loop)
 
 
-def test_batch_rows_become_one_array_per_column_in_row_order_with_json_as_text() -> None:
+def test_batch_rows_travel_as_one_json_array_with_times_and_json_columns_intact() -> None:
     now = datetime(2026, 11, 2, 9, tzinfo=UTC)
     rows = [
-        {"tenant_id": "acme", "record_id": 7, "target": "ae", "kind": "ae.prospect.upsert",
-         "payload": {"assigned_user_id": 5, "version": 1}, "event_id": "e1", "status": "pending",
-         "attempts": 0, "next_attempt_at": now, "created_at": now},
-        {"tenant_id": "acme", "record_id": 8, "target": "ae", "kind": "ae.prospect.upsert",
-         "payload": {"assigned_user_id": None, "version": 1}, "event_id": None,
-         "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now},
-    ]  # fmt: skip
-    columns = dict(
-        zip((name for name, _ in bulk.OUTBOX), bulk.arrays(bulk.OUTBOX, rows), strict=True)
-    )
-    assert columns["record_id"] == [7, 8] and columns["event_id"] == ["e1", None]
-    assert [orjson.loads(p) for p in columns["payload"]] == [r["payload"] for r in rows]
-    audit = bulk.arrays(bulk.AUDIT, [{**dict.fromkeys(n for n, _ in bulk.AUDIT), "before": None}])
-    assert audit[[n for n, _ in bulk.AUDIT].index("before")] == [None]  # SQL NULL, not "null"
+        {"tenant_id": "acme", "record_id": 2**62, "payload": {"assigned_user_id": 5}, "at": now},
+        {"tenant_id": "acme", "record_id": 8, "payload": {"assigned_user_id": None}, "at": None},
+    ]
+    sent = orjson.loads(bulk.rows_json(rows))
+    assert sent[0] == {**rows[0], "at": "2026-11-02T09:00:00+00:00"}  # the offset kept
+    assert sent[1] == rows[1]
 
 
 def test_a_batch_statement_is_the_same_text_whatever_the_number_of_rows() -> None:
-    sql = bulk.insert_sql("inbox", bulk.INBOX)
-    assert sql == (
-        "INSERT INTO inbox (event_id, tenant_id, type, source_id, processed_at) SELECT * FROM "
-        "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])"
+    assert bulk.insert_sql("inbox", bulk.INBOX) == (
+        "INSERT INTO inbox (event_id, tenant_id, type, source_id, processed_at) SELECT "
+        "event_id, tenant_id, type, source_id, processed_at FROM json_to_recordset($1::json) AS "
+        "r(event_id text, tenant_id text, type text, source_id text, processed_at timestamptz)"
     )
 
 

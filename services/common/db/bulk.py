@@ -1,5 +1,5 @@
-"""The Postgres path of a batch's writes and look-ups: one statement per table, its rows passed
-as arrays (`unnest`), so that the statement's text never changes with the batch size.
+"""The Postgres path of a batch's writes: one statement per table, its rows passed as one JSON
+parameter (`json_to_recordset`), so that the statement's text never changes with the batch size.
 
 asyncpg then prepares each statement once per connection and Postgres plans it once, where
 SQLAlchemy's multi-row VALUES and expanding IN lists make a new statement (one more prepare
@@ -15,54 +15,53 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-# (column, Postgres array type) in the order of the values each row gives.
+# (column, Postgres type): what each table's rows give.
 INBOX = (
-    ("event_id", "text[]"),
-    ("tenant_id", "text[]"),
-    ("type", "text[]"),
-    ("source_id", "text[]"),
-    ("processed_at", "timestamptz[]"),
+    ("event_id", "text"),
+    ("tenant_id", "text"),
+    ("type", "text"),
+    ("source_id", "text"),
+    ("processed_at", "timestamptz"),
 )
 AUDIT = (
-    ("tenant_id", "text[]"),
-    ("record_id", "bigint[]"),
-    ("event_id", "text[]"),
-    ("source_id", "text[]"),
-    ("event_type", "text[]"),
-    ("rule", "text[]"),
-    ("before", "json[]"),
-    ("after", "json[]"),
-    ("reason", "text[]"),
-    ("created_at", "timestamptz[]"),
+    ("tenant_id", "text"),
+    ("record_id", "bigint"),
+    ("event_id", "text"),
+    ("source_id", "text"),
+    ("event_type", "text"),
+    ("rule", "text"),
+    ("before", "json"),
+    ("after", "json"),
+    ("reason", "text"),
+    ("created_at", "timestamptz"),
 )
 OUTBOX = (
-    ("tenant_id", "text[]"),
-    ("record_id", "bigint[]"),
-    ("target", "text[]"),
-    ("kind", "text[]"),
-    ("payload", "json[]"),
-    ("event_id", "text[]"),
-    ("status", "text[]"),
-    ("attempts", "int[]"),
-    ("next_attempt_at", "timestamptz[]"),
-    ("created_at", "timestamptz[]"),
+    ("tenant_id", "text"),
+    ("record_id", "bigint"),
+    ("target", "text"),
+    ("kind", "text"),
+    ("payload", "json"),
+    ("event_id", "text"),
+    ("status", "text"),
+    ("attempts", "int"),
+    ("next_attempt_at", "timestamptz"),
+    ("created_at", "timestamptz"),
 )
 RECORD = (
-    ("tenant_id", "text[]"),
-    ("prospect_id", "bigint[]"),
-    ("sf_record_id", "text[]"),
-    ("sf_object", "text[]"),
-    ("email", "text[]"),
-    ("ae_assigned_user_id", "bigint[]"),
-    ("ae_assigned_queue_id", "text[]"),
-    ("sf_owner_id", "text[]"),
-    ("last_modstamp", "timestamptz[]"),
-    ("ae_modstamp", "timestamptz[]"),
-    ("created_at", "timestamptz[]"),
-    ("updated_at", "timestamptz[]"),
+    ("tenant_id", "text"),
+    ("prospect_id", "bigint"),
+    ("sf_record_id", "text"),
+    ("sf_object", "text"),
+    ("email", "text"),
+    ("ae_assigned_user_id", "bigint"),
+    ("ae_assigned_queue_id", "text"),
+    ("sf_owner_id", "text"),
+    ("last_modstamp", "timestamptz"),
+    ("ae_modstamp", "timestamptz"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
 )
-RECORD_CHANGE = (("id", "bigint[]"), *RECORD[1:-2], ("updated_at", "timestamptz[]"))
-JSON_COLUMNS = frozenset({"before", "after", "payload"})
+RECORD_CHANGE = (("id", "bigint"), *RECORD[1:-2], ("updated_at", "timestamptz"))
 
 
 def applies(conn: AsyncConnection) -> bool:
@@ -76,25 +75,21 @@ async def driver(conn: AsyncConnection) -> Any:
     return raw.driver_connection
 
 
-def unnest(columns: Sequence[tuple[str, str]], start: int = 1) -> str:
-    return ", ".join(f"${n}::{kind}" for n, (_, kind) in enumerate(columns, start))
+def recordset(columns: Sequence[tuple[str, str]], alias: str) -> str:
+    """The rows of the statement's one parameter (a JSON array of objects) as a table."""
+    names = ", ".join(f"{name} {kind}" for name, kind in columns)
+    return f"json_to_recordset($1::json) AS {alias}({names})"
+
+
+def rows_json(rows: Iterable[dict[str, Any]]) -> str:
+    """The rows as the one JSON parameter: orjson writes them (datetimes in ISO 8601 with their
+    offset) in one call, where arrays would cost asyncpg a type check per value."""
+    return orjson.dumps(list(rows)).decode()
 
 
 def insert_sql(table: str, columns: Sequence[tuple[str, str]]) -> str:
     names = ", ".join(name for name, _ in columns)
-    return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({unnest(columns)})"
-
-
-def arrays(columns: Sequence[tuple[str, str]], rows: Iterable[dict[str, Any]]) -> list[list[Any]]:
-    """The rows (dicts by column name) as one array per column, JSON columns as text."""
-    rows = list(rows)
-    out = []
-    for name, _ in columns:
-        if name in JSON_COLUMNS:
-            out.append([None if r[name] is None else orjson.dumps(r[name]).decode() for r in rows])
-        else:
-            out.append([r[name] for r in rows])
-    return out
+    return f"INSERT INTO {table} ({names}) SELECT {names} FROM {recordset(columns, 'r')}"
 
 
 async def insert_rows(
@@ -103,14 +98,15 @@ async def insert_rows(
     columns: Sequence[tuple[str, str]],
     rows: list[dict[str, Any]],
 ) -> None:
-    await (await driver(conn)).execute(insert_sql(table, columns), *arrays(columns, rows))
+    await (await driver(conn)).execute(insert_sql(table, columns), rows_json(rows))
 
 
+_RECORD_NAMES = ", ".join(name for name, _ in RECORD)
 _INSERT_RECORDS = (
-    f"INSERT INTO records ({', '.join(name for name, _ in RECORD)}) "
-    f"SELECT {', '.join(name for name, _ in RECORD)} "
-    f"FROM unnest({unnest(RECORD)}) WITH ORDINALITY AS r({', '.join(n for n, _ in RECORD)}, n) "
-    "ORDER BY n RETURNING id"
+    f"INSERT INTO records ({_RECORD_NAMES}) SELECT {_RECORD_NAMES} "
+    f"FROM ROWS FROM (json_to_recordset($1::json) "
+    f"AS ({', '.join(f'{name} {kind}' for name, kind in RECORD)})) "
+    f"WITH ORDINALITY AS r({_RECORD_NAMES}, n) ORDER BY r.n RETURNING id"
 )
 
 
@@ -119,18 +115,17 @@ async def insert_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> l
 
     The rows are inserted in their order and the ids come from one sequence, so the i-th
     smallest id is the i-th row's (what SQLAlchemy's sort_by_parameter_order relies on too)."""
-    found = await (await driver(conn)).fetch(_INSERT_RECORDS, *arrays(RECORD, rows))
+    found = await (await driver(conn)).fetch(_INSERT_RECORDS, rows_json(rows))
     return sorted(row["id"] for row in found)
 
 
 _UPDATE_RECORDS = (
     "UPDATE records AS r SET "
     + ", ".join(f"{name} = u.{name}" for name, _ in RECORD_CHANGE[1:])
-    + f" FROM unnest({unnest(RECORD_CHANGE)}) AS u({', '.join(n for n, _ in RECORD_CHANGE)})"
-    " WHERE r.id = u.id"
+    + f" FROM {recordset(RECORD_CHANGE, 'u')} WHERE r.id = u.id"
 )
 
 
 async def update_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     """Set every column of each record (by its `id`), in one statement."""
-    await (await driver(conn)).execute(_UPDATE_RECORDS, *arrays(RECORD_CHANGE, rows))
+    await (await driver(conn)).execute(_UPDATE_RECORDS, rows_json(rows))
