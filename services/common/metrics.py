@@ -33,6 +33,11 @@ EVENTS_SKIPPED = Counter(
     "Events that changed nothing: duplicates (S8/DUP), stale (S7), refusals and no-ops",
     ["type", "rule"],
 )
+SLA_TOTAL = Counter(
+    "ownersync_sla_total",
+    "Follow-up SLAs ended: met (worked in time) or missed (expired), per group and member",
+    ["group", "member", "outcome"],
+)
 EVENTS_DEAD_LETTERED = Counter(
     "ownersync_events_dead_lettered_total", "Events parked in the dead-letter queue", ["queue"]
 )
@@ -70,7 +75,7 @@ EFFECTS_OLDEST_AGE = Gauge(
 EFFECTS_DEAD = Gauge("ownersync_effects_dead", "Effects refused for good, by tenant", ["tenant"])
 
 # Decisions that change nothing anywhere.
-NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.A9, Rule.DUP})
+NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.STALE, Rule.DUP})
 
 
 class CountsCalls(Protocol):
@@ -113,6 +118,31 @@ class ApiCallCollector(Collector):
 
 API_CALLS = ApiCallCollector()
 REGISTRY.register(API_CALLS)
+
+
+class HeartbeatCollector(Collector):
+    """How long each worker's consume loop has been silent, read at scrape time: the loop
+    beats while it is alive, idle or holding a batch, so a growing age is a stuck consumer."""
+
+    def __init__(self) -> None:
+        self.silent_for: dict[str, Callable[[], float]] = {}
+
+    def track(self, role: str, silent_for: Callable[[], float]) -> None:
+        self.silent_for[role] = silent_for
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        age = GaugeMetricFamily(
+            "ownersync_worker_heartbeat_age_seconds",
+            "Seconds since the worker's consume loop last beat",
+            labels=["role"],
+        )
+        for role, silent_for in self.silent_for.items():
+            age.add_metric([role], silent_for())
+        yield age
+
+
+HEARTBEATS = HeartbeatCollector()
+REGISTRY.register(HEARTBEATS)
 
 
 def record_decision(event_type: str, rule: str, refused: bool = False, count: int = 1) -> None:

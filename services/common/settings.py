@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     sf_client_secret: SecretStr | None = None
 
     relay_interval_ms: int = Field(200, ge=10, description="outbox poll interval")
+    sla_interval_ms: int = Field(
+        1000, ge=10, description="how often each assigner looks for due follow-up SLA timers"
+    )
     relay_batch_size: int = Field(200, ge=1)
     relay_coalesce_ms: int = Field(
         300,
@@ -160,6 +163,11 @@ class Settings(BaseSettings):
         None,
         description="key ring sealing stored secrets: `kid:BASE64KEY[,kid:OLDKEY…]`, the first "
         "seals, all open; unset = no secret can be stored",
+    )
+    trace_url_template: str | None = Field(
+        None,
+        description="the console links a decision to its trace here, `{trace_id}` filled in "
+        "(e.g. https://grafana.example/explore?traceId={trace_id}); unset = no link",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"

@@ -37,7 +37,7 @@ from sqlalchemy import bindparam, exists, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.common import metrics
+from services.common import metrics, tracing
 from services.common.db.store import Answered, apply_relay_answers, record_from_row
 from services.common.db.tables import outbox, records, relay_leases
 from services.common.domain import (
@@ -46,6 +46,7 @@ from services.common.domain import (
     EffectPayloadError,
     Learned,
     RecordState,
+    SfOwnerReassign,
     SfRecordUpsert,
     Target,
     effect_from_outbox,
@@ -98,7 +99,7 @@ class Attempt:
 # A sender applies one effect to a record and returns what the answer taught (e.g. the new
 # prospect id). It raises Rejected for permanent failures; anything else is retried.
 AeSender = Callable[[RecordState, AeProspectUpsert, Attempt], Awaitable[Learned]]
-SfSender = Callable[[RecordState, SfRecordUpsert, Attempt], Awaitable[Learned]]
+SfSender = Callable[[RecordState, SfRecordUpsert | SfOwnerReassign, Attempt], Awaitable[Learned]]
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ class Senders:
 
     @property
     def kinds(self) -> list[str]:
-        return [AeProspectUpsert.kind] + ([SfRecordUpsert.kind] if self.sf is not None else [])
+        sf = [SfRecordUpsert.kind, SfOwnerReassign.kind] if self.sf is not None else []
+        return [AeProspectUpsert.kind, *sf]
 
     @property
     def targets(self) -> list[Target]:
@@ -121,7 +123,7 @@ class Senders:
         match effect:
             case AeProspectUpsert():
                 return await self.ae(record, effect, attempt)
-            case SfRecordUpsert():
+            case SfRecordUpsert() | SfOwnerReassign():
                 if self.sf is None:
                     raise RuntimeError("an SF effect was claimed with no SF sender")
                 return await self.sf(record, effect, attempt)
@@ -155,6 +157,7 @@ class _Group:
     attempts: int
     written_at: datetime
     tried_before: bool = False
+    traceparent: str | None = None  # the trace of the newest row's decision
 
 
 @dataclass
@@ -240,8 +243,9 @@ class Relay:
         groups = [g for c in claims for g in c.groups]
         results = await asyncio.gather(*(self._send(g) for g in groups), return_exceptions=True)
         by_group = dict(zip(map(id, groups), results, strict=True))
-        for claim in claims:
-            await self._settle_record(claim, [by_group[id(g)] for g in claim.groups])
+        with tracing.answering({g.event_id: g.traceparent for g in groups}):
+            for claim in claims:
+                await self._settle_record(claim, [by_group[id(g)] for g in claim.groups])
         return sum(len(g.row_ids) for g in groups)
 
     @property
@@ -356,6 +360,7 @@ class Relay:
                 group.row_ids.append(m[outbox.c.id])
                 group.payload = m[outbox.c.payload]
                 group.event_id = m[outbox.c.event_id]
+                group.traceparent = m[outbox.c.traceparent]
                 group.attempts = max(group.attempts, m[outbox.c.attempts])
                 # Sending already: a relay claimed it and never settled (it died, or was
                 # fenced). Due later than written: it waited after a try, or for the quota.
@@ -408,8 +413,11 @@ class Relay:
         if left <= 0:
             raise LeaseRunningOut(f"not sent: the lease of record {group.record.id} runs out")
         try:
-            async with asyncio.timeout(left):
-                return await self.senders.send(group.record, effect, attempt)
+            with tracing.sending(
+                group.traceparent, target=group.target, kind=group.kind, tenant=group.tenant_id
+            ):
+                async with asyncio.timeout(left):
+                    return await self.senders.send(group.record, effect, attempt)
         except TimeoutError as exc:
             raise LeaseRunningOut(
                 f"send of record {group.record.id} outlasted {self.send_window:.0f}s of its lease"

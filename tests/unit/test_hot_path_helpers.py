@@ -14,6 +14,7 @@ import uvloop
 from services.common.broker.base import Delivery, Outcome, QueueRole
 from services.common.broker.rabbit import ConsumerLost, _DecodeAhead
 from services.common.db import bulk
+from services.common.db.tables import inbox, outbox
 from services.common.runtime import run_event_loop
 
 
@@ -37,12 +38,19 @@ def test_batch_rows_travel_as_one_json_array_with_times_and_json_columns_intact(
     assert sent[1] == rows[1]
 
 
-def test_a_batch_statement_is_the_same_text_whatever_the_number_of_rows() -> None:
-    assert bulk.insert_sql("inbox", bulk.INBOX) == (
+def test_a_batch_statement_writes_the_columns_its_rows_give_whatever_their_number() -> None:
+    row = {"event_id": "e", "tenant_id": "acme", "type": "t", "source_id": "s", "processed_at": 0}
+    sql = bulk.insert_sql("inbox", bulk.columns_of(inbox, row))
+    assert sql == (
         "INSERT INTO inbox (event_id, tenant_id, type, source_id, processed_at) SELECT "
         "event_id, tenant_id, type, source_id, processed_at FROM json_to_recordset($1::json) AS "
-        "r(event_id text, tenant_id text, type text, source_id text, processed_at timestamptz)"
+        "r(event_id VARCHAR(36), tenant_id VARCHAR(64), type VARCHAR(64), source_id TEXT, "
+        "processed_at TIMESTAMP WITH TIME ZONE)"
     )
+    assert [name for name, _ in bulk.columns_of(outbox, {"traceparent": None, "id": 1})] == [
+        "id",
+        "traceparent",
+    ]
 
 
 class _Consumer:

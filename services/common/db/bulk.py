@@ -13,40 +13,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-# (column, Postgres type): what each table's rows give.
-INBOX = (
-    ("event_id", "text"),
-    ("tenant_id", "text"),
-    ("type", "text"),
-    ("source_id", "text"),
-    ("processed_at", "timestamptz"),
-)
-AUDIT = (
-    ("tenant_id", "text"),
-    ("record_id", "bigint"),
-    ("event_id", "text"),
-    ("source_id", "text"),
-    ("event_type", "text"),
-    ("rule", "text"),
-    ("before", "json"),
-    ("after", "json"),
-    ("reason", "text"),
-    ("created_at", "timestamptz"),
-)
-OUTBOX = (
-    ("tenant_id", "text"),
-    ("record_id", "bigint"),
-    ("target", "text"),
-    ("kind", "text"),
-    ("payload", "json"),
-    ("event_id", "text"),
-    ("status", "text"),
-    ("attempts", "int"),
-    ("next_attempt_at", "timestamptz"),
-    ("created_at", "timestamptz"),
-)
+# (column, Postgres type) of the records' rows.
 RECORD = (
     ("tenant_id", "text"),
     ("prospect_id", "bigint"),
@@ -87,18 +58,21 @@ def rows_json(rows: Iterable[dict[str, Any]]) -> str:
     return orjson.dumps(list(rows)).decode()
 
 
+def columns_of(table: Table, row: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (column, Postgres type) of the table that the row gives, in the table's order."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return [(c.name, c.type.compile(dialect=dialect)) for c in table.columns if c.name in row]
+
+
 def insert_sql(table: str, columns: Sequence[tuple[str, str]]) -> str:
     names = ", ".join(name for name, _ in columns)
     return f"INSERT INTO {table} ({names}) SELECT {names} FROM {recordset(columns, 'r')}"
 
 
-async def insert_rows(
-    conn: AsyncConnection,
-    table: str,
-    columns: Sequence[tuple[str, str]],
-    rows: list[dict[str, Any]],
-) -> None:
-    await (await driver(conn)).execute(insert_sql(table, columns), rows_json(rows))
+async def insert_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows that all give the same columns (what the first row gives is written)."""
+    sql = insert_sql(table.name, columns_of(table, rows[0]))
+    await (await driver(conn)).execute(sql, rows_json(rows))
 
 
 _RECORD_NAMES = ", ".join(name for name, _ in RECORD)

@@ -24,7 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.common.db import bulk
+from services.common import tracing
+from services.common.db import bulk, sla_store
 from services.common.db.tables import (
     ae_users,
     audit_log,
@@ -424,13 +425,13 @@ class BatchWriter:
                 conn, [{"updated_at": now, **vars(s)} for s in self._updates.values()]
             )
         self._resolve(real_id)
-        for table, columns, rows in (
-            ("inbox", bulk.INBOX, self._inbox),
-            ("audit_log", bulk.AUDIT, self._audit),
-            ("outbox", bulk.OUTBOX, self._outbox),
+        for table, rows in (
+            (inbox, self._inbox),
+            (audit_log, self._audit),
+            (outbox, self._outbox),
         ):
             if rows:
-                await bulk.insert_rows(conn, table, columns, rows)
+                await bulk.insert_rows(conn, table, rows)
 
 
 def _record_values(state: RecordState) -> dict[str, Any]:
@@ -459,6 +460,7 @@ def audit_row(
         "after": _jsonable(after),
         "reason": reason,
         "created_at": now,
+        "trace_id": tracing.trace_id_for(cause.event_id),
     }
 
 
@@ -477,6 +479,7 @@ def outbox_row(
         "attempts": 0,
         "next_attempt_at": now,
         "created_at": now,
+        "traceparent": tracing.traceparent_for(cause.event_id),
     }
 
 
@@ -542,6 +545,9 @@ async def apply_relay_answers(
         )
     if audit:
         await conn.execute(insert(audit_log), audit)
+    # SF confirmed the owner ownersync set through a group: its follow-up SLA starts now.
+    confirmed = {a.record_id: a.learned.sf_owner_id for a in taught if a.learned.sf_owner_id}
+    await sla_store.start_confirmed(conn, confirmed, now)
 
 
 def _what_was_learned(new: dict[str, Any], after: RecordState) -> str:
@@ -595,6 +601,7 @@ async def group_members_of(
                 last_assigned_at=row.last_assigned_at,
                 assigned_today=row.assigned_today,
                 assigned_total=row.assigned_total,
+                hours=sla_store.hours_from_row(row),
             )
         )
     return found
