@@ -78,19 +78,20 @@ async def apply_ae_events(
                         now,
                     )
                     timers.append((tenant_id, event.payload.prospect.id, timer))
-            log.info(
-                "decision",
-                extra={
-                    "tenant": tenant_id,
-                    "prospect": event.payload.prospect.id,
-                    "record": stored.sf_record_id if stored else None,
-                    "event_id": event_id,
-                    "webhook_id": event.source_id,
-                    "rule": decision.rule,
-                    "refused": decision.refused,
-                    "reason": decision.reason,
-                },
-            )
+            if log.isEnabledFor(logging.INFO):  # the extra dict costs, per event
+                log.info(
+                    "decision",
+                    extra={
+                        "tenant": tenant_id,
+                        "prospect": event.payload.prospect.id,
+                        "record": stored.sf_record_id if stored else None,
+                        "event_id": event_id,
+                        "webhook_id": event.source_id,
+                        "rule": decision.rule,
+                        "refused": decision.refused,
+                        "reason": decision.reason,
+                    },
+                )
     await writer.flush()
     # A record made in this batch has its id only now.
     await sla_store.add_timers_by_prospect(conn, timers)

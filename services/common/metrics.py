@@ -145,9 +145,9 @@ HEARTBEATS = HeartbeatCollector()
 REGISTRY.register(HEARTBEATS)
 
 
-def record_decision(event_type: str, rule: str, refused: bool = False) -> None:
+def record_decision(event_type: str, rule: str, refused: bool = False, count: int = 1) -> None:
     counter = EVENTS_SKIPPED if refused or rule in NO_CHANGE_RULES else EVENTS_APPLIED
-    counter.labels(event_type, rule).inc()
+    counter.labels(event_type, rule).inc(count)
 
 
 def metrics_response() -> Response:

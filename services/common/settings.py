@@ -45,8 +45,16 @@ class Settings(BaseSettings):
     prefetch: int = Field(
         100, ge=1, description="unacked messages per consumer (a message holds up to 100 events)"
     )
-    batch_size: int = Field(200, ge=1, description="most events applied in one transaction")
+    batch_size: int = Field(
+        500,
+        ge=1,
+        description="most events applied in one transaction (a backlog drains in batches this "
+        "large; at a low rate a batch holds what came within batch_wait_ms)",
+    )
     batch_wait_ms: int = Field(5, ge=0, description="how long a worker waits to fill a batch")
+    uvloop: bool = Field(
+        True, description="run the roles on uvloop when it is installed (else asyncio's loop)"
+    )
     hold_backoff_ms: int = Field(
         200,
         ge=1,

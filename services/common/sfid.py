@@ -6,6 +6,7 @@ Everything inside ownersync stores and compares the 18-character form.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Annotated
 
 from pydantic import AfterValidator, StringConstraints
@@ -18,15 +19,14 @@ class InvalidSalesforceId(ValueError):
     pass
 
 
+# Each character of an id as a bit: 1 for an upper-case letter, 0 for anything else.
+_CASE_BITS = str.maketrans({chr(c): "1" if "A" <= chr(c) <= "Z" else "0" for c in range(128)})
+
+
 def _suffix(id15: str) -> str:
-    out = []
-    for start in (0, 5, 10):
-        bits = 0
-        for offset, char in enumerate(id15[start : start + 5]):
-            if "A" <= char <= "Z":
-                bits |= 1 << offset
-        out.append(_ALPHABET[bits])
-    return "".join(out)
+    # A chunk's bits read from its last character to its first give the suffix letter.
+    bits = id15.translate(_CASE_BITS)
+    return "".join(_ALPHABET[int(bits[start : start + 5][::-1], 2)] for start in (0, 5, 10))
 
 
 def to18(value: str) -> str:
@@ -35,8 +35,18 @@ def to18(value: str) -> str:
     An 18-character id may arrive in any letter case: the suffix says which of the first
     15 characters are upper case, so the case is restored from it and the result checked.
     """
-    value = value.strip() if isinstance(value, str) else value
-    if not isinstance(value, str) or not _SHAPE.match(value):
+    if not isinstance(value, str):
+        raise InvalidSalesforceId(f"not a Salesforce id (15 or 18 letters and digits): {value!r}")
+    return _canonical(value.strip())
+
+
+# Every event carries the same few owner and action ids, and each id is checked at the
+# receiver, in the event's schema and again when a worker reads the event: remembered, an id
+# costs one dictionary look-up after its first time. Bounded in entries and, as only a valid
+# id is remembered, in size.
+@lru_cache(maxsize=65536)
+def _canonical(value: str) -> str:
+    if not _SHAPE.match(value):
         raise InvalidSalesforceId(f"not a Salesforce id (15 or 18 letters and digits): {value!r}")
     if len(value) == 15:
         return value + _suffix(value)

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -171,11 +171,17 @@ async def _apply(engine: AsyncEngine, events: Sequence[AnyEvent], handle: BatchH
     async with engine.begin() as conn:
         decided = await handle(conn, events, datetime.now(UTC))
     committed = datetime.now(UTC)
-    for event_type, rule, refused in decided:
-        metrics.record_decision(event_type, rule, refused)
+    # Counted per (type, rule) and per type, not per event: a labelled metric costs a lock
+    # and a look-up each time it is named.
+    for (event_type, rule, refused), count in Counter(decided).items():
+        metrics.record_decision(event_type, rule, refused, count)
+    received: dict[str, list[datetime]] = defaultdict(list)
     for event in events:
-        latency = (committed - event.received_at).total_seconds()
-        metrics.RECEIPT_TO_DECISION.labels(event.type).observe(max(latency, 0.0))
+        received[event.type].append(event.received_at)
+    for event_type, times in received.items():
+        histogram = metrics.RECEIPT_TO_DECISION.labels(event_type)
+        for at in times:
+            histogram.observe(max((committed - at).total_seconds(), 0.0))
 
 
 async def _settle_failure(delivery: Delivery, exc: Exception) -> None:

@@ -28,15 +28,11 @@ async def apply_sf_events(
     for policy, tenant_events in tenants:
         tenant_id = policy.tenant_id
         payloads = [e.payload for e in tenant_events]
-        found = await store.records_by_any_id(
-            conn, tenant_id, sf_record_ids=(p.record_id for p in payloads)
+        known, unlinked = await store.records_of_sf_events(
+            conn, tenant_id, (p.record_id for p in payloads), (p.email for p in payloads)
         )
-        known = {r.sf_record_id: r for r in found if r.sf_record_id is not None}
         ae_user_of = await store.ae_users_connected_to(
             conn, tenant_id, (p.owner_id for p in payloads)
-        )
-        unlinked = await store.oldest_unlinked_by_email(
-            conn, tenant_id, (p.email for p in payloads if p.record_id not in known)
         )
         sla_updates: list[tuple[int, SfUpdate]] = []
         for event in tenant_events:
@@ -65,18 +61,19 @@ async def apply_sf_events(
                         sf.owner_id, sf.status, sf.last_activity_date, sf.system_modstamp
                     )
                     sla_updates.append((stored.id, update))
-            log.info(
-                "decision",
-                extra={
-                    "tenant": tenant_id,
-                    "record": sf.record_id,
-                    "prospect": stored.prospect_id if stored else None,
-                    "event_id": event_id,
-                    "sf_notification_id": event.source_id,
-                    "rule": decision.rule,
-                    "reason": decision.reason,
-                },
-            )
+            if log.isEnabledFor(logging.INFO):  # the extra dict costs, per event
+                log.info(
+                    "decision",
+                    extra={
+                        "tenant": tenant_id,
+                        "record": sf.record_id,
+                        "prospect": stored.prospect_id if stored else None,
+                        "event_id": event_id,
+                        "sf_notification_id": event.source_id,
+                        "rule": decision.rule,
+                        "reason": decision.reason,
+                    },
+                )
         # Follow-up SLAs end when SF shows the record worked or moved by anyone else.
         await sla_store.observe_sf_updates(conn, tenant_id, sla_updates, now)
     await writer.flush()

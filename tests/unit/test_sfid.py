@@ -1,4 +1,8 @@
+import string
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.common.sfid import InvalidSalesforceId, is_queue, to18
 
@@ -36,3 +40,26 @@ def test_a_suffix_that_contradicts_the_case_is_refused() -> None:
 
 def test_queue_ids_are_recognised_by_their_key_prefix() -> None:
     assert is_queue("00G5g0000QQQdLAEQ1") and not is_queue("0055g0000Zti3ElAQI")
+
+
+def _suffix_by_definition(id15: str) -> str:
+    # Salesforce's definition: per chunk of five characters, bit i set when character i is
+    # an upper-case letter; the chunk's number indexes A-Z0-5.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+    return "".join(
+        alphabet[sum(1 << i for i, c in enumerate(id15[start : start + 5]) if "A" <= c <= "Z")]
+        for start in (0, 5, 10)
+    )
+
+
+@given(st.text(alphabet=string.ascii_letters + string.digits, min_size=15, max_size=15))
+def test_the_suffix_marks_the_upper_case_letters_of_each_chunk(id15: str) -> None:
+    assert to18(id15) == id15 + _suffix_by_definition(id15)
+    assert to18((id15 + _suffix_by_definition(id15)).lower()) == id15 + _suffix_by_definition(id15)
+
+
+def test_surrounding_whitespace_is_ignored_and_a_bad_id_is_refused_every_time() -> None:
+    assert to18("  00Q5g0000IXRUVN\n") == "00Q5g0000IXRUVNEQ5"
+    for _ in range(2):  # a refusal is not remembered as an answer
+        with pytest.raises(InvalidSalesforceId):
+            to18("00Q5g0000IXRUVN555")

@@ -187,23 +187,30 @@ class RabbitBroker:
             with contextlib.suppress(Exception):
                 await channel.close()
             raise
-        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        tag = await queue.consume(inbox.put, no_ack=False)
+        ahead = _DecodeAhead(consumer, limit=batch_size)
+        try:
+            tag = await queue.consume(ahead.arrived, no_ack=False)
+        except BaseException:
+            ahead.decoding.cancel()
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
         try:
             while True:
                 consumer.check()
-                batch = [consumer.delivery(await inbox.get())]
+                batch = [await ahead.get()]
                 size = batch[0].size
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(batch_wait):
                         while size < batch_size:
-                            batch.append(consumer.delivery(await inbox.get()))
+                            batch.append(await ahead.get())
                             size += batch[-1].size
-                while size < batch_size and not inbox.empty():
-                    batch.append(consumer.delivery(inbox.get_nowait()))
+                while size < batch_size and ahead.has_ready():
+                    batch.append(await ahead.get())
                     size += batch[-1].size
                 yield batch
         finally:
+            ahead.decoding.cancel()
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
             # Unsettled prefetched messages go back to the queue when the channel closes.
@@ -309,6 +316,56 @@ class RabbitBroker:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
+
+
+class _DecodeAhead:
+    """Decodes a consumer's messages as they arrive, in their order, while the worker waits on
+    the database for the batch before: the next batch is ready when that one is acked.
+
+    At most `limit` events wait decoded (one batch): the prefetched rest waits as bytes, so
+    that memory grows with the batch size and not with the prefetch."""
+
+    def __init__(self, consumer: _Consumer, *, limit: int) -> None:
+        self.consumer = consumer
+        self.limit = limit
+        self.raw: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.ready: asyncio.Queue[Delivery | None] = asyncio.Queue()  # None: decoding failed
+        self.failure: Exception | None = None
+        self.ahead = 0  # events decoded and not taken yet
+        self.room = asyncio.Event()
+        self.room.set()
+        self.decoding: asyncio.Task[None] = asyncio.create_task(
+            self.run(), name=f"decode {consumer.role.value}"
+        )
+
+    async def arrived(self, message: AbstractIncomingMessage) -> None:
+        self.raw.put_nowait(message)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                message = await self.raw.get()
+                while self.ahead >= self.limit:
+                    self.room.clear()
+                    await self.room.wait()
+                delivery = self.consumer.delivery(message)
+                self.ahead += delivery.size
+                self.ready.put_nowait(delivery)
+                await asyncio.sleep(0)  # one message at a time: the loop serves the sockets
+        except Exception as exc:  # the consumer starts over (its messages return to the queue)
+            self.failure = exc
+            self.ready.put_nowait(None)
+
+    async def get(self) -> Delivery:
+        delivery = await self.ready.get()
+        if delivery is None:
+            raise ConsumerLost(f"{self.consumer.role.value} stopped decoding") from self.failure
+        self.ahead -= delivery.size
+        self.room.set()
+        return delivery
+
+    def has_ready(self) -> bool:
+        return not self.ready.empty()
 
 
 class ConsumerLost(ConnectionError):

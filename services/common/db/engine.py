@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -19,6 +20,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _json_text(value: Any) -> str:
+    # The JSON columns (audit before/after, outbox payloads) are written for every decision.
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+JSON_CODEC: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
+
+
 def make_engine(
     database_url: str,
     *,
@@ -30,7 +39,7 @@ def make_engine(
     """An engine whose every Postgres connection has a connect timeout, a client-side command
     timeout (a black-holed server is given up on) and a server-side statement_timeout."""
     if database_url.startswith("sqlite"):
-        engine = create_async_engine(database_url)
+        engine = create_async_engine(database_url, **JSON_CODEC)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {
@@ -45,6 +54,7 @@ def make_engine(
         pool_pre_ping=True,
         pool_timeout=connect_timeout + command_timeout,
         connect_args=connect_args,
+        **JSON_CODEC,
     )
 
 

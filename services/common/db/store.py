@@ -7,11 +7,25 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common import tracing
-from services.common.db import sla_store
+from services.common.db import bulk, sla_store
 from services.common.db.tables import (
     ae_users,
     audit_log,
@@ -70,15 +84,28 @@ def policy_from_row(row: Any) -> TenantPolicy:
     )
 
 
+def one_of(
+    conn: AsyncConnection, column: ColumnElement[Any], values: Iterable[Any]
+) -> ColumnElement[bool]:
+    """`column IN (values)`; on Postgres `column = ANY(array)`, one statement (prepared and
+    planned once) whatever the number of values, where IN makes one per count."""
+    values = {v for v in values if v is not None}  # NULL equals nothing, in both forms
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, sorted(values), type_=ARRAY(column.type)))
+    return column.in_(values)
+
+
 async def load_policies(
     conn: AsyncConnection, tenant_ids: Iterable[str]
 ) -> dict[str, TenantPolicy]:
-    rows = await conn.execute(select(tenants).where(tenants.c.id.in_(set(tenant_ids))))
+    rows = await conn.execute(select(tenants).where(one_of(conn, tenants.c.id, tenant_ids)))
     return {r.id: policy_from_row(r) for r in rows}
 
 
 async def processed_event_ids(conn: AsyncConnection, event_ids: Iterable[str]) -> set[str]:
-    rows = await conn.execute(select(inbox.c.event_id).where(inbox.c.event_id.in_(set(event_ids))))
+    rows = await conn.execute(
+        select(inbox.c.event_id).where(one_of(conn, inbox.c.event_id, event_ids))
+    )
     return {r.event_id for r in rows}
 
 
@@ -91,15 +118,76 @@ async def records_by_any_id(
 ) -> list[RecordState]:
     """The tenant's records holding any of the ids, locked for this batch (in id order)."""
     prospects, sf_ids = set(prospect_ids), set(sf_record_ids)
-    if not prospects and not sf_ids:
+    wheres = [
+        one_of(conn, column, ids)
+        for column, ids in ((records.c.prospect_id, prospects), (records.c.sf_record_id, sf_ids))
+        if ids
+    ]
+    if not wheres:
         return []
-    query = select(records).where(
-        records.c.tenant_id == tenant_id,
-        or_(records.c.prospect_id.in_(prospects), records.c.sf_record_id.in_(sf_ids)),
-    )
-    if conn.dialect.name == "postgresql":
-        query = query.order_by(records.c.id).with_for_update()
+    query = _locked_records(conn, tenant_id, wheres)
     return [record_from_row(r) for r in await conn.execute(query)]
+
+
+def _locked_records(
+    conn: AsyncConnection, tenant_id: str, wheres: Sequence[ColumnElement[bool]]
+) -> Select[Any]:
+    """The tenant's records that meet any of `wheres`, locked (in id order).
+
+    Each condition is looked up on its own (and so on its own index, whatever the planner
+    knows of the table: one WHERE with an OR is planned as a scan of all the tenant's rows
+    until the table has statistics); the conditions are repeated on the locked rows, so that
+    a row another transaction changed meanwhile is returned only if it still meets them."""
+    of_tenant = records.c.tenant_id == tenant_id
+    found = [select(records.c.id).where(of_tenant, where) for where in wheres]
+    ids = found[0] if len(found) == 1 else union_all(*found)
+    if conn.dialect.name != "postgresql":
+        return select(records).where(records.c.id.in_(ids), or_(*wheres))
+    # = ANY(ARRAY(…)): the ids are found first, then their rows by primary key; as an IN
+    # (a semi-join) it may be planned as a loop over the tenant's rows.
+    return (
+        select(records)
+        .where(records.c.id == any_(func.array(ids.scalar_subquery())), or_(*wheres))
+        .order_by(records.c.id)
+        .with_for_update()
+    )
+
+
+async def records_of_sf_events(
+    conn: AsyncConnection,
+    tenant_id: str,
+    sf_record_ids: Iterable[str],
+    emails: Iterable[str | None],
+) -> tuple[dict[str, RecordState], dict[str, RecordState]]:
+    """In one round trip, locked for this batch (in id order): the tenant's records of the SF
+    ids (by SF id), and for each email the oldest prospect with that email and no SF record
+    yet (S9 links it; by lower-case email).
+
+    Locked, so that two workers never link the same prospect to two SF records; a candidate
+    another transaction linked meanwhile is not returned (Postgres checks the WHERE again once
+    it has the lock)."""
+    sf_ids = set(sf_record_ids)
+    wanted = {e.lower() for e in emails if e}
+    if not sf_ids and not wanted:
+        return {}, {}
+    wheres = []
+    if sf_ids:
+        wheres.append(one_of(conn, records.c.sf_record_id, sf_ids))
+    if wanted:
+        unlinked = and_(records.c.sf_record_id.is_(None), records.c.prospect_id.is_not(None))
+        wheres.append(and_(one_of(conn, records.c.email, wanted), unlinked))
+    query = _locked_records(conn, tenant_id, wheres)
+    known: dict[str, RecordState] = {}
+    oldest: dict[str, tuple[tuple[datetime, int], RecordState]] = {}
+    for row in await conn.execute(query):
+        record = record_from_row(row)
+        if record.sf_record_id is not None:
+            known[record.sf_record_id] = record
+        elif row.email is not None:
+            age = (row.created_at, row.id)
+            if row.email not in oldest or age < oldest[row.email][0]:
+                oldest[row.email] = (age, record)
+    return known, {email: record for email, (_, record) in oldest.items()}
 
 
 def can_merge(one: RecordState, other: RecordState) -> bool:
@@ -174,7 +262,7 @@ async def ae_users_connected_to(
     rows = await conn.execute(
         select(connected_users.c.sf_user_id, connected_users.c.ae_user_id).where(
             connected_users.c.tenant_id == tenant_id,
-            connected_users.c.sf_user_id.in_(set(sf_user_ids)),
+            one_of(conn, connected_users.c.sf_user_id, sf_user_ids),
         )
     )
     return {r.sf_user_id: r.ae_user_id for r in rows}
@@ -186,38 +274,10 @@ async def sf_users_connected_to(
     rows = await conn.execute(
         select(connected_users.c.ae_user_id, connected_users.c.sf_user_id).where(
             connected_users.c.tenant_id == tenant_id,
-            connected_users.c.ae_user_id.in_(set(ae_user_ids)),
+            one_of(conn, connected_users.c.ae_user_id, ae_user_ids),
         )
     )
     return {r.ae_user_id: r.sf_user_id for r in rows}
-
-
-async def oldest_unlinked_by_email(
-    conn: AsyncConnection, tenant_id: str, emails: Iterable[str | None]
-) -> dict[str, RecordState]:
-    wanted = {e.lower() for e in emails if e}
-    if not wanted:
-        return {}
-    query = (
-        select(records)
-        .where(
-            records.c.tenant_id == tenant_id,
-            records.c.sf_record_id.is_(None),
-            records.c.prospect_id.is_not(None),
-            records.c.email.in_(wanted),
-        )
-        .order_by(records.c.created_at, records.c.id)
-    )
-    if conn.dialect.name == "postgresql":
-        # S9 links the candidate: locked, so that two workers never link the same prospect to
-        # two SF records; a candidate another transaction linked meanwhile is not returned
-        # (Postgres checks the WHERE again once it has the lock).
-        query = query.with_for_update()
-    rows = await conn.execute(query)
-    found: dict[str, RecordState] = {}
-    for row in rows:
-        found.setdefault(row.email, record_from_row(row))
-    return found
 
 
 Event = SfRecordEvent | AeProspectEvent
@@ -307,6 +367,9 @@ class BatchWriter:
 
     async def flush(self) -> None:
         """Write the batch: new records in one INSERT … RETURNING, then everything else."""
+        if bulk.applies(self.conn):
+            await self._flush_postgres()
+            return
         real_id: dict[int, int] = {}
         if self._new:
             staged = list(self._new.items())
@@ -331,13 +394,44 @@ class BatchWriter:
                     for s in self._updates.values()
                 ],
             )
+        self._resolve(real_id)
+        for table, rows in ((inbox, self._inbox), (audit_log, self._audit), (outbox, self._outbox)):
+            if rows:
+                await self.conn.execute(insert(table), rows)
+
+    def _resolve(self, real_id: dict[int, int]) -> None:
+        """The audit and outbox rows of new records get their real ids."""
         for rows in (self._audit, self._outbox):
             for row in rows:
                 if row["record_id"] is not None and row["record_id"] < 0:
                     row["record_id"] = real_id[row["record_id"]]
-        for table, rows in ((inbox, self._inbox), (audit_log, self._audit), (outbox, self._outbox)):
+
+    async def _flush_postgres(self) -> None:
+        """`flush` on Postgres: one statement per table whatever the batch size."""
+        conn, now = self.conn, self.now
+        real_id: dict[int, int] = {}
+        if self._new:
+            staged = list(self._new.items())
+            ids = await bulk.insert_records(
+                conn,
+                [
+                    {"tenant_id": tenant_id, "created_at": now, "updated_at": now, **vars(state)}
+                    for _, (tenant_id, state) in staged
+                ],
+            )
+            real_id = {tmp: new for (tmp, _), new in zip(staged, ids, strict=True)}
+        if self._updates:
+            await bulk.update_records(
+                conn, [{"updated_at": now, **vars(s)} for s in self._updates.values()]
+            )
+        self._resolve(real_id)
+        for table, rows in (
+            (inbox, self._inbox),
+            (audit_log, self._audit),
+            (outbox, self._outbox),
+        ):
             if rows:
-                await self.conn.execute(insert(table), rows)
+                await bulk.insert_rows(conn, table, rows)
 
 
 def _record_values(state: RecordState) -> dict[str, Any]:

@@ -1,0 +1,105 @@
+"""The Postgres path of a batch's writes: one statement per table, its rows passed as one JSON
+parameter (`json_to_recordset`), so that the statement's text never changes with the batch size.
+
+asyncpg then prepares each statement once per connection and Postgres plans it once, where
+SQLAlchemy's multi-row VALUES and expanding IN lists make a new statement (one more prepare
+round trip, one more plan) for every batch size. The writes go straight to asyncpg on the
+connection of the worker's transaction; SQLite keeps the portable SQLAlchemy path in `store`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# (column, Postgres type) of the records' rows.
+RECORD = (
+    ("tenant_id", "text"),
+    ("prospect_id", "bigint"),
+    ("sf_record_id", "text"),
+    ("sf_object", "text"),
+    ("email", "text"),
+    ("ae_assigned_user_id", "bigint"),
+    ("ae_assigned_queue_id", "text"),
+    ("sf_owner_id", "text"),
+    ("last_modstamp", "timestamptz"),
+    ("ae_modstamp", "timestamptz"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+)
+RECORD_CHANGE = (("id", "bigint"), *RECORD[1:-2], ("updated_at", "timestamptz"))
+
+
+def applies(conn: AsyncConnection) -> bool:
+    """Whether `conn` is Postgres through asyncpg (else the portable path is taken)."""
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "asyncpg"
+
+
+async def driver(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under `conn`, inside the same transaction."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
+
+
+def recordset(columns: Sequence[tuple[str, str]], alias: str) -> str:
+    """The rows of the statement's one parameter (a JSON array of objects) as a table."""
+    names = ", ".join(f"{name} {kind}" for name, kind in columns)
+    return f"json_to_recordset($1::json) AS {alias}({names})"
+
+
+def rows_json(rows: Iterable[dict[str, Any]]) -> str:
+    """The rows as the one JSON parameter: orjson writes them (datetimes in ISO 8601 with their
+    offset) in one call, where arrays would cost asyncpg a type check per value."""
+    return orjson.dumps(list(rows)).decode()
+
+
+def columns_of(table: Table, row: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (column, Postgres type) of the table that the row gives, in the table's order."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return [(c.name, c.type.compile(dialect=dialect)) for c in table.columns if c.name in row]
+
+
+def insert_sql(table: str, columns: Sequence[tuple[str, str]]) -> str:
+    names = ", ".join(name for name, _ in columns)
+    return f"INSERT INTO {table} ({names}) SELECT {names} FROM {recordset(columns, 'r')}"
+
+
+async def insert_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows that all give the same columns (what the first row gives is written)."""
+    sql = insert_sql(table.name, columns_of(table, rows[0]))
+    await (await driver(conn)).execute(sql, rows_json(rows))
+
+
+_RECORD_NAMES = ", ".join(name for name, _ in RECORD)
+_INSERT_RECORDS = (
+    f"INSERT INTO records ({_RECORD_NAMES}) SELECT {_RECORD_NAMES} "
+    f"FROM ROWS FROM (json_to_recordset($1::json) "
+    f"AS ({', '.join(f'{name} {kind}' for name, kind in RECORD)})) "
+    f"WITH ORDINALITY AS r({_RECORD_NAMES}, n) ORDER BY r.n RETURNING id"
+)
+
+
+async def insert_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert the records; their new ids in the order of `rows`.
+
+    The rows are inserted in their order and the ids come from one sequence, so the i-th
+    smallest id is the i-th row's (what SQLAlchemy's sort_by_parameter_order relies on too)."""
+    found = await (await driver(conn)).fetch(_INSERT_RECORDS, rows_json(rows))
+    return sorted(row["id"] for row in found)
+
+
+_UPDATE_RECORDS = (
+    "UPDATE records AS r SET "
+    + ", ".join(f"{name} = u.{name}" for name, _ in RECORD_CHANGE[1:])
+    + f" FROM {recordset(RECORD_CHANGE, 'u')} WHERE r.id = u.id"
+)
+
+
+async def update_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Set every column of each record (by its `id`), in one statement."""
+    await (await driver(conn)).execute(_UPDATE_RECORDS, rows_json(rows))

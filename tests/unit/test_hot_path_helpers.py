@@ -1,0 +1,93 @@
+"""The helpers of the fast decision path: the event loop the roles run on, the JSON rows the
+Postgres batch statements take, and the decoding of a worker's messages ahead of its batch."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+import uvloop
+
+from services.common.broker.base import Delivery, Outcome, QueueRole
+from services.common.broker.rabbit import ConsumerLost, _DecodeAhead
+from services.common.db import bulk
+from services.common.db.tables import inbox, outbox
+from services.common.runtime import run_event_loop
+
+
+async def _loop_type() -> type:
+    return type(asyncio.get_running_loop())
+
+
+def test_the_roles_run_on_uvloop_when_it_is_installed_and_wanted() -> None:
+    assert run_event_loop(_loop_type()) is uvloop.Loop
+    assert not issubclass(run_event_loop(_loop_type(), uvloop=False), uvloop.Loop)
+
+
+def test_batch_rows_travel_as_one_json_array_with_times_and_json_columns_intact() -> None:
+    now = datetime(2026, 11, 2, 9, tzinfo=UTC)
+    rows = [
+        {"tenant_id": "acme", "record_id": 2**62, "payload": {"assigned_user_id": 5}, "at": now},
+        {"tenant_id": "acme", "record_id": 8, "payload": {"assigned_user_id": None}, "at": None},
+    ]
+    sent = orjson.loads(bulk.rows_json(rows))
+    assert sent[0] == {**rows[0], "at": "2026-11-02T09:00:00+00:00"}  # the offset kept
+    assert sent[1] == rows[1]
+
+
+def test_a_batch_statement_writes_the_columns_its_rows_give_whatever_their_number() -> None:
+    row = {"event_id": "e", "tenant_id": "acme", "type": "t", "source_id": "s", "processed_at": 0}
+    sql = bulk.insert_sql("inbox", bulk.columns_of(inbox, row))
+    assert sql == (
+        "INSERT INTO inbox (event_id, tenant_id, type, source_id, processed_at) SELECT "
+        "event_id, tenant_id, type, source_id, processed_at FROM json_to_recordset($1::json) AS "
+        "r(event_id VARCHAR(36), tenant_id VARCHAR(64), type VARCHAR(64), source_id TEXT, "
+        "processed_at TIMESTAMP WITH TIME ZONE)"
+    )
+    assert [name for name, _ in bulk.columns_of(outbox, {"traceparent": None, "id": 1})] == [
+        "id",
+        "traceparent",
+    ]
+
+
+class _Consumer:
+    """Stands in for the RabbitMQ consumer: 'decodes' a message into a delivery of n events."""
+
+    role = QueueRole.SYNCER
+
+    def __init__(self) -> None:
+        self.decoded: list[int] = []
+
+    def delivery(self, message: Any) -> Delivery:
+        if message == "bad":
+            raise RuntimeError("headers the consumer cannot read")
+        self.decoded.append(message)
+
+        async def settle(outcome: Outcome, reason: str | None) -> None:
+            return None
+
+        return Delivery(b"", 0, settle, events=[object()] * message)  # type: ignore[list-item]
+
+
+async def test_messages_are_decoded_in_order_ahead_of_their_batch_up_to_one_batch() -> None:
+    consumer = _Consumer()
+    ahead = _DecodeAhead(consumer, limit=150)  # type: ignore[arg-type]
+    for size in (100, 100, 100, 1):
+        await ahead.arrived(size)  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    assert consumer.decoded == [100, 100]  # 200 events wait decoded; the rest waits as bytes
+    assert [(await ahead.get()).size for _ in range(2)] == [100, 100]
+    await asyncio.sleep(0.01)
+    assert consumer.decoded == [100, 100, 100, 1]
+    assert [(await ahead.get()).size for _ in range(2)] == [100, 1]
+    ahead.decoding.cancel()
+
+
+async def test_a_message_that_cannot_be_decoded_makes_the_consumer_start_over() -> None:
+    ahead = _DecodeAhead(_Consumer(), limit=10)  # type: ignore[arg-type]
+    await ahead.arrived("bad")  # type: ignore[arg-type]
+    with pytest.raises(ConsumerLost):
+        await asyncio.wait_for(ahead.get(), 1)
