@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.ae_client import AeClient
@@ -77,6 +77,7 @@ async def relay_of(
     *,
     lease: float = 30.0,
     quota: int | None = None,
+    batch_size: int = 200,
     wrap: Callable[[AeSender], AeSender] | None = None,
 ) -> AsyncIterator[Relay]:
     """A relay replica named `owner`, its AE client counting AE's limits in Postgres with every
@@ -90,6 +91,7 @@ async def relay_of(
             remote.engine,
             Senders(ae=wrap(sender) if wrap else sender),
             owner=owner,
+            batch_size=batch_size,
             interval=0.02,
             backoff_base=0.02,
             backoff_max=0.1,
@@ -129,9 +131,16 @@ async def new_records(remote: Remote, count: int, *, prospects: bool) -> list[di
 
 
 async def write_owners(remote: Remote, owners: dict[int, int], **rows: Any) -> None:
-    """One AE effect per record (record id -> AE user), as a worker's commit writes them."""
+    """One AE effect per record (record id -> AE user), as a worker's commit writes them: the
+    record's new AE owner and the effect, in one transaction."""
     now = datetime.now(UTC)
     async with remote.engine.begin() as conn:
+        await conn.execute(
+            update(records)
+            .where(records.c.id == bindparam("rid"))
+            .values(ae_assigned_user_id=bindparam("user"), updated_at=now),
+            [{"rid": record_id, "user": user} for record_id, user in owners.items()],
+        )
         found = await conn.execute(select(records).where(records.c.id.in_(list(owners))))
         by_id = {r.id: r for r in found}
         await conn.execute(
@@ -220,8 +229,9 @@ async def test_two_relays_send_each_effect_once_and_the_latest_owner_lands_last(
             )
     last: dict[int, int] = {}
     async with (
-        relay_of(remote, "relay-a") as a,
-        relay_of(remote, "relay-b") as b,
+        # A few records in flight each: neither replica claims everything at once.
+        relay_of(remote, "relay-a", batch_size=10) as a,
+        relay_of(remote, "relay-b", batch_size=10) as b,
         running([a, b]),
     ):
         # Owners keep changing while both relays send: each round moves every record.

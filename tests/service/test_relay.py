@@ -104,18 +104,37 @@ async def test_repeated_reassignments_of_one_record_go_out_as_one_call_with_the_
     assert await world.relay.run_once() == 1
     [prospect_id] = world.ae.prospects
     world.relay.coalesce = timedelta(seconds=0.3)
-    for minute, owner in enumerate([BOB_SF, ALICE_SF] * 3, start=1):  # bob, alice, … alice
+    for minute, owner in enumerate([BOB_SF, ALICE_SF] * 2 + [BOB_SF], start=1):  # … bob
         await world.apply(_reassigned(owner, minute))
     patches_before = len(world.ae.calls("PATCH"))
 
     assert await world.relay.run_once() == 0, "changes younger than the window wait for more"
     await asyncio.sleep(0.35)
-    assert await world.relay.run_once() == 6
+    assert await world.relay.run_once() == 5
 
-    assert world.ae.prospects[prospect_id]["assignedUserId"] == ALICE_AE  # the newest owner
+    assert world.ae.prospects[prospect_id]["assignedUserId"] == BOB_AE  # the newest owner
     assert len(world.ae.calls("PATCH")) - patches_before == 1
     statuses = [r["status"] for r in await world.outbox_rows()]
-    assert statuses == ["done"] + ["superseded"] * 5 + ["done"]
+    assert statuses == ["done"] + ["superseded"] * 4 + ["done"]
+
+
+async def test_a_record_moved_back_to_the_owner_this_relay_sent_last_costs_no_call(
+    world: World,
+) -> None:
+    created = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    await world.apply(sf_record_event(KIM, ALICE_SF, email="kim@example.com", modstamp=created))
+    assert await world.relay.run_once() == 1
+    for minute, owner in enumerate([BOB_SF, ALICE_SF], start=1):  # away and back
+        await world.apply(_reassigned(owner, minute))
+
+    assert await world.relay.run_once() == 2
+
+    assert world.ae.calls("PATCH") == []  # AE holds alice since the create
+    [prospect] = world.ae.prospects.values()
+    assert prospect["assignedUserId"] == ALICE_AE
+    statuses = [r["status"] for r in await world.outbox_rows()]
+    assert statuses == ["done", "superseded", "superseded"]
+    assert (world.relay.sent, world.relay.unchanged) == (1, 1)
 
 
 async def test_failing_ae_is_retried_with_a_growing_backoff_until_the_effect_goes_through(
