@@ -194,6 +194,8 @@ class _Sent:
 
 
 Outcome = Learned | BaseException
+# Sends of a lane that read their state while its calls are all in flight.
+READ_AHEAD = 2
 # How many records' last sends are remembered (a few MB at most).
 REMEMBERED = 100_000
 
@@ -248,11 +250,12 @@ class Relay:
         sending: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
-                room = self.batch_size - self._outstanding
                 claims: list[_Claim] = []
-                if room > 0:
+                # Claims in chunks of half a batch at least: fewer, larger claim transactions,
+                # and still a chunk waiting whenever a call ends.
+                if self._outstanding <= self.batch_size // 2:
                     try:
-                        claims = await self.claim(limit=room)
+                        claims = await self.claim(limit=self.batch_size - self._outstanding)
                     except Exception:
                         log.exception("relay claim failed")
                 for claim in claims:
@@ -265,11 +268,11 @@ class Relay:
                 except Exception:
                     log.exception("relay could not observe the outbox")
                 self._freed.clear()
-                full = self._outstanding >= self.batch_size
+                full = self._outstanding > self.batch_size // 2
                 if claims and not full:
                     continue  # more may be due now
                 self.wake.clear()
-                # Full: wait for a settle to make room. Else for new effects or the interval
+                # Full: wait for settles to make room. Else for new effects or the interval
                 # (not for a settle: every replica polls alike, so they share the records).
                 signals = [stop.wait(), self._freed.wait() if full else self.wake.wait()]
                 waits = [asyncio.ensure_future(s) for s in signals]
@@ -504,11 +507,13 @@ class Relay:
         return {r.record_id: r.version for r in await conn.execute(taken)}
 
     def _lane(self, group: _Group) -> asyncio.Semaphore:
-        """The calls of one tenant to one system that may be in flight at once."""
+        """The sends of one tenant to one system under way at once: its `concurrency` calls
+        (which its client holds to) and a few more reading their state, so that a call starts
+        as soon as one ends."""
         key = (group.tenant_id, group.target)
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = asyncio.Semaphore(self.concurrency)
+            lane = self._lanes[key] = asyncio.Semaphore(self.concurrency + READ_AHEAD)
         return lane
 
     async def _send(self, claim: _Claim, group: _Group) -> Learned:
