@@ -83,9 +83,11 @@ async def relay_of(
     """A relay replica named `owner`, its AE client counting AE's limits in Postgres with every
     other replica's, and trying each call once (the relay does the retrying)."""
     limits = SharedAeLimits(remote.engine, UNIT, owner=owner, daily_quota=quota)
-    async with AeClient(
-        remote.ae_url, remote.tokens, UNIT, max_attempts=1, shared_limits=limits
-    ) as ae:
+    async with (
+        AeClient(remote.ae_url, remote.tokens, UNIT, max_attempts=1, shared_limits=limits) as ae,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        stack.push_async_callback(limits.aclose)
         sender = ae_prospect_sender(ae)
         yield Relay(
             remote.engine,
