@@ -27,13 +27,16 @@ run: $(STAMP)  ## all roles in one process on the embedded default
 test: test-fast test-integration  ## the whole suite: the fast tiers, then the real services
 
 test-fast: $(STAMP)  ## unit and service tiers: SQLite, in-process broker, simulators; no Postgres or RabbitMQ
+	./scripts/ensure-tools.sh
 	$(BIN)/python -m pytest tests/unit tests/service -m "not integration" -n $(FAST_WORKERS)
 
-test-integration: $(STAMP)  ## the tier that needs the real Postgres and RabbitMQ
+test-integration: $(STAMP)  ## the tier that needs the real Postgres and RabbitMQ (and chromium)
 	./scripts/ensure-services.sh
+	./scripts/ensure-browser.sh
 	$(BIN)/python -m pytest tests/integration -m integration
 
 test-unit: $(STAMP)  ## the pure tier alone: no I/O
+	./scripts/ensure-tools.sh
 	$(BIN)/python -m pytest tests/unit
 
 bench: $(STAMP)  ## the benchmark against the real Postgres and RabbitMQ (prints figures, not a test)

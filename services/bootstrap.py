@@ -18,16 +18,18 @@ from fastapi import FastAPI
 
 from services.api import install_api
 from services.assigner.worker import apply_ae_events
+from services.common import tracing
 from services.common.ae_client import AeClient
 from services.common.broker.base import QueueRole
 from services.common.broker.memory import MemoryBroker
-from services.common.metrics import API_CALLS, worker_app
+from services.common.metrics import API_CALLS, HEARTBEATS, worker_app
 from services.common.runtime import Runtime, build_runtime
 from services.common.settings import Settings
 from services.common.sf_auth import SfTokenSource
 from services.common.sf_client import SfClient
 from services.common.web import serve_app
 from services.common.worker import Backoff, WorkerStats, run_worker
+from services.console import install_console
 from services.receiver.app import install_receiver
 from services.relay.ae_limits import SharedAeLimits
 from services.relay.relay import Relay, Senders, replica_id
@@ -65,8 +67,8 @@ class RoleFailed(Exception):
 
 
 def create_app(runtime: Runtime | None = None, settings: Settings | None = None) -> FastAPI:
-    """The served app (receiver endpoints and the /v1 API) on `runtime` (borrowed: the caller
-    closes it) or on a runtime of its own built from `settings`."""
+    """The served app (receiver endpoints, the /v1 API and the /console pages) on `runtime`
+    (borrowed: the caller closes it) or on a runtime of its own built from `settings`."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,6 +91,8 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
     )
     install_receiver(app)
     install_api(app)
+    install_console(app)
+    tracing.instrument_app(app)
     return app
 
 
@@ -168,6 +172,7 @@ async def running(
         for role, queue, handle in WORKERS:
             if role in roles:
                 live.stats[role] = WorkerStats()
+                HEARTBEATS.track(role, live.stats[role].silent_for)
                 worker = run_worker(
                     runtime.broker,
                     queue,

@@ -20,8 +20,8 @@ import pytest
 
 from services.demo.replay import FIXTURES
 
-# The /v1 API fixtures (`api`, on the real services) for the integration tier.
-pytest_plugins = ["tests.integration.api_support"]
+# The /v1 API fixtures (`api`, on the real services) for the integration tier; `spans`.
+pytest_plugins = ["tests.integration.api_support", "tests.traces"]
 
 TESTS = Path(__file__).parent
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -18,6 +20,8 @@ from services.admin.schemas import (
     QueueView,
 )
 from services.admin.tenants import tenant_row
+from services.assigner.round_robin import pick_member
+from services.common.db import store
 from services.common.db.tables import ae_users, group_members, groups, queues
 
 # --- queues ------------------------------------------------------------------------------
@@ -272,3 +276,21 @@ async def _known_ae_users(conn: AsyncConnection, tenant_id: str, ids: list[int])
             code="unknown_user",
             details={"aeUserIds": missing},
         )
+
+
+@dataclass(frozen=True)
+class NextPick:
+    ae_user_id: int | None
+    reason: str
+
+
+async def next_pick(
+    conn: AsyncConnection, tenant_id: str, group_id: int, now: datetime
+) -> NextPick:
+    """Who the round robin would give the group's next prospect to, by the assigner's own
+    pick on the members as they stand. Run it in a transaction that is rolled back or ends at
+    once: the members are read locked, as the assigner reads them."""
+    await get_group(conn, tenant_id, group_id)
+    members = (await store.group_members_of(conn, tenant_id, [group_id])).get(group_id, [])
+    pick = pick_member(members, now)
+    return NextPick(pick.member.ae_user_id if pick.member else None, pick.reason)

@@ -5,22 +5,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.admin.errors import NotFound
+from services.admin.errors import Invalid, NotFound
 from services.admin.pagination import Page, decode_cursor, page_of
 from services.admin.schemas import AuditEntry, RecordView
 from services.common.db.tables import audit_log, connected_users, records
 from services.common.domain import describe_ae_owner
-from services.common.sfid import is_queue
+from services.common.sfid import is_queue, to18
 
 RecordKey = Literal["prospect", "sf"]
 
 
-async def record_row(conn: AsyncConnection, tenant_id: str, by: RecordKey, key: Any) -> Any:
-    column = records.c.prospect_id if by == "prospect" else records.c.sf_record_id
-    owner_ae = (
+_MAX_ID = 9_223_372_036_854_775_807
+
+
+def _owner_ae_user_id() -> Any:
+    return (
         select(connected_users.c.ae_user_id)
         .where(
             connected_users.c.tenant_id == records.c.tenant_id,
@@ -29,6 +31,11 @@ async def record_row(conn: AsyncConnection, tenant_id: str, by: RecordKey, key: 
         .scalar_subquery()
         .label("owner_ae_user_id")
     )
+
+
+async def record_row(conn: AsyncConnection, tenant_id: str, by: RecordKey, key: Any) -> Any:
+    column = records.c.prospect_id if by == "prospect" else records.c.sf_record_id
+    owner_ae = _owner_ae_user_id()
     row = (
         await conn.execute(
             select(records, owner_ae).where(records.c.tenant_id == tenant_id, column == key)
@@ -78,6 +85,46 @@ def record_view(row: Any) -> RecordView:
     )
 
 
+def search_key(query: str) -> tuple[RecordKey | Literal["email"], Any] | None:
+    """What a search box's text names: a prospect id (digits), a SF record id (15 or 18
+    characters) or an email (has an @); None for anything else."""
+    text = query.strip()
+    if text.isdigit() and 0 < len(text) <= 18 and int(text) <= _MAX_ID:
+        return "prospect", int(text)
+    if "@" in text and len(text) <= 254:
+        return "email", text
+    try:
+        return "sf", to18(text)
+    except ValueError:
+        return None
+
+
+async def find_records(
+    conn: AsyncConnection, tenant_id: str, query: str, *, limit: int = 20
+) -> list[RecordView]:
+    """The records a prospect id, a SF record id or an email (case-insensitive) finds."""
+    key = search_key(query)
+    if key is None:
+        raise Invalid(
+            "search by a prospect id (digits), a SF record id (15 or 18 characters) or an email",
+            code="invalid_search",
+        )
+    by, value = key
+    if by != "email":
+        try:
+            return [await get_record(conn, tenant_id, by, value)]
+        except NotFound:
+            return []
+    owner_ae = _owner_ae_user_id()
+    rows = await conn.execute(
+        select(records, owner_ae)
+        .where(records.c.tenant_id == tenant_id, func.lower(records.c.email) == value.lower())
+        .order_by(records.c.id)
+        .limit(limit)
+    )
+    return [record_view(row) for row in rows]
+
+
 async def get_record(conn: AsyncConnection, tenant_id: str, by: RecordKey, key: Any) -> RecordView:
     return record_view(await record_row(conn, tenant_id, by, key))
 
@@ -92,6 +139,8 @@ def _audit_view(row: Any) -> AuditEntry:
         event_id=row.event_id,
         event_type=row.event_type,
         source_id=row.source_id,
+        # Added with the traces (a nullable column): rows and schemas without it read as None.
+        trace_id=row._mapping.get("trace_id"),
         created_at=row.created_at,
     )
 

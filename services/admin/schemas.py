@@ -505,6 +505,9 @@ class AuditEntry(ApiModel):
     event_id: str | None
     event_type: str | None
     source_id: str | None = Field(description="the SF notification id, webhook id or request")
+    trace_id: str | None = Field(
+        None, description="the OpenTelemetry trace of the decision, when it was traced"
+    )
     created_at: datetime
 
 

@@ -23,6 +23,7 @@ from services.common.db.engine import make_engine, migrate
 from services.common.logs import configure_logging
 from services.common.runtime import build_broker
 from services.common.settings import Settings
+from services.common.tracing import configure_tracing
 
 console = Console(emoji=False, highlight=False)
 err = Console(stderr=True)
@@ -49,6 +50,7 @@ def load_settings(
     updates = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = settings.model_copy(update=updates)
     configure_logging(log_level or settings.log_level, settings.log_format)
+    configure_tracing()
     return settings
 
 

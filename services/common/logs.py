@@ -14,6 +14,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from services.common.tracing import log_ids
+
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 # Secrets that travel in URLs (the SF endpoint key): whatever logs a URL, the value never shows.
 _URL_SECRET = re.compile(r"([?&](?:key|access_token|client_secret)=)[^&\s\"'<>]*", re.IGNORECASE)
@@ -55,6 +57,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            **log_ids(),
             **_extras(record),
         }
         if record.exc_info:

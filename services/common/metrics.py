@@ -115,6 +115,31 @@ API_CALLS = ApiCallCollector()
 REGISTRY.register(API_CALLS)
 
 
+class HeartbeatCollector(Collector):
+    """How long each worker's consume loop has been silent, read at scrape time: the loop
+    beats while it is alive, idle or holding a batch, so a growing age is a stuck consumer."""
+
+    def __init__(self) -> None:
+        self.silent_for: dict[str, Callable[[], float]] = {}
+
+    def track(self, role: str, silent_for: Callable[[], float]) -> None:
+        self.silent_for[role] = silent_for
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        age = GaugeMetricFamily(
+            "ownersync_worker_heartbeat_age_seconds",
+            "Seconds since the worker's consume loop last beat",
+            labels=["role"],
+        )
+        for role, silent_for in self.silent_for.items():
+            age.add_metric([role], silent_for())
+        yield age
+
+
+HEARTBEATS = HeartbeatCollector()
+REGISTRY.register(HEARTBEATS)
+
+
 def record_decision(event_type: str, rule: str, refused: bool = False) -> None:
     counter = EVENTS_SKIPPED if refused or rule in NO_CHANGE_RULES else EVENTS_APPLIED
     counter.labels(event_type, rule).inc()

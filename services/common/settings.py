@@ -153,6 +153,11 @@ class Settings(BaseSettings):
         description="key ring sealing stored secrets: `kid:BASE64KEY[,kid:OLDKEY…]`, the first "
         "seals, all open; unset = no secret can be stored",
     )
+    trace_url_template: str | None = Field(
+        None,
+        description="the console links a decision to its trace here, `{trace_id}` filled in "
+        "(e.g. https://grafana.example/explore?traceId={trace_id}); unset = no link",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"
 

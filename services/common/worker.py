@@ -35,7 +35,7 @@ from tenacity import (
     wait_random,
 )
 
-from services.common import metrics
+from services.common import metrics, tracing
 from services.common.broker.base import AnyEvent, Broker, Delivery, QueueRole
 from services.common.db import store
 from services.common.domain import TenantPolicy
@@ -345,18 +345,19 @@ async def _consume(
                 break
             batch, next_batch = next_batch.result(), None
             # Shielded: a stop during the batch lets it finish, commit and ack.
-            await asyncio.shield(
-                _hold_and_apply(
-                    engine,
-                    batch,
-                    handle,
-                    broker,
-                    role=role,
-                    stop=stop,
-                    backoff=backoff,
-                    stats=stats,
+            with tracing.processing(role.value, batch):
+                await asyncio.shield(
+                    _hold_and_apply(
+                        engine,
+                        batch,
+                        handle,
+                        broker,
+                        role=role,
+                        stop=stop,
+                        backoff=backoff,
+                        stats=stats,
+                    )
                 )
-            )
             events = sum(d.size for d in batch)
             metrics.BATCH_SIZE.labels(role.value).observe(events)
             stats.batches += 1

@@ -50,7 +50,7 @@ from sqlalchemy import bindparam, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.common import metrics
+from services.common import metrics, tracing
 from services.common.db.store import Answered, apply_relay_answers, record_from_row
 from services.common.db.tables import outbox, records, relay_leases
 from services.common.domain import (
@@ -168,6 +168,7 @@ class _Group:
     attempts: int
     written_at: datetime
     tried_before: bool = False
+    traceparent: str | None = None  # the trace of the newest row's decision
     sent: Effect | None = None  # what the call carried (or would have: see `unchanged`)
     unchanged: bool = False  # this relay sent that state last: no call made
 
@@ -464,6 +465,7 @@ class Relay:
                 group.row_ids.append(m[outbox.c.id])
                 group.payload = m[outbox.c.payload]
                 group.event_id = m[outbox.c.event_id]
+                group.traceparent = m[outbox.c.traceparent]
                 group.attempts = max(group.attempts, m[outbox.c.attempts])
                 # Sending already: a relay claimed it and never settled (it died, or was
                 # fenced). Due later than written: it waited after a try, or for the quota.
@@ -535,8 +537,11 @@ class Relay:
                 return Learned()
             attempt = Attempt(group.tenant_id, group.written_at, group.tried_before)
             try:
-                async with asyncio.timeout(left):
-                    return await self.senders.send(group.record, effect, attempt)
+                with tracing.sending(
+                    group.traceparent, target=group.target, kind=group.kind, tenant=group.tenant_id
+                ):
+                    async with asyncio.timeout(left):
+                        return await self.senders.send(group.record, effect, attempt)
             except TimeoutError as exc:
                 raise LeaseRunningOut(
                     f"send of record {claim.record_id} outlasted {self.send_window:.0f}s of its "
@@ -574,6 +579,11 @@ class Relay:
 
     async def _settle_batch(self, items: list[tuple[_Claim, list[Outcome]]]) -> None:
         """Settle records in one transaction; if that fails, each in its own."""
+        traces = {g.event_id: g.traceparent for claim, _ in items for g in claim.groups}
+        with tracing.answering(traces):
+            await self._settle_many(items)
+
+    async def _settle_many(self, items: list[tuple[_Claim, list[Outcome]]]) -> None:
         if len(items) > 1:
             try:
                 await self._settle(items)

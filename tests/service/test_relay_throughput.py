@@ -164,9 +164,11 @@ async def test_records_reassigned_five_times_against_a_slow_ae_cost_one_write_of
 async def test_relay_keeps_five_calls_in_flight_per_business_unit_and_never_more(
     world: World,
 ) -> None:
-    count = 80
+    count = 60
     await world.created(count)
-    world.ae.faults.configure(latency_ms=100, latency_max_ms=300, seed=7)
+    # Widely spread answers (mean 250 ms): a relay in lockstep waits for the slowest of each
+    # batch with slots idle; one that pipelines starts a call as soon as one ends.
+    world.ae.faults.configure(latency_ms=50, latency_max_ms=450, seed=7)
     world.ae.reset_counts()
     # Ten records outstanding at most: a relay that waited for a whole batch to be answered
     # before claiming more would leave slots idle behind each batch's slowest call.
@@ -185,8 +187,9 @@ async def test_relay_keeps_five_calls_in_flight_per_business_unit_and_never_more
     assert len(world.ae.calls("PATCH")) == count
     assert 429 not in world.ae.calls()
     assert world.ae.max_in_flight_by_unit[world.unit] == 5
-    # 5 when every slot is always busy; a relay in lockstep passes measured 3.6 here.
-    assert world.ae.mean_in_flight() >= 4.2, world.ae.mean_in_flight()
+    # 5 when every slot is always busy: 4.1-4.3 measured on a machine loaded 4x over, where
+    # the relay of lockstep passes (each batch sent, then settled) measured 3.2-3.3.
+    assert world.ae.mean_in_flight() >= 3.8, world.ae.mean_in_flight()
     # Kept-alive connections: no more than the calls ever in flight at once.
     assert len(world.ae.connections) <= 5
 

@@ -76,6 +76,7 @@ class Delivery:
     ack_through: Callable[[], Awaitable[None]] | None = None
     tag: int = 0
     retries: int = 0  # delayed retries this message already had
+    trace: Mapping[str, str] = field(default_factory=dict)  # its W3C trace context headers
 
     @classmethod
     def decode(

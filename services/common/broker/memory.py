@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
+from services.common import tracing
 from services.common.broker.base import (
     BINDINGS,
     AnyEvent,
@@ -20,6 +21,8 @@ from services.common.broker.base import (
 from services.common.messages import dump_events, split_message
 from services.common.metrics import EVENTS_DEAD_LETTERED
 
+_Queued = tuple[bytes, int, int, Mapping[str, str]]
+
 
 class MemoryBroker:
     def __init__(
@@ -28,8 +31,8 @@ class MemoryBroker:
         self.delivery_limit = delivery_limit
         self.retry_limit = retry_limit
         self.retry_delay = retry_delay
-        # (body, earlier deliveries, earlier delayed retries)
-        self._queues: dict[QueueRole, asyncio.Queue[tuple[bytes, int, int]]] = {}
+        # (body, earlier deliveries, earlier delayed retries, trace context headers)
+        self._queues: dict[QueueRole, asyncio.Queue[_Queued]] = {}
         self.dead_letters: list[DeadLetter] = []
         self._ids = itertools.count(1)
 
@@ -39,11 +42,12 @@ class MemoryBroker:
 
     async def publish(self, events: Sequence[AnyEvent]) -> None:
         await self.connect()
-        for routing_key, same_type in group_by_type(events).items():
-            body = dump_events(same_type)
-            for role, pattern in BINDINGS.items():
-                if topic_matches(pattern, routing_key):
-                    self._queues[role].put_nowait((body, 0, 0))
+        with tracing.publishing("memory", len(events)) as trace:
+            for routing_key, same_type in group_by_type(events).items():
+                body = dump_events(same_type)
+                for role, pattern in BINDINGS.items():
+                    if topic_matches(pattern, routing_key):
+                        self._queues[role].put_nowait((body, 0, 0, trace))
 
     async def consume(
         self, role: QueueRole, *, batch_size: int, batch_wait: float
@@ -63,7 +67,9 @@ class MemoryBroker:
                 size += batch[-1].size
             yield batch
 
-    def _delivery(self, role: QueueRole, body: bytes, count: int, retries: int) -> Delivery:
+    def _delivery(
+        self, role: QueueRole, body: bytes, count: int, retries: int, trace: Mapping[str, str]
+    ) -> Delivery:
         async def settle(outcome: Outcome, reason: str | None) -> None:
             queue = self._queues[role]
             if outcome is Outcome.REQUEUE:
@@ -71,7 +77,7 @@ class MemoryBroker:
                     limit = f"delivery limit {self.delivery_limit} reached"
                     self._park(role, body, f"{limit}: {reason}" if reason else limit)
                 else:
-                    queue.put_nowait((body, count + 1, retries))
+                    queue.put_nowait((body, count + 1, retries, trace))
             elif outcome is Outcome.RETRY:
                 if retries >= self.retry_limit:
                     limit = f"retry limit {self.retry_limit} reached"
@@ -79,12 +85,14 @@ class MemoryBroker:
                 else:
                     # A fresh delivery count, like a copy coming back from the retry queue.
                     loop = asyncio.get_running_loop()
-                    loop.call_later(self.retry_delay, queue.put_nowait, (body, 0, retries + 1))
+                    again = (body, 0, retries + 1, trace)
+                    loop.call_later(self.retry_delay, queue.put_nowait, again)
             elif outcome is Outcome.DEAD_LETTER:
                 self._park(role, body, reason or "dead-lettered")
 
         delivery = Delivery.decode(body, count, settle)
         delivery.retries = retries
+        delivery.trace = trace
         return delivery
 
     def _park(self, role: QueueRole, body: bytes, reason: str) -> None:

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -31,6 +31,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from services.common import tracing
 from services.common.broker.base import (
     BINDINGS,
     DEAD_LETTERS,
@@ -156,14 +157,15 @@ class RabbitBroker:
         await self.connect()
         assert self._exchange is not None
         exchange = self._exchange
-        messages = [(_message(same), rk) for rk, same in group_by_type(events).items()]
-        try:
-            async with asyncio.timeout(self.publish_timeout):
-                await asyncio.gather(
-                    *(exchange.publish(m, routing_key=rk, mandatory=True) for m, rk in messages)
-                )
-        except Exception as exc:
-            raise BrokerUnavailable(f"RabbitMQ did not confirm the publish: {exc!r}") from exc
+        with tracing.publishing(self.exchange_name, len(events)) as trace:
+            messages = [(_message(same, trace), rk) for rk, same in group_by_type(events).items()]
+            try:
+                async with asyncio.timeout(self.publish_timeout):
+                    await asyncio.gather(
+                        *(exchange.publish(m, routing_key=rk, mandatory=True) for m, rk in messages)
+                    )
+            except Exception as exc:
+                raise BrokerUnavailable(f"RabbitMQ did not confirm the publish: {exc!r}") from exc
 
     async def consume(
         self, role: QueueRole, *, batch_size: int, batch_wait: float
@@ -382,6 +384,7 @@ class _Consumer:
         delivery.ack_through = ack_through
         delivery.tag = int(message.delivery_tag or 0)
         delivery.retries = retries
+        delivery.trace = tracing.carried(headers)
         return delivery
 
 
@@ -406,7 +409,7 @@ def copy_of(
     )
 
 
-def _message(events: list[AnyEvent]) -> aio_pika.Message:
+def _message(events: list[AnyEvent], trace: Mapping[str, str]) -> aio_pika.Message:
     first = events[0]
     return aio_pika.Message(
         dump_events(events),
@@ -414,7 +417,12 @@ def _message(events: list[AnyEvent]) -> aio_pika.Message:
         # A single event keeps its own id; a message of several is named after its events.
         message_id=str(first.event_id if len(events) == 1 else _message_id(events)),
         type=first.type,
-        headers={"tenant": first.tenant, "version": first.version, "events": len(events)},
+        headers={
+            "tenant": first.tenant,
+            "version": first.version,
+            "events": len(events),
+            **trace,
+        },
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
     )
 

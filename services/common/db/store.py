@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.common import tracing
 from services.common.db.tables import (
     ae_users,
     audit_log,
@@ -364,6 +365,7 @@ def audit_row(
         "after": _jsonable(after),
         "reason": reason,
         "created_at": now,
+        "trace_id": tracing.trace_id_for(cause.event_id),
     }
 
 
@@ -382,6 +384,7 @@ def outbox_row(
         "attempts": 0,
         "next_attempt_at": now,
         "created_at": now,
+        "traceparent": tracing.traceparent_for(cause.event_id),
     }
 
 

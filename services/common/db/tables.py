@@ -217,6 +217,7 @@ audit_log = Table(
     Column("after", JSON),
     Column("reason", Text, nullable=False),
     Column("created_at", TS, nullable=False),
+    Column("trace_id", String(32), doc="the OpenTelemetry trace of the decision, when traced"),
     Index("ix_audit_log_tenant_record", "tenant_id", "record_id"),
 )
 
@@ -238,6 +239,7 @@ outbox = Table(
     Column("done_at", TS),
     Column("lease_owner", String(128), doc="the relay replica sending the row (status sending)"),
     Column("lease_version", BigInteger, doc="the fencing version of that replica's record lease"),
+    Column("traceparent", String(55), doc="W3C trace context of the decision, for the send"),
     CheckConstraint(
         "status in ('pending', 'sending', 'done', 'superseded', 'dead', 'discarded')",
         name="status",
