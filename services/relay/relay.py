@@ -2,13 +2,14 @@
 
 Coalescing by state, not by time. A record's pending rows are sent as one call carrying the
 record's latest decided state: an AE prospect upsert is built from the `records` row read just
-before the call (not from an older row's payload), an SF upsert is the newest pending row read
-then. Every older pending row of the record is superseded by that call, and so are rows that
+before the call (not from an older row's payload), an SF upsert is the newest pending row at the
+claim. Every older pending row of the record is superseded by that call, and so are rows that
 appear while the call is in flight when the state sent already is the record's state once the
-call is answered (and no change came from that system meanwhile). A record this relay sent last
-(its lease version grew by one since: no other relay sent it) whose latest state is the one sent
-costs no call at all. So a record reassigned five times costs one write when the changes land
-before or during its send, whatever the window (`coalesce`, an optional extra wait), and a write
+call is answered (and no change came from that system meanwhile). A record whose latest state
+is the one its last settled send carried (kept with its lease, so any replica knows; the lease
+version grew by one since: nothing was tried in between) costs no call at all. So a record
+reassigned five times costs one write when the changes land before or during its send,
+whatever the window (`coalesce`, an optional extra wait), and a write
 never carries an owner older than the newest decided when the call starts.
 
 Safe at N replicas. A claim takes due rows with `FOR UPDATE SKIP LOCKED` and a lease on each of
@@ -42,7 +43,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, assert_never
 
@@ -62,6 +63,7 @@ from services.common.domain import (
     SfRecordUpsert,
     Target,
     effect_from_outbox,
+    effect_payload,
 )
 from services.relay.retry import Rejected, classify, next_quota_day, retry_delay
 
@@ -182,23 +184,14 @@ class _Claim:
     version: int
     groups: list[_Group]
     deadline: float = 0.0
-
-
-@dataclass(frozen=True)
-class _Sent:
-    """What this relay last sent of a record's effect kind, under which lease version, and the
-    record's stamp of the target system's own changes then."""
-
-    version: int
-    effect: Effect
-    stamp: datetime | None
+    # The lease's `sent`: by effect kind, what the last settled send carried ("effect"), under
+    # which lease version ("v"), and the record's stamp of the target's own changes ("stamp").
+    sent: dict[str, Any] = field(default_factory=dict)
 
 
 Outcome = Learned | BaseException
 # Sends of a lane that read their state while its calls are all in flight.
 READ_AHEAD = 2
-# How many records' last sends are remembered (a few MB at most).
-REMEMBERED = 100_000
 
 
 class Relay:
@@ -238,7 +231,6 @@ class Relay:
         self.wake = asyncio.Event()
         self._observed_at = 0.0
         self._lanes: dict[tuple[str, Target], asyncio.Semaphore] = {}
-        self._last_sent: dict[tuple[int, str], _Sent] = {}
         self._outstanding = 0
         self._freed = asyncio.Event()
 
@@ -420,9 +412,10 @@ class Relay:
             wanted = sorted({r.record_id for r in found})
             if not wanted:
                 return []
-            versions = await self._take_leases(conn, wanted, now)
-            if not versions:
+            taken = await self._take_leases(conn, wanted, now)
+            if not taken:
                 return []
+            versions = {record_id: version for record_id, (version, _) in taken.items()}
             # All pending rows of those records, due or backing off: the newest state wins.
             # A row another relay's claim holds locked right now (it lost the lease race) is
             # left for the next pass, after this one: waiting for it could deadlock.
@@ -447,7 +440,8 @@ class Relay:
                 record_id, kind = m[outbox.c.record_id], m[outbox.c.kind]
                 claim = claims.get(record_id)
                 if claim is None:
-                    claim = claims[record_id] = _Claim(record_id, versions[record_id], [])
+                    version, sent = taken[record_id]
+                    claim = claims[record_id] = _Claim(record_id, version, [], sent=sent)
                 group = groups.get((record_id, kind))
                 if group is None:
                     group = groups[(record_id, kind)] = _Group(
@@ -486,9 +480,10 @@ class Relay:
 
     async def _take_leases(
         self, conn: AsyncConnection, record_ids: list[int], now: datetime
-    ) -> dict[int, int]:
-        """Lease the records no other relay holds: their fencing versions. Inserted in record
-        order, so that two relays taking overlapping sets wait for each other, never deadlock."""
+    ) -> dict[int, tuple[int, dict[str, Any]]]:
+        """Lease the records no other relay holds: their fencing versions and what their last
+        settled sends carried. Inserted in record order, so that two relays taking overlapping
+        sets wait for each other, never deadlock."""
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         expires = now + self.lease
         insert = dialect.insert(relay_leases).values(
@@ -505,8 +500,8 @@ class Relay:
                 "expires_at": insert.excluded.expires_at,
             },
             where=relay_leases.c.expires_at <= now,
-        ).returning(relay_leases.c.record_id, relay_leases.c.version)
-        return {r.record_id: r.version for r in await conn.execute(taken)}
+        ).returning(relay_leases.c.record_id, relay_leases.c.version, relay_leases.c.sent)
+        return {r.record_id: (r.version, dict(r.sent or {})) for r in await conn.execute(taken)}
 
     def _lane(self, group: _Group) -> asyncio.Semaphore:
         """The sends of one tenant to one system under way at once: its `concurrency` calls
@@ -554,28 +549,18 @@ class Relay:
         return record_from_row(row) if row is not None else claimed
 
     def _sent_last(self, claim: _Claim, group: _Group, effect: Effect) -> bool:
-        """This relay sent exactly this state last, and no one has sent since: no relay claimed
-        the record in between (its lease version grew by one) and the target system reported
-        no change of its own. Never for a create, which has to happen."""
-        last = self._last_sent.get((claim.record_id, group.kind))
-        if last is None or _creates(group):
+        """The last settled send of this kind (by any replica) carried exactly this state, and
+        nothing may have been sent since: no relay claimed the record in between (its lease
+        version grew by one since, even a claim whose send failed counts) and the target
+        reported no change of its own. Never for a create, which has to happen."""
+        last = claim.sent.get(group.kind)
+        if not isinstance(last, dict) or _creates(group):
             return False
         return (
-            last.version + 1 == claim.version
-            and last.effect == effect
-            and last.stamp == _stamp(group.target, group.record)
+            last.get("v") == claim.version - 1
+            and last.get("effect") == effect_payload(effect)
+            and last.get("stamp") == _stamp_text(group.target, group.record)
         )
-
-    def _remember(self, claim: _Claim, group: _Group) -> None:
-        # The stamp read before the call: a change the target reported during it means the
-        # call may not be what the target holds.
-        if group.sent is None:
-            return
-        key = (claim.record_id, group.kind)
-        self._last_sent.pop(key, None)
-        if len(self._last_sent) >= REMEMBERED:
-            del self._last_sent[next(iter(self._last_sent))]  # the oldest remembered
-        self._last_sent[key] = _Sent(claim.version, group.sent, _stamp(group.target, group.record))
 
     async def _settle_batch(self, items: list[tuple[_Claim, list[Outcome]]]) -> None:
         """Settle records in one transaction; if that fails, each in its own."""
@@ -665,9 +650,9 @@ class Relay:
                 )
             await apply_relay_answers(conn, answered, now)
             await self._supersede_covered(conn, sent, now)
+            await self._record_sent(conn, sent)
         # Once committed.
-        for claim, group in sent:
-            self._remember(claim, group)
+        for _, group in sent:
             if group.unchanged:
                 self.unchanged += 1
                 continue
@@ -679,6 +664,28 @@ class Relay:
                     "target": group.target,
                     "coalesced": len(group.row_ids),
                 },
+            )
+
+    async def _record_sent(self, conn: AsyncConnection, sent: list[tuple[_Claim, _Group]]) -> None:
+        """Keep with each lease what its send carried, for the next claim of the record (by
+        any replica). The stamp is the one read before the call: a change the target reported
+        during it means the call may not be what the target holds."""
+        states: dict[int, dict[str, Any]] = {}
+        for claim, group in sent:
+            if group.sent is None:
+                continue
+            state = states.setdefault(claim.record_id, dict(claim.sent))
+            state[group.kind] = {
+                "v": claim.version,
+                "effect": effect_payload(group.sent),
+                "stamp": _stamp_text(group.target, group.record),
+            }
+        if states:
+            await conn.execute(
+                update(relay_leases)
+                .where(relay_leases.c.record_id == bindparam("rid"))
+                .values(sent=bindparam("sent_state")),
+                [{"rid": rid, "sent_state": state} for rid, state in states.items()],
             )
 
     async def _release(
@@ -806,6 +813,11 @@ def _creates(group: _Group) -> bool:
 def _stamp(target: Target, record: RecordState) -> datetime | None:
     """When the target system itself last changed the record, as far as ownersync heard."""
     return record.ae_modstamp if target == "ae" else record.last_modstamp
+
+
+def _stamp_text(target: Target, record: RecordState) -> str | None:
+    stamp = _stamp(target, record)
+    return stamp.isoformat() if stamp is not None else None
 
 
 def _covers(group: _Group, now: RecordState, newest: Mapping[str, Any]) -> bool:
