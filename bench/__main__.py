@@ -1,9 +1,10 @@
 """`python -m bench` (`make bench`): ownersync end to end against the real Postgres and RabbitMQ.
 
-Starts sim, receiver, syncer and relay as separate processes on a database of its own and a
-queue prefix of its own, posts SF outbound messages of 100 notifications over HTTP and prints
-each figure beside its target and beside a raw aio-pika + asyncpg baseline measured in the same
-run. Not a test: it exits 0 when targets are missed; 1 only when it could not measure.
+Starts sim, receiver, assigner, syncer and relay as separate processes on a database of its
+own and a queue prefix of its own, posts SF outbound messages of 100 notifications and signed AE
+webhooks over HTTP and prints each figure beside its target and beside a raw aio-pika + asyncpg
+baseline measured in the same run. Not a test: it exits 0 when targets are missed; 1 only when
+it could not measure.
 """
 
 from __future__ import annotations
@@ -25,7 +26,30 @@ QUICK = {
     "latency_seconds": 3.0,
     "reassign_records": 20,
     "reassign_times": 3,
+    "webhooks": 10,
+    "drain_timeout": 3.0,
 }
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    """--preload 1000000,3000000 (or 1e6,3e6): rows per table at each level."""
+    try:
+        levels = tuple(int(float(part)) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of row counts: {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("row counts are >= 1")
+    return levels
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of fractions: {text!r}") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError("fractions lie in (0, 1]")
+    return values
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +62,35 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--latency-seconds", type=float, help="length of the fixed-rate phase, seconds [20]"
     )
-    p.add_argument("--rate", type=float, default=1000.0, help="offered notifications/s [1000]")
+    p.add_argument(
+        "--rate",
+        type=float,
+        help="offered notifications/s of the latency phase [fractions of the measured capacity]",
+    )
+    p.add_argument(
+        "--fractions",
+        type=_fractions,
+        default=(0.25, 0.5),
+        help="latency phases at these fractions of the throughput just measured [0.25,0.5]",
+    )
+    p.add_argument(
+        "--preload",
+        type=_levels,
+        default=(),
+        metavar="N[,N...]",
+        help="after the phases, fill records, inbox, audit_log and outbox with N rows each "
+        "(several levels: a trend) and measure the throughput again at each [none]",
+    )
+    p.add_argument(
+        "--webhooks",
+        type=int,
+        help="AE webhooks per kind of assignment in the AE-to-SF phase [300]",
+    )
+    p.add_argument(
+        "--no-relay-rate",
+        action="store_true",
+        help="skip the relay's sustained-rate phase (bench/relay_rate.py)",
+    )
     p.add_argument("--reassign-records", type=int, help="records of the AE-calls phase [200]")
     p.add_argument("--reassign-times", type=int, help="reassignments of each record [5]")
     p.add_argument("--baseline-notifications", type=int, help="baseline size [= --notifications]")
@@ -63,11 +115,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="ANALYZE inbox, records, outbox, audit_log every SECONDS during the run, as "
         "autovacuum would [10 when the server's autovacuum is off, else 0 = never]",
     )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        help="longest wait for the relay to empty the outbox between phases; what is left is "
+        "reported [= --settle-timeout; --quick: 3]",
+    )
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke-sized run: 3,000 notifications, 3 s at the rate, 20 records x 3",
+        help="a smoke-sized run: 3,000 notifications, 3 s per latency phase, 20 records x 3, "
+        "10 webhooks per kind",
     )
     args = p.parse_args(argv)
     defaults = (
@@ -78,6 +137,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             "latency_seconds": 20.0,
             "reassign_records": 200,
             "reassign_times": 5,
+            "webhooks": 300,
+            "drain_timeout": args.settle_timeout,
         }
     )
     for name, value in defaults.items():
@@ -87,6 +148,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.baseline_notifications = args.notifications
     if args.reassign_times < 1 or args.reassign_records < 1 or args.notifications < 100:
         p.error("--notifications >= 100, --reassign-records and --reassign-times >= 1")
+    if args.webhooks < 0:
+        p.error("--webhooks >= 0")
     return args
 
 
@@ -104,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         baseline_notifications=args.baseline_notifications,
         settle_timeout=args.settle_timeout,
         analyze_every=args.analyze_every,
+        fractions=args.fractions,
+        preload=args.preload,
+        webhooks=args.webhooks,
+        relay_rate=not args.no_relay_rate,
+        drain_timeout=args.drain_timeout,
     )
     console = Console(emoji=False, highlight=False)
     if not console.is_terminal:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -26,13 +27,13 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-def _database_name(url: str) -> str:
+def database_name(url: str) -> str:
     return asyncpg_url(url).rsplit("/", 1)[1].split("?", 1)[0]
 
 
 async def prepare_database(url: str) -> None:
     """CREATE DATABASE if missing, then an empty `public` schema (Alembic fills it)."""
-    name = _database_name(url)
+    name = database_name(url)
     if not name.replace("_", "").isalnum():
         raise ValueError(f"unexpected database name {name!r}")
     maintenance = asyncpg_url(url).rsplit("/", 1)[0] + "/postgres"
@@ -70,6 +71,9 @@ class Store:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+        # Entries processed before this are not the run's (the preload's are older): counting
+        # from it reads the processed_at index, not a table of millions of rows.
+        self.since = datetime.now(UTC) - timedelta(minutes=5)
 
     @classmethod
     async def connect(cls, url: str) -> Store:
@@ -79,18 +83,25 @@ class Store:
         await self.conn.close()
 
     async def inbox_count(self) -> int:
-        return int(await self.conn.fetchval("select count(*) from inbox"))
+        query = "select count(*) from inbox where processed_at >= $1"
+        return int(await self.conn.fetchval(query, self.since))
 
     async def pending_effects(self) -> int:
         unsent = "select count(*) from outbox where status in ('pending', 'sending')"
         return int(await self.conn.fetchval(unsent))
 
-    async def settled_effects(self) -> int:
+    async def settled_effects(self, after_id: int = 0) -> int:
+        """Settled outbox rows of id > after_id (an id range: the preload's rows are older)."""
         return int(
             await self.conn.fetchval(
-                "select count(*) from outbox where status in ('done', 'superseded', 'dead')"
+                "select count(*) from outbox "
+                "where id > $1 and status in ('done', 'superseded', 'dead')",
+                after_id,
             )
         )
+
+    async def last_outbox_id(self) -> int:
+        return int(await self.conn.fetchval("select coalesce(max(id), 0) from outbox"))
 
     async def dead_letters(self) -> int:
         return int(await self.conn.fetchval("select count(*) from outbox where status = 'dead'"))

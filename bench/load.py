@@ -45,6 +45,7 @@ class Fixture:
     reassigned_action: str
     ae_user_of: dict[str, int]
     endpoint_key: str | None
+    webhook_secret: str
 
     @classmethod
     def read(cls, path: Path) -> Fixture:
@@ -62,6 +63,7 @@ class Fixture:
             reassigned_action=actions.get("record-reassigned", to18("04k5g0000ECR19BAQT")),
             ae_user_of={c.salesforce_user: c.engagement_user for c in data.connected_users},
             endpoint_key=data.salesforce_endpoint_key,
+            webhook_secret=str(data.webhook_secret),
         )
 
     @property
@@ -81,6 +83,7 @@ class Message:
     notification_ids: tuple[str, ...]
     duplicate: bool = False
     stale: int = 0  # notifications in it with an older SystemModstamp than already sent
+    owners: tuple[tuple[str, str], ...] = ()  # (SF record, owner) it sets, stale ones left out
 
     @property
     def size(self) -> int:
@@ -149,7 +152,13 @@ class Workload:
         )
         return OutboundNotification(self._sf_id("04l"), "Lead", fields, 0)
 
-    def _message(self, kind: str, notes: Sequence[OutboundNotification], stale: int = 0) -> Message:
+    def _message(
+        self,
+        kind: str,
+        notes: Sequence[OutboundNotification],
+        stale: int = 0,
+        owners: Sequence[tuple[str, str]] = (),
+    ) -> Message:
         f = self.fixture
         org15 = f.org_id[:15]
         body = build_outbound_message(
@@ -161,7 +170,8 @@ class Workload:
         )
         action: SfAction = "record-created" if kind == "created" else "record-reassigned"
         path = sf_outbound_url("", f.tenant, action, f.endpoint_key)
-        return Message(kind, path, body, tuple(n.notification_id for n in notes), stale=stale)
+        ids = tuple(n.notification_id for n in notes)
+        return Message(kind, path, body, ids, stale=stale, owners=tuple(owners))
 
     # ---- message kinds
 
@@ -169,7 +179,7 @@ class Workload:
         records = [self.new_record(self.rng.choice(owners), index) for _ in range(size)]
         self.pool.extend(records)
         notes = [self._notification(r, r.owner, r.created) for r in records]
-        return self._message("created", notes)
+        return self._message("created", notes, owners=[(r.id, r.owner) for r in records])
 
     def _new_owner(self, current: str) -> str:
         f = self.fixture
@@ -197,6 +207,7 @@ class Workload:
     def reassigned_message(self, index: int, size: int, stale: int, lag: int) -> Message:
         taken: set[str] = set()
         notes: list[OutboundNotification] = []
+        owners: list[tuple[str, str]] = []
         for position in range(size):
             record = self._eligible(index, lag, taken)
             taken.add(record.id)
@@ -209,9 +220,10 @@ class Workload:
             record.owner = self._new_owner(record.owner)
             record.modstamp = self.tick()
             record.last_message = index
+            owners.append((record.id, record.owner))
             notes.append(self._notification(record, record.owner, record.modstamp))
         self.rng.shuffle(notes)
-        return self._message("reassigned", notes, stale)
+        return self._message("reassigned", notes, stale, owners)
 
     # ---- the two workloads
 
@@ -258,7 +270,12 @@ class Workload:
         for position in sorted(positions, reverse=True):
             original = messages[self.rng.randint(max(0, position - 30), max(0, position - 1))]
             copy = Message(
-                original.kind, original.path, original.body, original.notification_ids, True
+                original.kind,
+                original.path,
+                original.body,
+                original.notification_ids,
+                True,
+                owners=original.owners,
             )
             messages.insert(position + 1, copy)
         return messages
@@ -280,19 +297,21 @@ class Workload:
         create_notes = [self._notification(r, r.owner, r.created) for r in made]
         step = within / (times + 1)
         reassign_notes: list[OutboundNotification] = []
+        moves: list[tuple[str, str]] = []
         for round_no in range(1, times + 1):
             stamp = start + step * round_no
             for record in made:
                 record.owner = f.bob if record.owner == f.alice else f.alice
                 record.modstamp = stamp
                 reassign_notes.append(self._notification(record, record.owner, stamp))
+                moves.append((record.id, record.owner))
         self.clock = max(self.clock, start + within) + timedelta(seconds=1)
         creates = [
             self._message("created", create_notes[i : i + size])
             for i in range(0, len(create_notes), size)
         ]
         reassigns = [
-            self._message("reassigned", reassign_notes[i : i + size])
+            self._message("reassigned", reassign_notes[i : i + size], owners=moves[i : i + size])
             for i in range(0, len(reassign_notes), size)
         ]
         return creates, reassigns, {r.id: r.owner for r in made}
@@ -404,3 +423,14 @@ async def post_paced(base_url: str, messages: Sequence[Message], per_second: flo
         await asyncio.gather(*tasks)
     acked = [p.acked_at for p in posted if p.acked_at is not None]
     return PostRun(posted, posted[0].sent_at, max(acked, default=time.monotonic()))
+
+
+def last_moves(posted: Sequence[Posted]) -> dict[str, tuple[float, str]]:
+    """Per SF record, the send time (epoch) and owner of the last notification that moved it
+    (first posts only: a duplicate moves nothing)."""
+    last: dict[str, tuple[float, str]] = {}
+    for p in sorted(posted, key=lambda p: p.sent_wall):
+        if not p.message.duplicate:
+            for record, owner in p.message.owners:
+                last[record] = (p.sent_wall, owner)
+    return last

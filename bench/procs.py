@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -193,7 +194,16 @@ def _spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C to the benchmark is not sent to the roles
+            preexec_fn=_die_with_parent,
         )
+
+
+def _die_with_parent() -> None:
+    """SIGTERM the role when the benchmark dies, even killed (a test's timeout): an orphaned
+    relay would keep claiming rows of the next run's database."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass

@@ -2,18 +2,27 @@
 
 Phases, in this order (the figures are printed in the issue's order):
   1. baseline   raw aio-pika + asyncpg, while the roles sit idle on the same services
-  2. ae-calls   records reassigned several times within a minute: AE calls vs records changed
-  3. latency    a fixed offered load (default 1,000 notifications/s): receipt-to-decision
+  2. ae-calls   records reassigned several times within a minute: AE calls vs records changed,
+                and receipt of each record's last change to the AE call carrying it
+  3. ae-to-sf   signed AE webhooks (assign to a user, round robin, the active rule) until SF
+                has the lead: webhooks/s end to end and receipt to the SF call; run while the
+                outbox is empty, so that SF calls queue behind nothing
   4. throughput as fast as the receiver acks: notifications/s received and applied end to end
-Between phases the system is left to settle (inbox complete, outbox empty), so a phase does not
-pay for the relay's backlog of the previous one; after the last phase it is not (the relay's
-progress is reported instead).
+                (the capacity the next phase takes fractions of)
+  5. latency    25% and 50% of that capacity (or --rate): receipt-to-decision, and receipt to
+                the AE call
+  6. preload    (--preload) the tables filled with N rows each, then throughput again
+  7. relay      the relay's sustained AE rate (bench/relay_rate.py, when present)
+Between phases the relay is left to empty the outbox (for at most --drain-timeout), so a phase
+does not pay for the backlog of the previous one; what it left is reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import inspect
 import shutil
 import tempfile
 import time
@@ -24,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bench import baseline, db, load
+from bench import baseline, db, engagement, load, preload
 from bench.dbwait import DbSampler
 from bench.histogram import Buckets, exact_quantile, scrape
 from bench.procs import REPO, CpuMeter, Services, free_port
@@ -52,7 +61,7 @@ OWN_SETTINGS = {
 class Options:
     notifications: int
     latency_seconds: float
-    rate: float
+    rate: float | None  # None: fractions of the measured capacity
     reassign_records: int
     reassign_times: int
     database_url: str
@@ -62,11 +71,19 @@ class Options:
     settle_timeout: float
     analyze_every: float | None = None  # None: every 10 s when the server's autovacuum is off
     quiet: bool = False
+    fractions: tuple[float, ...] = (0.25, 0.5)
+    preload: tuple[int, ...] = ()  # rows per table, cumulative levels
+    webhooks: int = 300  # per kind of assignment, in the AE-to-SF phase
+    relay_rate: bool = True  # run bench/relay_rate.py's phase when it exists
+    drain_timeout: float | None = None  # None: settle_timeout
+
+
+_STARTED = time.monotonic()
 
 
 def _say(options: Options, text: str) -> None:
     if not options.quiet:
-        print(f"[bench] {text}", flush=True)
+        print(f"[bench {time.monotonic() - _STARTED:6.1f}s] {text}", flush=True)
 
 
 def _tuning() -> dict[str, Any]:
@@ -125,6 +142,9 @@ class Bench:
                 "notifications": options.notifications,
                 "latency_seconds": options.latency_seconds,
                 "rate": options.rate,
+                "fractions": list(options.fractions),
+                "preload": list(options.preload),
+                "webhooks": options.webhooks,
                 "reassign_records": options.reassign_records,
                 "reassign_times": options.reassign_times,
                 "concurrency": options.concurrency,
@@ -157,10 +177,13 @@ class Bench:
             )
             self.analyzer = db.Analyzer(self.o.database_url, every)
             self.analyzer.start()
-        for name in ("ae", "sf", "receiver", "syncer", "relay"):
+        for name in ("ae", "sf", "receiver", "assigner", "syncer", "relay"):
             self.ports[name] = free_port()
         ae, sf = self.ports["ae"], self.ports["sf"]
-        _say(self.o, f"starting sim, receiver, syncer, relay (queues bench-{self.run_id}.*)")
+        _say(
+            self.o,
+            f"starting sim, receiver, assigner, syncer, relay (queues bench-{self.run_id}.*)",
+        )
         self.services.start(
             "sim",
             ["sim", "--tenant", str(TENANT_FILE), "--port", str(ae), "--sf-port", str(sf)],
@@ -170,6 +193,12 @@ class Bench:
             "receiver",
             ["receiver", "--port", str(self.ports["receiver"])],
             health_url=f"{self.receiver_url}/readyz",
+        )
+        self.services.start(
+            "assigner",
+            ["assigner"],
+            health_url=f"http://127.0.0.1:{self.ports['assigner']}/healthz",
+            env={"OWNERSYNC_METRICS_PORT": str(self.ports["assigner"])},
         )
         self.services.start(
             "syncer",
@@ -198,6 +227,10 @@ class Bench:
     @property
     def syncer_metrics(self) -> str:
         return f"http://127.0.0.1:{self.ports['syncer']}/metrics"
+
+    @property
+    def sf_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['sf']}"
 
     @property
     def ae_url(self) -> str:
@@ -237,7 +270,7 @@ class Bench:
     # ---- helpers
 
     def _sampler(self) -> DbSampler:
-        pids = {n: self.services.items[n].pid for n in ("receiver", "syncer", "relay")}
+        pids = {n: self.services.items[n].pid for n in ("receiver", "assigner", "syncer", "relay")}
         sampler = DbSampler(self.o.database_url, pids)
         sampler.start()
         return sampler
@@ -271,6 +304,45 @@ class Bench:
             )
         return waited
 
+    async def _drain(self, target: int, phase: str) -> dict[str, Any]:
+        """Let the relay catch up (at most --drain-timeout); what still waited is reported,
+        not fatal: a slow relay is a figure, not a failed run."""
+        within = self.o.settle_timeout if self.o.drain_timeout is None else self.o.drain_timeout
+        ok, waited = await self.db.wait_settled(
+            target, within=within, check=self.services.check_alive
+        )
+        pending = 0 if ok else await self.db.pending_effects()
+        if not ok:
+            _say(self.o, f"{phase}: {pending:,} effects still pending after {waited:.0f}s")
+        return {"drained": ok, "drain_seconds": waited, "pending_after_drain": pending}
+
+    async def _receipt_to_ae(self, posted: list[load.Posted]) -> dict[str, Any]:
+        """Per record: its last change's send time to the AE write that carries that owner
+        (the prospect's updatedAt in the simulator): coalescing and the relay included."""
+        _, _, prospects = await self._ae_calls()
+        by_sf = {p["salesforceId"]: p for p in prospects.values() if p.get("salesforceId")}
+        delays: list[float] = []
+        no_call = not_in_ae = 0
+        for record, (sent, owner) in load.last_moves(posted).items():
+            user = self.fixture.ae_user_of.get(owner)
+            if user is None:
+                continue  # an unconnected owner: AE keeps its owner, no call (S4)
+            prospect = by_sf.get(record)
+            if prospect is None or prospect.get("assignedUserId") != user:
+                not_in_ae += 1
+                continue
+            at = engagement.epoch(prospect["updatedAt"])
+            if at < sent:
+                no_call += 1  # AE already had the owner: nothing to send
+                continue
+            delays.append(at - sent)
+        return {
+            "records": len(delays),
+            "no_call_needed": no_call,
+            "not_in_ae": not_in_ae,
+            **_quantiles_ms(delays),
+        }
+
     # ---- phases
 
     async def phase_baseline(self) -> None:
@@ -303,6 +375,7 @@ class Bench:
                     "postgres",
                     "rabbitmq",
                     "receiver",
+                    "assigner",
                     "syncer",
                     "relay",
                     "sim",
@@ -354,17 +427,35 @@ class Bench:
             "waited_after_post": waited,
             "failed_posts": run.failed,
             "cpu": CpuMeter.share(before, after),
+            "receipt_to_ae_ms": await self._receipt_to_ae(run.posted),
         }
 
-    async def phase_latency(self) -> None:
-        rate, seconds = self.o.rate, self.o.latency_seconds
+    async def phase_latencies(self) -> None:
+        """At fractions of the capacity the throughput phase just measured, or at --rate."""
+        capacity = self.results["throughput"]["rate"]
+        plan: list[tuple[float | None, float]]
+        if self.o.rate is not None:
+            plan = [(None, self.o.rate)]
+        elif capacity:
+            plan = [(f, f * capacity) for f in self.o.fractions]
+        else:
+            raise RuntimeError("latency: the throughput phase measured no capacity")
+        runs = []
+        for fraction, rate in plan:
+            runs.append(await self.phase_latency(rate, fraction))
+        self.results["latency_runs"] = runs
+        self.results["latency"] = runs[-1]  # the highest fraction: the one the target is at
+
+    async def phase_latency(self, rate: float, fraction: float | None) -> dict[str, Any]:
+        seconds = self.o.latency_seconds
         count = max(1, round(rate * seconds))
         messages = self.workload.mixed(count)
         per_second = rate / load.NOTIFICATIONS_PER_MESSAGE
+        part = "" if fraction is None else f", {fraction:.0%} of capacity"
         _say(
             self.o,
-            f"latency: {len(messages)} messages of 100 at {per_second:g}/s "
-            f"({rate:,.0f} notifications/s for {seconds:g}s)",
+            f"latency: {len(messages)} messages of 100 at {per_second:.2f}/s "
+            f"({rate:,.0f} notifications/s{part} for {seconds:g}s)",
         )
         inbox = await self.db.inbox_count() + load.unique_notifications(messages)
         hist_before = await scrape(self.syncer_metrics)
@@ -401,7 +492,8 @@ class Bench:
         to_batch = [processed[ids[n]] - t for n, t in sent_wall.items() if ids[n] in processed]
         acks = [p.acked_at - p.sent_at for p in run.posted if p.acked_at is not None]
         lo, hi = buckets.bucket_of(0.99)
-        self.results["latency"] = {
+        result: dict[str, Any] = {
+            "fraction": fraction,
             "offered_rate": rate,
             "achieved_rate": achieved,
             "messages": len(messages),
@@ -423,20 +515,22 @@ class Bench:
             "db_time": db_time,
         }
         _say(self.o, "latency: letting the relay drain the effects of the phase")
-        self.results["latency"]["drain_seconds"] = await self._settle(inbox, "latency (drain)")
+        result.update(await self._drain(inbox, "latency"))
+        result["receipt_to_ae_ms"] = await self._receipt_to_ae(run.posted)
+        return result
 
-    async def phase_throughput(self) -> None:
+    async def phase_throughput(self, label: str = "throughput") -> dict[str, Any]:
         messages = self.workload.mixed(self.o.notifications)
         posted = sum(m.size for m in messages)
         unique = load.unique_notifications(messages)
         _say(
             self.o,
-            f"throughput: {len(messages)} messages, {posted:,} notifications "
+            f"{label}: {len(messages)} messages, {posted:,} notifications "
             f"({unique:,} unique) with {self.o.concurrency} concurrent clients",
         )
         inbox_start = await self.db.inbox_count()
         audit = await self.db.last_audit_id()
-        effects_start = await self.db.settled_effects()
+        outbox_start = await self.db.last_outbox_id()
         cpu_before = self.meter.sample()
         sampler = self._sampler()
         run = await load.post_fast(self.receiver_url, messages, self.o.concurrency)
@@ -450,8 +544,8 @@ class Bench:
         db_time = await sampler.stop()
         applied = count - inbox_start
         end = seen if seen is not None else time.monotonic()
-        effects = await self.db.settled_effects() - effects_start
-        self.results["throughput"] = {
+        effects = await self.db.settled_effects(outbox_start)
+        return {
             "messages": len(messages),
             "posted": posted,
             "posted_unique": unique,
@@ -475,18 +569,143 @@ class Bench:
             "db_time": db_time,
         }
 
+    async def phase_ae_to_sf(self) -> None:
+        """Per kind of assignment: webhooks as fast as acked (webhooks/s until SF has every
+        lead), then paced at half that rate (receipt to the SF call, p50/p95/p99)."""
+        out: dict[str, Any] = {}
+        secret = self.fixture.webhook_secret
+        for kind in engagement.KINDS:
+            row: dict[str, Any] = {}
+            fast = engagement.webhooks(kind, self.o.webhooks, self.run_id)
+            await engagement.seed_prospects(self.ae_url, fast)
+            _say(self.o, f"ae-to-sf: {len(fast)} webhooks {kind}, as fast as acked")
+            started = time.monotonic()
+            await engagement.post(
+                self.receiver_url, self.fixture.tenant, secret, fast, concurrency=self.o.concurrency
+            )
+            created = await engagement.wait_leads(
+                self.sf_url, fast, self.o.settle_timeout, self.services.check_alive
+            )
+            first = min(h.sent_wall for h in fast)
+            row["webhooks"] = len(fast)
+            row["leads"] = len(created)
+            row["refused"] = sum(1 for h in fast if h.status not in (200, 202))
+            row["rate"] = len(created) / (max(created.values()) - first) if created else None
+            row["fast_ms"] = _quantiles_ms(_to_sf(fast, created))
+            row["fast_seconds"] = time.monotonic() - started
+            if row["rate"]:
+                paced = engagement.webhooks(kind, self.o.webhooks, self.run_id)
+                await engagement.seed_prospects(self.ae_url, paced)
+                rate = row["rate"] / 2
+                _say(self.o, f"ae-to-sf: {len(paced)} webhooks {kind} at {rate:.0f}/s")
+                await engagement.post(
+                    self.receiver_url, self.fixture.tenant, secret, paced, per_second=rate
+                )
+                done = await engagement.wait_leads(
+                    self.sf_url, paced, self.o.settle_timeout, self.services.check_alive
+                )
+                row["paced_rate"] = rate
+                row["paced_leads"] = len(done)
+                row["paced_ms"] = _quantiles_ms(_to_sf(paced, done))
+            out[kind] = row
+        self.results["ae_to_sf"] = out
+        inbox = await self.db.inbox_count()
+        self.results["ae_to_sf_drain"] = await self._drain(inbox, "ae-to-sf")
+
+    async def phase_preload(self) -> None:
+        """Each level: the tables filled up to N rows, then the throughput phase again, beside
+        the empty database's figure."""
+        f = self.fixture
+        owners = preload.Owners(f.tenant, f.connected, tuple(f.ae_user_of[u] for u in f.connected))
+        # The reference: the same phase again, just before the first load, so that warm-up (the
+        # first phase pays for it) and the relay's backlog weigh the same on both sides.
+        await self._drain(await self.db.inbox_count(), "preload")
+        reference = await self.phase_throughput("throughput before the preload")
+        empty = reference["rate"]
+        self.results["preload_reference"] = {
+            k: reference[k] for k in ("rate", "received_rate", "complete", "cpu", "db_time")
+        }
+        loaded, levels = 0, []
+        for level in sorted(set(self.o.preload)):
+            if level <= loaded:
+                continue
+            await self._drain(await self.db.inbox_count(), "preload")
+            _say(self.o, f"preload: {level - loaded:,} more rows in each table (to {level:,})")
+            took = await preload.preload(self.o.database_url, owners, loaded, level - loaded)
+            loaded = level
+            sizes = await preload.table_sizes(self.o.database_url)
+            _say(
+                self.o,
+                f"preload: {level:,} rows each in {took['load_seconds']:.0f}s "
+                f"(+{took['vacuum_analyze_seconds']:.0f}s VACUUM ANALYZE)",
+            )
+            t = await self.phase_throughput(f"throughput at {level:,} rows")
+            levels.append(
+                {
+                    "rows": level,
+                    **took,
+                    "tables": sizes,
+                    "rate": t["rate"],
+                    "received_rate": t["received_rate"],
+                    "ratio_to_empty": t["rate"] / empty if t["rate"] and empty else None,
+                    "complete": t["complete"],
+                    "cpu": t["cpu"],
+                    "db_time": t["db_time"],
+                }
+            )
+        self.results["preload"] = levels
+
+    async def phase_relay(self) -> None:
+        """HOOK for helper "relay": bench/relay_rate.py's `relay_phase` (the relay's sustained
+        AE rate against a simulator answering in 100-300 ms), on a database of its own."""
+        try:
+            module = importlib.import_module("bench.relay_rate")
+        except ImportError:
+            self.results["relay_rate"] = {"skipped": "bench/relay_rate.py is not there yet"}
+            return
+        phase = module.relay_phase
+        offered = {
+            "database_url": self.o.database_url.rsplit("/", 1)[0]
+            + "/"
+            + db.database_name(self.o.database_url)
+            + "_relay",
+            "amqp_url": self.o.amqp_url,
+            "quick": self.o.notifications < 10_000,
+            "quiet": self.o.quiet,
+        }
+        wanted = inspect.signature(phase).parameters
+        kwargs = {k: v for k, v in offered.items() if k in wanted}
+        _say(self.o, f"relay: bench.relay_rate.relay_phase({', '.join(kwargs)})")
+        try:
+            self.results["relay_rate"] = await phase(**kwargs)
+        except Exception as exc:  # their phase failing is a finding, not a lost run
+            self.results["relay_rate"] = {"error": f"{type(exc).__name__}: {exc}"}
+
     async def run(self) -> dict[str, Any]:
         ok = False
         try:
             await self.setup()
             await self.phase_baseline()
             await self.phase_ae_calls()
-            await self.phase_latency()
-            await self.phase_throughput()
+            if self.o.webhooks:  # while the outbox is empty: SF calls queue behind nothing
+                await self.phase_ae_to_sf()
+            self.results["throughput"] = await self.phase_throughput()
+            self.results["throughput"].update(
+                await self._drain(await self.db.inbox_count(), "throughput")
+            )
+            await self.phase_latencies()
+            if self.o.preload:
+                await self.phase_preload()
             ok = True
         finally:
             await self.teardown(ok)
+        if self.o.relay_rate:  # after teardown: it starts processes of its own
+            await self.phase_relay()
         return self.results
+
+
+def _to_sf(hooks: list[engagement.Webhook], created: dict[str, float]) -> list[float]:
+    return [created[h.email.lower()] - h.sent_wall for h in hooks if h.email.lower() in created]
 
 
 def _only(cpu: dict[str, float], names: tuple[str, ...]) -> dict[str, float]:

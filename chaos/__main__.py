@@ -17,10 +17,20 @@ DEFAULT_DB = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
 SHORT = Shape(
-    sf_records=400, sf_reassign_messages=30, ae_prospects=120, bursts=3, burst_records=400
+    sf_records=400,
+    sf_reassign_messages=30,
+    ae_prospects=120,
+    bursts=3,
+    burst_records=400,
+    sla_prospects=20,
 )
 FULL = Shape(
-    sf_records=2000, sf_reassign_messages=150, ae_prospects=500, bursts=9, burst_records=600
+    sf_records=2000,
+    sf_reassign_messages=150,
+    ae_prospects=500,
+    bursts=9,
+    burst_records=600,
+    sla_prospects=60,
 )
 
 

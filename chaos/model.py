@@ -14,12 +14,18 @@ Two kinds of record are played:
   user (A1) or by the connector user (A2); AE must still hold that one prospect only, still
   assigned to its user.
 
+- *SLA prospects*: an unassigned AE prospect assigned through round-robin group 7, whose
+  follow-up SLA (short, no fallback) runs out again and again: nobody works it. SF must hold
+  exactly one lead, owned by a connected member of the group, and AE the same owner (S5); its
+  SLA clocks must have run exactly as the escalations allow: escalated, escalated, expired
+  (each fired once, none left running), whatever was killed on the way.
+
 Pure: no I/O. The runner feeds it the traffic it played and the simulators' final state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +52,16 @@ class AeProspect:
     prospect_id: int
     email: str
     assigned_user_id: int
+
+
+@dataclass(frozen=True)
+class SlaProspect:
+    prospect_id: int
+    email: str
+
+
+# The clocks of a lead nobody works, with the default 2 escalations and no fallback.
+SLA_CHAIN = ("escalated", "escalated", "expired")
 
 
 @dataclass
@@ -86,6 +102,8 @@ class Model:
     connector: str
     sf_records: dict[str, SfRecord] = field(default_factory=dict)
     ae_prospects: dict[int, AeProspect] = field(default_factory=dict)
+    sla_prospects: dict[int, SlaProspect] = field(default_factory=dict)
+    group_sf_users: frozenset[str] = frozenset()  # the connected members of the SLA group
 
     # ---- what was played
 
@@ -95,6 +113,9 @@ class Model:
 
     def ae_created(self, prospect_id: int, email: str, assigned_user_id: int) -> None:
         self.ae_prospects[prospect_id] = AeProspect(prospect_id, email, assigned_user_id)
+
+    def sla_assigned(self, prospect_id: int, email: str) -> None:
+        self.sla_prospects[prospect_id] = SlaProspect(prospect_id, email)
 
     # ---- what must come out
 
@@ -136,7 +157,54 @@ class Model:
                 leads_by_email.get(_key(prospect.email), []),
                 figures,
             )
+        for sla in self.sla_prospects.values():
+            self._check_sla_prospect(
+                sla,
+                prospects_by_email.get(_key(sla.email), []),
+                leads_by_email.get(_key(sla.email), []),
+                figures,
+            )
         return figures
+
+    def check_sla_clocks(self, chains: Mapping[int, Sequence[str]], figures: Figures) -> None:
+        """Each SLA prospect's clocks (states, oldest first) against SLA_CHAIN: missing ones are
+        lost, extra ones duplicated, open ones stuck."""
+        for prospect_id in self.sla_prospects:
+            chain = tuple(chains.get(prospect_id, ()))
+            name = f"sla {prospect_id}: {' -> '.join(chain) or 'no clock'}"
+            if chain == SLA_CHAIN:
+                continue
+            if any(state in ("pending", "running", "waiting") for state in chain):
+                figures.count("stuck", name)
+            elif len(chain) > len(SLA_CHAIN):
+                figures.count("duplicated", name)
+            else:
+                figures.count("lost", name)
+
+    def _check_sla_prospect(
+        self,
+        sla: SlaProspect,
+        prospects: list[Mapping[str, Any]],
+        leads: list[Mapping[str, Any]],
+        figures: Figures,
+    ) -> None:
+        name = f"sla {sla.prospect_id}"
+        if not leads:
+            figures.count("lost", f"{name}: no SF lead")
+            return
+        others = [p for p in prospects if p["id"] != sla.prospect_id]
+        if len(leads) > 1 or others:
+            figures.count(
+                "duplicated", f"{name}: {len(leads)} SF leads, {len(others)} other AE prospects"
+            )
+        owner = leads[0].get("OwnerId")
+        mine = [p for p in prospects if p["id"] == sla.prospect_id]
+        ae_user = mine[0].get("assignedUserId") if mine else None
+        if owner not in self.group_sf_users or ae_user != self.ae_user_of.get(str(owner)):
+            figures.count(
+                "wrong_owner",
+                f"{name}: SF owner {owner} (a member of the group expected), AE user {ae_user}",
+            )
 
     def _check_sf_record(
         self, record: SfRecord, prospects: list[Mapping[str, Any]], figures: Figures

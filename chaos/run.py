@@ -40,6 +40,7 @@ SF_CLIENT = {
     "OWNERSYNC_SF_CLIENT_SECRET": "ownersync-sim-secret",
 }
 PROXIES = ("pg-proxy", "amqp-proxy", "ae-proxy")
+SLA_SECONDS = 2  # the follow-up SLA of group 7: it runs out several times during a run
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Chaos:
                 "OWNERSYNC_QUEUE_PREFIX": self.prefix,
                 "OWNERSYNC_LOG_LEVEL": "WARNING",
                 "OWNERSYNC_METRICS_PORT": "0",
+                "OWNERSYNC_SLA_INTERVAL_MS": "200",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -127,6 +129,9 @@ class Chaos:
         await db.prepare_database(self.database_url)
         db.ownersync(["migrate"], self.env)
         db.ownersync(["tenant", "load", str(TENANT_FILE)], self.env)
+        if self.o.shape.sla_prospects:
+            sla = ["groups", "sla", str(traffic.SLA_GROUP), "--sla", f"{SLA_SECONDS}s"]
+            db.ownersync([*sla, "--tenant", "acme"], self.env)
         for name in ("ae", "sf", "receiver", *PROXIES, *(p + "-control" for p in PROXIES)):
             self.ports[name] = free_port()
         for role in ROLES[1:]:
@@ -318,7 +323,14 @@ class Chaos:
         depths = await self._broker_depths()
         outbox = await self._outbox(conn)
         sf = (await self.http.get(f"http://127.0.0.1:{self.ports['sf']}/_sim/state")).json()
-        return _unsettled(depths, outbox) == 0 and sf.get("outbound_pending", 0) == 0
+        clocks = await conn.fetchval(
+            "select count(*) from sla_timers where state in ('pending', 'running', 'waiting')"
+        )
+        return (
+            _unsettled(depths, outbox) == 0
+            and sf.get("outbound_pending", 0) == 0
+            and int(clocks) == 0
+        )
 
     async def settle(self, conn: asyncpg.Connection) -> float:
         """Until the queues, the outbox and the SF outbound queue are empty twice in a row, or
@@ -339,6 +351,13 @@ class Chaos:
         outbox = await self._outbox(conn)
         figures.dead_lettered = depths.get("dead-letters", 0) + outbox.get("dead", 0)
         figures.stuck = _unsettled(depths, outbox)
+        self.traffic.model.check_sla_clocks(await self._sla_chains(conn), figures)
+        fired_twice = await conn.fetchval(
+            "select count(*) from (select source_id from audit_log where rule = 'A9' "
+            "group by source_id having count(*) > 1) twice"
+        )
+        for _ in range(int(fired_twice)):
+            figures.count("duplicated", "an SLA clock fired twice (A9)")
         expected = sorted(self.traffic.unique_event_ids)
         seen = await conn.fetchval(
             "select count(*) from inbox where event_id::text = any($1::text[])", expected
@@ -349,6 +368,7 @@ class Chaos:
             "plan": self.o.plan.name,
             "sf_records": len(self.traffic.model.sf_records),
             "ae_prospects": len(self.traffic.model.ae_prospects),
+            "sla_prospects": len(self.traffic.model.sla_prospects),
             "sends": self.traffic.send_count,
             "events": len(expected),
             "events_in_inbox": int(seen),
@@ -360,6 +380,14 @@ class Chaos:
             "restarts": {n: s.restarts for n, s in self.services.items.items() if s.restarts},
         }
         return Result(figures, info)
+
+    async def _sla_chains(self, conn: asyncpg.Connection) -> dict[int, list[str]]:
+        """Each prospect's SLA clock states, oldest first."""
+        rows = await conn.fetch(
+            "select r.prospect_id, array_agg(t.state order by t.id) from sla_timers t "
+            "join records r on r.id = t.record_id group by r.prospect_id"
+        )
+        return {int(r[0]): list(r[1]) for r in rows if r[0] is not None}
 
     async def _dead_reasons(self, conn: asyncpg.Connection) -> dict[str, int]:
         """The outbox's dead effects by their error's first words."""

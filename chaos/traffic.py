@@ -34,6 +34,8 @@ from services.sim.sf import format_sf_datetime
 SF_BATCH = 10  # notifications per outbound message
 BURST_BATCH = 100  # notifications per message of a backlog (Salesforce's most)
 AE_PROSPECT_IDS = 700_000  # seeded prospects are numbered from here
+SLA_PROSPECT_IDS = 800_000  # and the prospects of the follow-up SLA from here
+SLA_GROUP = 7
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Shape:
     stale_share: float = 0.10
     duplicate_share: float = 0.10
     reorder_window: int = 4
+    sla_prospects: int = 0  # unassigned prospects assigned through group 7, its SLA running out
 
 
 @dataclass
@@ -163,6 +166,36 @@ def build(tenant_file: Path, shape: Shape, seed: int) -> Traffic:
                 "assignedQueueId": None,
                 "salesforceId": None,
             },
+        }
+        ae_sends.append(
+            Send(
+                "ae",
+                f"/engagement/{fixture.tenant}/events",
+                _json(body),
+                (str(event_id_for(fixture.tenant, "ae", webhook_id)),),
+                webhook_id=webhook_id,
+            )
+        )
+    # AE: unassigned prospects assigned through the group whose follow-up SLA runs out.
+    members = set(data.groups[SLA_GROUP].members) if SLA_GROUP in data.groups else set()
+    model.group_sf_users = frozenset(sf for sf, ae in fixture.ae_user_of.items() if ae in members)
+    for n in range(shape.sla_prospects):
+        prospect_id = SLA_PROSPECT_IDS + n
+        email = f"sla-{workload.salt.lower()}-{n}@chaos.example.com"
+        model.sla_assigned(prospect_id, email)
+        seeded.append({"id": prospect_id, "email": email, "assignedUserId": None})
+        webhook_id = f"chaos-sla-{workload.salt}-{n}"
+        body = {
+            "type": "prospect.assignment_requested",
+            "occurredAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "prospect": {
+                "id": prospect_id,
+                "email": email,
+                "assignedUserId": None,
+                "assignedQueueId": None,
+                "salesforceId": None,
+            },
+            "action": {"kind": "assign_to_group", "groupId": SLA_GROUP},
         }
         ae_sends.append(
             Send(

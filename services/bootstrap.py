@@ -12,16 +12,19 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
 from services.api import install_api
+from services.assigner.sla_loop import SlaLoop
 from services.assigner.worker import apply_ae_events
 from services.common import tracing
 from services.common.ae_client import AeClient
 from services.common.broker.base import QueueRole
 from services.common.broker.memory import MemoryBroker
+from services.common.db.prune import Pruner
 from services.common.metrics import API_CALLS, HEARTBEATS, worker_app
 from services.common.runtime import Runtime, build_runtime
 from services.common.settings import Settings
@@ -107,6 +110,7 @@ class Running:
     ae_url: str | None = None
     sf_url: str | None = None
     relay: Relay | None = None
+    sla: SlaLoop | None = None
     stats: dict[str, WorkerStats] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     heartbeat_timeout: float = 60.0
@@ -187,6 +191,12 @@ async def running(
                     ),
                 )
                 live.tasks.append(asyncio.create_task(worker, name=role))
+        if "assigner" in roles:
+            # Every assigner replica fires due follow-up SLA timers (claimed, never twice).
+            live.sla = SlaLoop(
+                runtime.engine, replica=_replica(settings), interval=settings.sla_interval_ms / 1000
+            )
+            live.tasks.append(asyncio.create_task(live.sla.run(stop), name="sla"))
         for task in live.tasks:
             task.add_done_callback(lambda _: stop.set())  # one role down takes the rest down
         if "receiver" not in roles and settings.metrics_port:
@@ -259,6 +269,13 @@ async def _start_relay(
         quota_timezone=settings.ae_quota_timezone,
     )
     live.tasks.append(asyncio.create_task(live.relay.run(stop), name="relay"))
+    pruner = Pruner(
+        live.runtime.engine,
+        timedelta(hours=settings.inbox_retention_hours),
+        batch_size=settings.prune_batch_size,
+        interval=settings.prune_interval_seconds,
+    )
+    live.tasks.append(asyncio.create_task(pruner.run(stop), name="prune"))
 
 
 async def _sf_tokens(

@@ -1,7 +1,7 @@
 """Relay state: what each record's last settled send carried, shared by every relay replica
 
 Revision ID: 0007_relay_state
-Revises: 0009_traces
+Revises: 0010_sla
 Create Date: 2026-12-03 06:20:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_relay_state"
-down_revision: str | None = "0009_traces"
+down_revision: str | None = "0010_sla"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -16,6 +16,8 @@ from services.admin.schemas import (
     GroupCreate,
     GroupMemberPut,
     GroupMemberView,
+    GroupSlaPut,
+    GroupSlaView,
     GroupView,
     QueueView,
 )
@@ -23,6 +25,7 @@ from services.admin.tenants import tenant_row
 from services.assigner.round_robin import pick_member
 from services.common.db import store
 from services.common.db.tables import ae_users, group_members, groups, queues
+from services.common.hours import WorkingHours
 
 # --- queues ------------------------------------------------------------------------------
 
@@ -97,7 +100,30 @@ def _member_view(row: Any) -> GroupMemberView:
         last_assigned_at=row.last_assigned_at,
         assigned_today=row.assigned_today,
         assigned_total=row.assigned_total,
+        time_zone=row.time_zone,
+        weekly_hours=row.weekly_hours,
+        away_dates=row.away_dates or [],
     )
+
+
+def _sla_view(row: Any) -> GroupSlaView:
+    return GroupSlaView(
+        sla_seconds=row.sla_seconds,
+        sla_business_hours=row.sla_business_hours,
+        assign_when_closed=row.assign_when_closed,
+        max_escalations=row.max_escalations,
+        fallback_owner_id=row.fallback_owner_id,
+    )
+
+
+def _hours_values(data: GroupMemberPut) -> dict[str, Any]:
+    """The member's working hours as stored: weekly hours in their canonical text form."""
+    hours = WorkingHours.parse(data.time_zone, data.weekly_hours, data.away_dates)
+    return {
+        "time_zone": data.time_zone,
+        "weekly_hours": hours.weekly_text(),
+        "away_dates": sorted(d.isoformat() for d in hours.away) or None,
+    }
 
 
 async def _members(
@@ -128,7 +154,7 @@ async def list_groups(
         rows,
         limit,
         lambda r: r.id,
-        lambda r: GroupView(id=r.id, name=r.name, members=members[r.id]),
+        lambda r: GroupView(id=r.id, name=r.name, members=members[r.id], sla=_sla_view(r)),
     )
 
 
@@ -141,7 +167,7 @@ async def get_group(conn: AsyncConnection, tenant_id: str, group_id: int) -> Gro
     if row is None:
         raise NotFound(f"group {group_id} not found")
     members = await _members(conn, tenant_id, [group_id])
-    return GroupView(id=row.id, name=row.name, members=members[group_id])
+    return GroupView(id=row.id, name=row.name, members=members[group_id], sla=_sla_view(row))
 
 
 async def create_group(conn: AsyncConnection, tenant_id: str, data: GroupCreate) -> GroupView:
@@ -180,6 +206,19 @@ async def delete_group(conn: AsyncConnection, tenant_id: str, group_id: int) -> 
     return group
 
 
+async def set_group_sla(
+    conn: AsyncConnection, tenant_id: str, group_id: int, data: GroupSlaPut
+) -> GroupView:
+    """Set the group's follow-up SLA (all of it). Timers already running keep their length."""
+    await get_group(conn, tenant_id, group_id)
+    await conn.execute(
+        update(groups)
+        .where(groups.c.tenant_id == tenant_id, groups.c.id == group_id)
+        .values(**data.model_dump(by_alias=False))
+    )
+    return await get_group(conn, tenant_id, group_id)
+
+
 async def put_member(
     conn: AsyncConnection, tenant_id: str, group_id: int, ae_user_id: int, data: GroupMemberPut
 ) -> tuple[GroupMemberView, bool]:
@@ -190,7 +229,9 @@ async def put_member(
     exists = (await conn.execute(select(group_members.c.ae_user_id).where(where))).first()
     if exists:
         await conn.execute(
-            update(group_members).where(where).values(weight=data.weight, daily_cap=data.daily_cap)
+            update(group_members)
+            .where(where)
+            .values(weight=data.weight, daily_cap=data.daily_cap, **_hours_values(data))
         )
     else:
         await conn.execute(
@@ -254,6 +295,7 @@ def _new_member(
         "paused": False,
         "assigned_today": 0,
         "assigned_total": 0,
+        **_hours_values(data),
     }
 
 

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.admin.errors import Invalid, NotFound
 from services.admin.pagination import Page, decode_cursor, page_of
-from services.admin.schemas import AuditEntry, RecordView
+from services.admin.schemas import AuditEntry, RecordView, SlaTimerView
+from services.common.db import sla_store
 from services.common.db.tables import audit_log, connected_users, records
 from services.common.domain import describe_ae_owner
 from services.common.sfid import is_queue, to18
@@ -126,7 +127,25 @@ async def find_records(
 
 
 async def get_record(conn: AsyncConnection, tenant_id: str, by: RecordKey, key: Any) -> RecordView:
-    return record_view(await record_row(conn, tenant_id, by, key))
+    row = await record_row(conn, tenant_id, by, key)
+    timers = [
+        SlaTimerView(
+            id=t.id,
+            state=t.state,
+            group_id=t.group_id,
+            ae_user_id=t.ae_user_id,
+            sf_owner_id=t.sf_owner_id,
+            escalations=t.escalations,
+            sla_seconds=t.seconds,
+            business_hours=t.business_hours,
+            started_at=t.started_at,
+            due_at=t.due_at,
+            ended_at=t.ended_at,
+            reason=t.reason,
+        )
+        for t in await sla_store.timers_of_record(conn, row.id)
+    ]
+    return record_view(row).model_copy(update={"sla": timers})
 
 
 def _audit_view(row: Any) -> AuditEntry:

@@ -7,15 +7,25 @@ only; views may be built in Python with the snake_case names.
 from __future__ import annotations
 
 import ipaddress
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
+from services.common.hours import WorkingHours
 from services.common.messages import AeProspect, AssignmentAction
 from services.common.sfid import to18
+from services.common.sla import DEFAULT_MAX_ESCALATIONS, DEFAULT_UNTOUCHED_STATUSES
 
 # --- field types -------------------------------------------------------------------------
 
@@ -71,6 +81,26 @@ SfOrgId = Annotated[str, *_sf_id("00D", "SF org id")]
 SfRecordId = Annotated[str, *_sf_id("", "SF lead or contact id")]
 
 
+def _user_or_queue(value: str) -> str:
+    if not value.startswith(("005", "00G")):
+        raise ValueError("a SF user (005…) or queue (00G…) id")
+    return value
+
+
+SfOwnerId = Annotated[
+    str,
+    StringConstraints(max_length=18, pattern=r"^[A-Za-z0-9]{15}(?:[A-Za-z0-5]{3})?$"),
+    AfterValidator(to18),
+    AfterValidator(_user_or_queue),
+    Field(description="SF user (005…) or queue (00G…) id, 15 or 18 characters"),
+]
+SfStatus = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NO_CONTROL)]
+# At most 30 days: a follow-up SLA is hours, rarely days.
+SlaSeconds = Annotated[int, Field(ge=1, le=30 * 86_400)]
+TimeZoneName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+HoursText = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
 class ApiModel(BaseModel):
     """A view: answered by the API, shown by the CLI."""
 
@@ -123,6 +153,10 @@ class TenantView(ApiModel):
     salesforce_endpoint_key_set: bool = Field(
         False, description="whether SF outbound messages can authenticate (`?key=` in the URL)"
     )
+    untouched_statuses: list[str] = Field(
+        list(DEFAULT_UNTOUCHED_STATUSES),
+        description="SF lead Statuses of a record nobody worked (follow-up SLAs)",
+    )
     previous_endpoint_key_expires_at: datetime | None = Field(
         None, description="until then the previous SF endpoint key is still accepted"
     )
@@ -157,6 +191,13 @@ class TenantPatch(ApiInput):
     sync_mode: SyncMode | None = None
     auto_create_prospects: bool | None = None
     connector_verified: bool | None = None
+    untouched_statuses: list[SfStatus] | None = Field(
+        None,
+        min_length=1,
+        max_length=50,
+        description="SF Statuses of a record nobody worked; a follow-up SLA is met when the "
+        "Status leaves them",
+    )
 
 
 class SecretRotation(ApiInput):
@@ -444,6 +485,18 @@ class QueuePatch(ApiInput):
     name: Name
 
 
+class WorkingHoursFields(BaseModel):
+    """A member's working hours: the round robin skips members who are off."""
+
+    time_zone: TimeZoneName | None = Field(None, description="IANA zone, e.g. America/New_York")
+    weekly_hours: dict[HoursText, HoursText] | None = Field(
+        None,
+        max_length=7,
+        description='local hours per weekday, e.g. {"mon": "09:00-17:00"}; null: always on',
+    )
+    away_dates: list[date] = Field([], max_length=366, description="local dates off")
+
+
 class GroupMemberView(ApiModel):
     ae_user_id: int
     weight: int
@@ -452,12 +505,40 @@ class GroupMemberView(ApiModel):
     last_assigned_at: datetime | None
     assigned_today: int
     assigned_total: int
+    time_zone: str | None = None
+    weekly_hours: dict[str, str] | None = None
+    away_dates: list[date] = []
+
+
+class GroupSla(BaseModel):
+    """A round-robin group's follow-up SLA: a record nobody works goes to the next member."""
+
+    sla_seconds: SlaSeconds | None = Field(None, description="null: no follow-up SLA")
+    sla_business_hours: bool = Field(False, description="count the owner's working hours only")
+    assign_when_closed: bool = Field(
+        False, description="when nobody is on, assign anyway instead of waiting for the first"
+    )
+    max_escalations: int = Field(
+        DEFAULT_MAX_ESCALATIONS, ge=0, le=20, description="moves before the fallback"
+    )
+    fallback_owner_id: SfOwnerId | None = Field(
+        None, description="SF queue or user a record goes to after max_escalations"
+    )
+
+
+class GroupSlaView(GroupSla, ApiModel):
+    pass
+
+
+class GroupSlaPut(GroupSla, ApiInput):
+    pass
 
 
 class GroupView(ApiModel):
     id: int
     name: str
     members: list[GroupMemberView]
+    sla: GroupSlaView = Field(default_factory=GroupSlaView)
 
 
 class GroupCreate(ApiInput):
@@ -470,12 +551,36 @@ class GroupPatch(ApiInput):
     name: Name
 
 
-class GroupMemberPut(ApiInput):
+class GroupMemberPut(WorkingHoursFields, ApiInput):
     weight: int = Field(1, ge=1, le=1000, description="share of the round robin")
     daily_cap: int | None = Field(None, ge=1, le=1_000_000, description="null: no cap")
 
+    @model_validator(mode="after")
+    def _readable_hours(self) -> GroupMemberPut:
+        WorkingHours.parse(self.time_zone, self.weekly_hours, self.away_dates)  # HoursError
+        return self
+
 
 # --- records, audit, assignment requests, reconcile --------------------------------------
+
+
+class SlaTimerView(ApiModel):
+    """One follow-up SLA clock of a record: pending until SF confirms the owner, then running
+    until it is met, stopped (owner changed by someone else), or runs out (escalated to the next
+    member, fallback, expired; waiting: nobody is on to take it yet)."""
+
+    id: int
+    state: str
+    group_id: int
+    ae_user_id: int
+    sf_owner_id: str
+    escalations: int = Field(description="moves of the record by its SLA before this clock")
+    sla_seconds: int
+    business_hours: bool
+    started_at: datetime | None
+    due_at: datetime | None
+    ended_at: datetime | None
+    reason: str | None
 
 
 class RecordView(ApiModel):
@@ -494,6 +599,9 @@ class RecordView(ApiModel):
     )
     created_at: datetime
     updated_at: datetime
+    sla: list[SlaTimerView] = Field(
+        [], description="the record's follow-up SLA clocks, oldest first (record views only)"
+    )
 
 
 class AuditEntry(ApiModel):

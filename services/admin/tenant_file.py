@@ -24,6 +24,8 @@ from services.admin.schemas import (
     ConnectionsSet,
     EndpointKey,
     GroupCreate,
+    GroupMemberPut,
+    GroupSlaPut,
     Name,
     Secret,
     SfOrgId,
@@ -39,6 +41,7 @@ from services.common.crypto import KeyRing
 from services.common.db import tables
 from services.common.keys import key_hash
 from services.common.sfid import SfId
+from services.common.sla import DEFAULT_MAX_ESCALATIONS
 
 
 class ConnectedUser(BaseModel):
@@ -47,10 +50,37 @@ class ConnectedUser(BaseModel):
     salesforce_user: SfUserId
 
 
+class MemberHours(BaseModel):
+    """A member's working hours (the round robin skips members who are off)."""
+
+    model_config = ConfigDict(extra="forbid")
+    time_zone: str | None = None
+    weekly_hours: dict[str, str] | None = None  # {"mon": "09:00-17:00", …}
+    away_dates: list[str] = []
+
+
 class Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
     members: list[BigId]
+    # The follow-up SLA (services/common/sla.py); off without sla_seconds.
+    sla_seconds: int | None = None
+    sla_business_hours: bool = False
+    assign_when_closed: bool = False
+    max_escalations: int = DEFAULT_MAX_ESCALATIONS
+    fallback_owner: str | None = None  # SF queue or user id
+    member_hours: dict[BigId, MemberHours] = {}
+
+    def sla(self) -> GroupSlaPut:
+        return GroupSlaPut.model_validate(
+            {
+                "slaSeconds": self.sla_seconds,
+                "slaBusinessHours": self.sla_business_hours,
+                "assignWhenClosed": self.assign_when_closed,
+                "maxEscalations": self.max_escalations,
+                "fallbackOwnerId": self.fallback_owner,
+            }
+        )
 
 
 class SalesforceConnectionFile(BaseModel):
@@ -110,6 +140,7 @@ class TenantFile(BaseModel):
     groups: dict[BigId, Group] = {}
     outbound_message_actions: dict[str, SfId] = {}
     connections: ConnectionsFile | None = None
+    untouched_statuses: list[str] | None = None  # null: ["Open - Not Contacted"]
 
     @model_validator(mode="after")
     def _lists_its_connector_user(self) -> TenantFile:
@@ -190,6 +221,17 @@ async def load_tenant(
                 {"id": group_id, "name": group.name, "members": group.members}
             ),
         )
+        await groups.set_group_sla(conn, t, group_id, group.sla())
+        for member, hours in group.member_hours.items():
+            member_put = GroupMemberPut.model_validate(
+                {
+                    "timeZone": hours.time_zone,
+                    "weeklyHours": hours.weekly_hours,
+                    "awayDates": hours.away_dates,
+                }
+            )
+            await groups.put_member(conn, t, group_id, member, member_put)
+    await tenants.set_untouched_statuses(conn, t, data.untouched_statuses)
     loaded: dict[str, int] = {}
     if data.connections is not None:
         await connections.set_connections(conn, t, data.connections.as_input(), ring, now)

@@ -21,6 +21,7 @@ from services.admin.schemas import (
 )
 from services.common.db.tables import sf_users, tenants
 from services.common.keys import key_hash, new_endpoint_key
+from services.common.sla import DEFAULT_UNTOUCHED_STATUSES
 
 NOT_FOUND = "not found"  # the same words whether the tenant is missing or someone else's
 
@@ -71,6 +72,7 @@ def tenant_view(row: Any, now: datetime | None = None) -> TenantView:
         previous_secret_expires_at=expires,
         salesforce_endpoint_key_set=row.endpoint_key_hash is not None,
         previous_endpoint_key_expires_at=_unexpired(row.previous_endpoint_key_expires_at, now),
+        untouched_statuses=row.untouched_statuses or list(DEFAULT_UNTOUCHED_STATUSES),
         created_at=row.created_at,
     )
 
@@ -156,6 +158,17 @@ async def update_tenant(
     if changes:
         await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(**changes))
     return await get_tenant(conn, tenant_id, now)
+
+
+async def set_untouched_statuses(
+    conn: AsyncConnection, tenant_id: str, statuses: list[str] | None
+) -> None:
+    """The SF Statuses of a record nobody worked (None: the default)."""
+    if statuses is not None:
+        statuses = TenantPatch.model_validate({"untouchedStatuses": statuses}).untouched_statuses
+    await conn.execute(
+        update(tenants).where(tenants.c.id == tenant_id).values(untouched_statuses=statuses)
+    )
 
 
 async def rotate_webhook_secret(

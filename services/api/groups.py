@@ -13,6 +13,7 @@ from services.admin.schemas import (
     GroupMemberPut,
     GroupMemberView,
     GroupPatch,
+    GroupSlaPut,
     GroupView,
     QueueCreate,
     QueuePatch,
@@ -106,9 +107,21 @@ async def delete_group(tenant: WriteTenant, group_id: GroupPath, runtime: Runtim
 
 
 @router.put(
+    "/tenants/{tenant}/groups/{group_id}/sla",
+    tags=["groups"],
+    summary="Set the group's follow-up SLA (slaSeconds null: off)",
+)
+async def set_group_sla(
+    tenant: WriteTenant, group_id: GroupPath, body: GroupSlaPut, runtime: RuntimeDep
+) -> GroupView:
+    async with transaction(runtime) as conn:
+        return await groups.set_group_sla(conn, tenant, group_id, body)
+
+
+@router.put(
     "/tenants/{tenant}/groups/{group_id}/members/{ae_user_id}",
     tags=["groups"],
-    summary="Add a member, or set its weight and daily cap",
+    summary="Add a member, or set its weight, daily cap and working hours",
     responses={201: {"model": GroupMemberView, "description": "Member added"}, **responses(409)},
 )
 async def put_member(

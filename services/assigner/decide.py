@@ -6,7 +6,7 @@ are not in the table:
   for an assignment action, created already linked to a SF record, an AE reassignment that
   names no user, or AE echoing the assignee ownersync already holds).
 - DUP: the webhook id was already processed; like S8 there is no effect and no audit row.
-- A9: the event is older (occurredAt) than the newest AE event applied to the record: ignored
+- STALE: the event is older (occurredAt) than the newest AE event applied to the record: ignored
   as stale, audited, like S7 for SF's SystemModstamp. Every other decision that keeps a
   record stamps it with the event's occurredAt (`ae_modstamp`).
 """
@@ -48,6 +48,7 @@ SfObject = Literal["Lead", "Contact"]
 class AssignerDecision:
     decision: Decision
     assigned_member: Member | None = None  # the round-robin member with updated counters (A5)
+    wait_until: datetime | None = None  # A5 with nobody on: decide the action again then
 
 
 def decide_ae_event(
@@ -60,12 +61,14 @@ def decide_ae_event(
     known_queues: set[str],
     already_processed: bool,
     now: datetime,
+    assign_when_closed: bool = True,
 ) -> AssignerDecision:
     """Decide what an AE prospect event does to the owners in AE and SF.
 
     `record` is the stored record of the prospect (None when unknown), `sf_user_of` maps a
     connected AE user to its SF user (M), `group_members` are the members of the group an
-    assign_to_group action names (None when that group is unknown).
+    assign_to_group action names (None when that group is unknown); with `assign_when_closed`
+    False and none of them on, the assignment waits (`wait_until`).
     """
     if already_processed:
         return AssignerDecision(
@@ -83,8 +86,10 @@ def decide_ae_event(
             f"stale: occurredAt {occurred.isoformat()} is older than the applied "
             f"{record.ae_modstamp.isoformat()}"
         )
-        return AssignerDecision(Decision(Rule.A9, reason, record, record))
-    result = _decide(event, policy, record, sf_user_of, group_members, known_queues, now)
+        return AssignerDecision(Decision(Rule.STALE, reason, record, record))
+    result = _decide(
+        event, policy, record, sf_user_of, group_members, known_queues, now, assign_when_closed
+    )
     after = result.decision.after
     if after is None:
         return result
@@ -101,6 +106,7 @@ def _decide(
     group_members: Sequence[Member] | None,
     known_queues: set[str],
     now: datetime,
+    assign_when_closed: bool,
 ) -> AssignerDecision:
     webhook = event.payload
     if event.type == AE_PROSPECT_REASSIGNED:
@@ -122,7 +128,9 @@ def _decide(
                 _assign_user(known, record, user, Rule.A4, lead, policy, sf_user_of)
             )
         case AssignToGroup(group_id=group):
-            return _assign_group(group, known, record, policy, sf_user_of, group_members, now)
+            return _assign_group(
+                group, known, record, policy, sf_user_of, group_members, now, assign_when_closed
+            )
         case AssignToQueue(queue_id=queue):
             return AssignerDecision(_assign_queue(queue, known, record, policy, known_queues))
         case AssignViaActiveRule():
@@ -177,6 +185,7 @@ def _assign_group(
     sf_user_of: Mapping[int, str],
     group_members: Sequence[Member] | None,
     now: datetime,
+    assign_when_closed: bool = True,
 ) -> AssignerDecision:
     # A misconfigured action is refused whatever the prospect's state, so it gets noticed.
     if group_members is None:
@@ -185,7 +194,15 @@ def _assign_group(
         )
     if known.ae_assigned:
         return AssignerDecision(_already_assigned(Rule.A3, known, record))
-    pick = pick_member(group_members, now)
+    pick = pick_member(group_members, now, when_closed=assign_when_closed)
+    if pick.member is None and pick.wait_until is not None:
+        reason = (
+            f"round robin in group {group}: {pick.reason}; the assignment waits until then "
+            "(the group does not assign when closed)"
+        )
+        return AssignerDecision(
+            Decision(Rule.A5, reason, record, known), wait_until=pick.wait_until
+        )
     if pick.member is None:
         reason = f"round robin in group {group}: {pick.reason}; the prospect stays unassigned"
         return AssignerDecision(Decision(Rule.A5, reason, record, known))

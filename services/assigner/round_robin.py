@@ -7,6 +7,10 @@ assignment, which keeps every member within one assignment of its share at all t
 (plain `assigned_total / weight` can drift by more than two). Shares are counted from the
 lifetime totals, so a member who joins late or comes back from a pause catches up first.
 
+Members who are off (their working hours, services/common/hours.py) are skipped. When nobody
+is on, `when_closed` says what happens: pick among everyone available anyway, or pick nobody and
+say when the first member comes on (`Pick.wait_until`).
+
 `assigned_today` is reset by the caller at each UTC midnight; a count whose
 `last_assigned_at` is on an earlier UTC day is read as 0 anyway, so a missed reset never
 keeps anyone capped.
@@ -20,20 +24,35 @@ from datetime import UTC, date, datetime
 from fractions import Fraction
 
 from services.common.domain import Member
+from services.common.hours import is_on, next_on
 
 
 @dataclass(frozen=True)
 class Pick:
     member: Member | None
     reason: str
+    wait_until: datetime | None = None  # nobody is on: the first member comes on then
 
 
-def pick_member(members: Sequence[Member], now: datetime) -> Pick:
+def pick_member(members: Sequence[Member], now: datetime, *, when_closed: bool = True) -> Pick:
     if not members:
         return Pick(None, "the group has no members")
     available = [m for m in members if _available(m, now)]
     if not available:
         return Pick(None, "every member is paused, inactive or at their daily cap")
+    on = [m for m in available if is_on(m.hours, now)]
+    if on:
+        return _pick(on)
+    if when_closed:
+        chosen = _pick(available)
+        return replace(chosen, reason=f"{chosen.reason}; nobody is on: assigned when closed")
+    comes = [t for m in available if (t := next_on(m.hours, now)) is not None]
+    first = min(comes) if comes else None
+    until = f"the first one comes on at {first.isoformat()}" if first else "nobody ever comes on"
+    return Pick(None, f"no member is working now: {until}", first)
+
+
+def _pick(available: Sequence[Member]) -> Pick:
     if len({m.weight for m in available}) == 1:
         chosen = min(available, key=_least_recent_first)
         return Pick(chosen, f"user {chosen.ae_user_id}: {_last_assignment(chosen)}")

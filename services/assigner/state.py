@@ -10,9 +10,10 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.assigner.decide import AssignerDecision, decide_ae_event
-from services.common.db import store
+from services.common.db import sla_store, store
 from services.common.domain import Member, RecordState, TenantPolicy
 from services.common.messages import AeProspect, AeProspectEvent, AssignToGroup, AssignToUser
+from services.common.sla import SlaPolicy
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class AssignerState:
     queues: set[str]
     # Records to merge before deciding (the worker writes them; the preview only looks).
     merges: list[Merge] = field(default_factory=list)
+    slas: dict[int, SlaPolicy] = field(default_factory=dict)  # by group id: SLA, when closed
 
     def decide(
         self, event: AeProspectEvent, *, already_processed: bool, now: datetime
@@ -49,6 +51,9 @@ class AssignerState:
             known_queues=self.queues,
             already_processed=already_processed,
             now=now,
+            assign_when_closed=self.slas[group].assign_when_closed
+            if group is not None and group in self.slas
+            else True,
         )
 
     def applied(
@@ -94,7 +99,8 @@ async def load_assigner_state(
         conn, tenant_id, {u for u in users if u is not None}
     )
     queues = await store.tenant_queue_ids(conn, tenant_id)
-    return AssignerState(policy, records, members, sf_user_of, queues, merges)
+    slas = await sla_store.group_policies(conn, tenant_id, groups)
+    return AssignerState(policy, records, members, sf_user_of, queues, merges, slas)
 
 
 def _link(

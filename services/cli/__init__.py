@@ -12,6 +12,7 @@ import typer
 from services.cli.connections import connections_app, secrets_app, tenant_check
 from services.cli.dead_letters import dead_letters_app
 from services.cli.effects import effects_app
+from services.cli.groups import groups_app
 from services.cli.mappings import mappings_app, user_sync_app
 from services.cli.reconcile import reconcile_app
 from services.cli.records import record_app
@@ -33,6 +34,7 @@ tenants_app.add_typer(connections_app, name="connections")
 tenants_app.command("check")(tenant_check)
 app.add_typer(tenants_app, name="tenant")
 app.add_typer(users_app, name="users")
+app.add_typer(groups_app, name="groups")
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(user_sync_app, name="user-sync")
 app.add_typer(record_app, name="record")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -11,6 +12,7 @@ from services.admin import records
 from services.admin.schemas import AuditEntry, RecordView
 from services.cli.common import TenantOpt, ae_owner, all_pages, console, err, run_admin, table
 from services.common.sfid import InvalidSalesforceId, to18
+from services.common.sla import describe_duration
 
 record_app = typer.Typer(help="A record's owners and its audit timeline.")
 
@@ -38,9 +40,27 @@ def record_command(
         return state, audit
 
     state, audit = run_admin(work)
-    console.print(
-        table(f"record {key}", ("field", "value"), state.model_dump(by_alias=False).items())
-    )
+    fields = state.model_dump(by_alias=False, exclude={"sla"}).items()
+    console.print(table(f"record {key}", ("field", "value"), fields))
+    if state.sla:
+        console.print(
+            table(
+                "follow-up SLA",
+                ("state", "owner", "SLA", "started", "due", "escalations", "why"),
+                (
+                    (
+                        t.state,
+                        f"{t.sf_owner_id} (AE user {t.ae_user_id})",
+                        describe_duration(t.sla_seconds),
+                        _when(t.started_at),
+                        _when(t.due_at),
+                        t.escalations,
+                        t.reason or "",
+                    )
+                    for t in state.sla
+                ),
+            )
+        )
     console.print(
         table(
             "audit (oldest first)",
@@ -58,3 +78,7 @@ def record_command(
             ),
         )
     )
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""

@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
+from services.common.hours import WorkingHours
+
 SyncMode = Literal["leads", "contacts"]
 Target = Literal["ae", "sf"]
 
@@ -29,8 +31,9 @@ class Rule(StrEnum):
     A6 = "A6"
     A7 = "A7"
     A8 = "A8"
-    A9 = "A9"  # an AE event older than the newest one applied to its record: ignored as stale
+    A9 = "A9"  # follow-up SLA expired on a record nobody worked: moved to the next member
     DUP = "DUP"  # a webhook id already processed: no effect, no audit row
+    STALE = "STALE"  # an AE event older than the newest one applied to its record: ignored
     S1 = "S1"
     S2 = "S2"
     S3 = "S3"
@@ -47,6 +50,9 @@ class Rule(StrEnum):
     # Not a decision either: two records that turned out to be one (an event named ids of
     # both) were merged into the older one. Audit rows only.
     MERGE = "MERGE"
+    # Not a decision: a follow-up SLA clock started, met or stopped (its expiry is A9).
+    # Audit rows only.
+    SLA = "SLA"
 
 
 @dataclass(frozen=True)
@@ -145,10 +151,23 @@ class SfRecordUpsert:
     version: ClassVar[int] = 1
 
 
-Effect = AeProspectUpsert | SfRecordUpsert
+@dataclass(frozen=True)
+class SfOwnerReassign:
+    """Move an existing SF record to another owner (PATCH OwnerId, `Sforce-Auto-Assign: FALSE`):
+    what an expired follow-up SLA does (A9)."""
+
+    sobject: Literal["Lead", "Contact"]
+    owner_id: str
+
+    target: ClassVar[Target] = "sf"
+    kind: ClassVar[str] = "sf.record.owner"
+    version: ClassVar[int] = 1
+
+
+Effect = AeProspectUpsert | SfRecordUpsert | SfOwnerReassign
 
 _EFFECT_TYPES: Mapping[str, type[Effect]] = {
-    cls.kind: cls for cls in (AeProspectUpsert, SfRecordUpsert)
+    cls.kind: cls for cls in (AeProspectUpsert, SfRecordUpsert, SfOwnerReassign)
 }
 _EFFECT_SHAPES: Mapping[str, TypeAdapter[Effect]] = {
     kind: TypeAdapter[Effect](cls) for kind, cls in _EFFECT_TYPES.items()
@@ -235,6 +254,7 @@ class Member:
     last_assigned_at: datetime | None = None
     assigned_today: int = 0
     assigned_total: int = 0
+    hours: WorkingHours | None = None  # None: always on
 
     def __post_init__(self) -> None:
         if self.weight < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import quote, urlencode
 
-SfAction = Literal["record-created", "record-reassigned"]
+SfAction = Literal["record-created", "record-reassigned", "record-updated"]
 
 
 def sf_outbound_url(base_url: str, tenant: str, action: SfAction, key: str | None) -> str:

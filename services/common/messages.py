@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
@@ -20,7 +20,7 @@ from services.common.sfid import SfId
 
 EVENT_NAMESPACE = uuid.UUID("5f0b6a2e-4c1e-4d59-9a4b-7c0f3f0e2a11")
 
-SfRecordEventType = Literal["sf.record.created", "sf.record.reassigned"]
+SfRecordEventType = Literal["sf.record.created", "sf.record.reassigned", "sf.record.updated"]
 AeProspectEventType = Literal[
     "ae.prospect.created", "ae.prospect.assignment_requested", "ae.prospect.reassigned"
 ]
@@ -28,6 +28,9 @@ AeWebhookType = Literal["prospect.created", "prospect.assignment_requested", "pr
 
 SF_RECORD_CREATED: Final = "sf.record.created"
 SF_RECORD_REASSIGNED: Final = "sf.record.reassigned"
+# Any update SF reports (Status, LastActivityDate): ends follow-up SLAs; an owner change in it is
+# handled as a reassignment.
+SF_RECORD_UPDATED: Final = "sf.record.updated"
 AE_PROSPECT_CREATED: Final = "ae.prospect.created"
 AE_ASSIGNMENT_REQUESTED: Final = "ae.prospect.assignment_requested"
 AE_PROSPECT_REASSIGNED: Final = "ae.prospect.reassigned"
@@ -69,6 +72,8 @@ class SfRecord(_Frozen):
     system_modstamp: datetime
     created_date: datetime | None = None
     action_id: SfId | None = None
+    status: Annotated[str, StringConstraints(max_length=255)] | None = None
+    last_activity_date: date | None = None
 
 
 class SfRecordEvent(_Frozen):

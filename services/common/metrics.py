@@ -33,6 +33,11 @@ EVENTS_SKIPPED = Counter(
     "Events that changed nothing: duplicates (S8/DUP), stale (S7), refusals and no-ops",
     ["type", "rule"],
 )
+SLA_TOTAL = Counter(
+    "ownersync_sla_total",
+    "Follow-up SLAs ended: met (worked in time) or missed (expired), per group and member",
+    ["group", "member", "outcome"],
+)
 EVENTS_DEAD_LETTERED = Counter(
     "ownersync_events_dead_lettered_total", "Events parked in the dead-letter queue", ["queue"]
 )
@@ -70,7 +75,7 @@ EFFECTS_OLDEST_AGE = Gauge(
 EFFECTS_DEAD = Gauge("ownersync_effects_dead", "Effects refused for good, by tenant", ["tenant"])
 
 # Decisions that change nothing anywhere.
-NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.A9, Rule.DUP})
+NO_CHANGE_RULES = frozenset({Rule.S3, Rule.S7, Rule.S8, Rule.A0, Rule.A3, Rule.STALE, Rule.DUP})
 
 
 class CountsCalls(Protocol):

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     sf_client_secret: SecretStr | None = None
 
     relay_interval_ms: int = Field(200, ge=10, description="outbox poll interval")
+    sla_interval_ms: int = Field(
+        1000, ge=10, description="how often each assigner looks for due follow-up SLA timers"
+    )
     relay_batch_size: int = Field(200, ge=1)
     relay_coalesce_ms: int = Field(
         300,
@@ -133,6 +136,14 @@ class Settings(BaseSettings):
         description="how long a relay owns a record it claimed before another relay may take "
         "it over (longer than the slowest send)",
     )
+    inbox_retention_hours: float = Field(
+        48.0,
+        ge=24.0,
+        description="inbox entries (redelivery dedupe) and settled outbox rows older than this "
+        "are pruned; at least SF's 24 h retry window (the audit log is kept)",
+    )
+    prune_interval_seconds: float = Field(300.0, gt=0, description="how often the relay prunes")
+    prune_batch_size: int = Field(5000, ge=1, description="most rows one pruning DELETE removes")
     relay_replica_id: str | None = Field(
         None, max_length=128, description="this relay's name in leases; unset = host:pid"
     )

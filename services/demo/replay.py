@@ -6,7 +6,10 @@
 2. Salesforce -> Account Engagement: the SF outbound messages in `fixtures/salesforce/`
    (kim's lead, its reassignments, a stale and a repeated message, the 100-notification
    batch, and every hostile message) go receiver -> broker -> syncer -> relay -> AE.
-3. The four scenarios of the product page, and which row above shows each.
+3. Follow-up SLA: two leads assigned through the round-robin group with a 2 s SLA; the rep
+   works one (SF reports its Status through the record-updated action) and it stays; nobody
+   works the other and ownersync moves it to the next member (A9), and AE follows (S5).
+4. The four scenarios of the product page, and which row above shows each.
 
 It runs on a fresh temporary SQLite store, the in-process broker and both simulators served
 over real HTTP, so that every run tells the same story.
@@ -19,6 +22,7 @@ import json
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +31,18 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
+from services.admin import groups, records
+from services.admin.schemas import GroupSlaPut
 from services.admin.tenant_file import TenantFile, load_tenant
 from services.bootstrap import ROLES, Running, running
 from services.common.db.engine import make_engine, migrate
-from services.common.db.tables import audit_log, records
+from services.common.db.tables import audit_log, sla_timers
+from services.common.db.tables import records as records_table
 from services.common.domain import Rule
 from services.common.endpoints import SfAction, sf_outbound_url
 from services.common.messages import event_id_for
 from services.common.settings import Settings
+from services.common.sla import OPEN_STATES
 from services.common.web import free_port
 from services.receiver.signatures import signed_headers
 from services.receiver.soap import parse_outbound_message
@@ -127,19 +135,19 @@ class Story:
     async def audit_since(self, since: int, **where: Any) -> list[Any]:
         """The decisions audited since `since` (what the relay learned is not a decision)."""
         query = (
-            select(audit_log, records.c.prospect_id, records.c.sf_record_id)
-            .outerjoin(records, records.c.id == audit_log.c.record_id)
+            select(audit_log, records_table.c.prospect_id, records_table.c.sf_record_id)
+            .outerjoin(records_table, records_table.c.id == audit_log.c.record_id)
             .where(audit_log.c.id > since, audit_log.c.rule != Rule.RELAY)
         )
         for column, value in where.items():
-            query = query.where(records.c[column] == value)
+            query = query.where(records_table.c[column] == value)
         async with self.live.runtime.engine.connect() as conn:
             return list(await conn.execute(query.order_by(audit_log.c.id)))
 
     async def record(self, **where: Any) -> Any:
-        query = select(records).where(records.c.tenant_id == self.tenant.tenant)
+        query = select(records_table).where(records_table.c.tenant_id == self.tenant.tenant)
         for column, value in where.items():
-            query = query.where(records.c[column] == value)
+            query = query.where(records_table.c[column] == value)
         async with self.live.runtime.engine.connect() as conn:
             return (await conn.execute(query)).first()
 
@@ -177,6 +185,7 @@ async def run_demo(console: Console) -> None:
             port=free_port(),
             relay_interval_ms=20,
             relay_coalesce_ms=0,
+            sla_interval_ms=100,
         )
         await asyncio.to_thread(migrate, settings.database_url)
         engine = make_engine(settings.database_url)
@@ -192,8 +201,10 @@ async def run_demo(console: Console) -> None:
             _configure_sf_org(story)
             ae_table = await _engagement_to_salesforce(story)
             sf_table = await _salesforce_to_engagement(story)
+            sla_table = await _follow_up_sla(story)
     console.print(ae_table)
     console.print(sf_table)
+    console.print(sla_table)
     console.print(_seed_table(story))
     console.print(
         "Every decision above is in the audit log with its rule, before, after and reason. "
@@ -243,7 +254,7 @@ def _engagement_body(name: str, story: Story) -> bytes:
     body = json.loads((AE / "prospect-created-assigned-connected.json").read_bytes())
     body["type"] = "prospect.reassigned"
     body["prospect"]["assignedUserId"] = story.tenant.engagement_users["bob"]
-    # After the last fixture about 9002 (09:04): an older AE event would be ignored as stale (A9).
+    # After the last fixture about 9002 (09:04): an older AE event would be ignored (STALE).
     body["occurredAt"] = "2026-11-02T09:06:00Z"
     return json.dumps(body).encode()
 
@@ -320,6 +331,105 @@ async def _salesforce_to_engagement(story: Story) -> Table:
             _faultstring(response.text),
         )
     return table
+
+
+# Two new prospects for the round-robin group; the first one's rep works it, nobody the other.
+SLA_LEADS = (
+    (99101, "lee@example.com", "Working - Contacted"),
+    (99102, "max@example.com", None),
+)
+SLA_SECONDS = 2
+
+
+async def _follow_up_sla(story: Story) -> Table:
+    table = Table(title=f"Follow-up SLA ({SLA_SECONDS} s, group 7): worked leads stay, others move")
+    for column in (
+        "prospect",
+        "assigned to",
+        "worked in SF",
+        "SLA",
+        "SF owner after",
+        "AE owner after",
+        "why",
+    ):
+        table.add_column(column, overflow="fold")
+    group = next(iter(story.tenant.groups))
+    async with story.live.runtime.engine.begin() as conn:
+        await groups.set_group_sla(
+            conn,
+            story.tenant.tenant,
+            group,
+            GroupSlaPut.model_validate({"slaSeconds": SLA_SECONDS}),
+        )
+    first_owner: dict[int, str] = {}
+    for prospect_id, email, _ in SLA_LEADS:
+        body = json.loads((AE / "assign-to-group.json").read_bytes())
+        body["prospect"].update({"id": prospect_id, "email": email})
+        hold_prospect(story.live.ae_sim, body["prospect"])
+        await _post_webhook(story, json.dumps(body).encode())
+        await story.settle()
+        record = await story.record(prospect_id=prospect_id)
+        first_owner[prospect_id] = story.sf_owner(record.sf_record_id)
+    for n, (prospect_id, _, status) in enumerate(SLA_LEADS):
+        record = await story.record(prospect_id=prospect_id)
+        if status is not None:
+            body = _updated_message(story, record.sf_record_id, record.sf_owner_id, status, n)
+            response = await story.http.post(
+                sf_outbound_url(
+                    "", story.tenant.tenant, "record-updated", story.tenant.salesforce_endpoint_key
+                ),
+                content=body,
+                headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'},
+            )
+            if response.status_code == 200:
+                story.posted += 1
+            await story.settle()
+    await _until_no_sla_runs(story)
+    for prospect_id, _, status in SLA_LEADS:
+        record = await story.record(prospect_id=prospect_id)
+        async with story.live.runtime.engine.connect() as conn:
+            view = await records.get_record(conn, story.tenant.tenant, "prospect", prospect_id)
+        states = " -> ".join(t.state for t in view.sla) or "-"
+        why = next((t.reason for t in view.sla if t.reason), "-")
+        table.add_row(
+            str(prospect_id),
+            first_owner[prospect_id],
+            status or "no",
+            states,
+            story.sf_owner(record.sf_record_id),
+            story.ae_owner(prospect_id),
+            why,
+        )
+    return table
+
+
+async def _until_no_sla_runs(story: Story, within: float = 20.0) -> None:
+    """Wait until the first clocks ran out and their moves settled (the fresh clocks run on)."""
+    async with asyncio.timeout(within):
+        while True:
+            async with story.live.runtime.engine.connect() as conn:
+                first = await conn.execute(
+                    select(sla_timers.c.state).where(sla_timers.c.escalations == 0)
+                )
+                if all(state not in OPEN_STATES for state in first.scalars()):
+                    break
+            await asyncio.sleep(0.1)
+    await story.settle()
+
+
+def _updated_message(story: Story, lead: str, owner: str, status: str, n: int) -> bytes:
+    """SF's record-updated outbound message: the rep changed the lead's Status."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"
+ xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>
+<notifications xmlns="http://soap.sforce.com/2005/09/outbound">
+<OrganizationId>{story.tenant.salesforce_org_id}</OrganizationId>
+<Notification><Id>04l5g0000u46s0{n}</Id>
+<sObject xsi:type="sf:Lead" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">
+<sf:Id>{lead}</sf:Id><sf:OwnerId>{owner}</sf:OwnerId><sf:Status>{status}</sf:Status>
+<sf:SystemModstamp>{stamp}</sf:SystemModstamp></sObject></Notification>
+</notifications></soapenv:Body></soapenv:Envelope>""".encode()
 
 
 def _seed_table(story: Story) -> Table:

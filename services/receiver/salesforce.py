@@ -1,4 +1,5 @@
-"""`POST /salesforce/{tenant}/record-created|record-reassigned`: SF outbound messages -> events.
+"""`POST /salesforce/{tenant}/record-created|record-reassigned|record-updated`: SF outbound
+messages -> events.
 
 Thin: check the endpoint key (`?key=`), read the body (capped), parse it safely, check the org
 and the clock, publish with confirms, and answer <Ack>true</Ack> only when every notification
@@ -23,6 +24,7 @@ from services.common.keys import key_matches, valid_hashes
 from services.common.messages import (
     SF_RECORD_CREATED,
     SF_RECORD_REASSIGNED,
+    SF_RECORD_UPDATED,
     SfRecordEvent,
     SfRecordEventType,
     event_id_for,
@@ -60,6 +62,16 @@ async def record_reassigned(
     tenant: str, request: Request, runtime: RuntimeDep, key: EndpointKey = None
 ) -> Response:
     return await _receive(tenant, key, request, SF_RECORD_REASSIGNED, runtime)
+
+
+@router.post(
+    "/salesforce/{tenant}/record-updated",
+    summary="SF outbound message: updated (Status, LastActivityDate; ends follow-up SLAs)",
+)
+async def record_updated(
+    tenant: str, request: Request, runtime: RuntimeDep, key: EndpointKey = None
+) -> Response:
+    return await _receive(tenant, key, request, SF_RECORD_UPDATED, runtime)
 
 
 async def _receive(

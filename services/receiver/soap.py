@@ -104,6 +104,8 @@ def _notification(item: Element, action: str | None, position: int) -> Notificat
         "system_modstamp": _required(sobject, f"{_S}SystemModstamp", f"{where}: SystemModstamp"),
         "created_date": _text(sobject, f"{_S}CreatedDate"),
         "action_id": action,
+        "status": _text(sobject, f"{_S}Status"),
+        "last_activity_date": _text(sobject, f"{_S}LastActivityDate"),
     }
     try:
         record = SfRecord.model_validate(fields)

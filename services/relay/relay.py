@@ -60,6 +60,7 @@ from services.common.domain import (
     EffectPayloadError,
     Learned,
     RecordState,
+    SfOwnerReassign,
     SfRecordUpsert,
     Target,
     effect_from_outbox,
@@ -113,7 +114,7 @@ class Attempt:
 # A sender applies one effect to a record and returns what the answer taught (e.g. the new
 # prospect id). It raises Rejected for permanent failures; anything else is retried.
 AeSender = Callable[[RecordState, AeProspectUpsert, Attempt], Awaitable[Learned]]
-SfSender = Callable[[RecordState, SfRecordUpsert, Attempt], Awaitable[Learned]]
+SfSender = Callable[[RecordState, SfRecordUpsert | SfOwnerReassign, Attempt], Awaitable[Learned]]
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ class Senders:
 
     @property
     def kinds(self) -> list[str]:
-        return [AeProspectUpsert.kind] + ([SfRecordUpsert.kind] if self.sf is not None else [])
+        sf = [SfRecordUpsert.kind, SfOwnerReassign.kind] if self.sf is not None else []
+        return [AeProspectUpsert.kind, *sf]
 
     @property
     def targets(self) -> list[Target]:
@@ -136,7 +138,7 @@ class Senders:
         match effect:
             case AeProspectUpsert():
                 return await self.ae(record, effect, attempt)
-            case SfRecordUpsert():
+            case SfRecordUpsert() | SfOwnerReassign():
                 if self.sf is None:
                     raise RuntimeError("an SF effect was claimed with no SF sender")
                 return await self.sf(record, effect, attempt)

@@ -24,7 +24,13 @@ from services.common.ae_client import (
     AeQuotaExhausted,
     AeRequestRejected,
 )
-from services.common.domain import AeProspectUpsert, Learned, RecordState, SfRecordUpsert
+from services.common.domain import (
+    AeProspectUpsert,
+    Learned,
+    RecordState,
+    SfOwnerReassign,
+    SfRecordUpsert,
+)
 from services.common.sf_auth import SfCredentialsRefused
 from services.common.sf_client import (
     SfClient,
@@ -118,7 +124,11 @@ def _wanted_in_ae(effect: AeProspectUpsert) -> AeProspectFields:
 def sf_record_sender(sf: SfClient) -> SfSender:
     """Create the SF lead/contact (owner set, or left to the active rule) or move its owner."""
 
-    async def send(record: RecordState, effect: SfRecordUpsert, attempt: Attempt) -> Learned:
+    async def send(
+        record: RecordState, effect: SfRecordUpsert | SfOwnerReassign, attempt: Attempt
+    ) -> Learned:
+        if isinstance(effect, SfOwnerReassign):
+            return await _reassign_owner(sf, record, effect)
         owner, auto_assign = effect.owner_id, effect.auto_assign
         try:
             if record.sf_record_id is None:
@@ -140,6 +150,20 @@ def sf_record_sender(sf: SfClient) -> SfSender:
         return learned
 
     return send
+
+
+async def _reassign_owner(sf: SfClient, record: RecordState, effect: SfOwnerReassign) -> Learned:
+    """PATCH OwnerId with `Sforce-Auto-Assign: FALSE` (A9): safe to repeat, the record exists."""
+    if record.sf_record_id is None:
+        raise Rejected(f"record {record.id} has no SF record to move to {effect.owner_id}")
+    try:
+        owner = SfRecordFields(owner_id=effect.owner_id)
+        await sf.update(effect.sobject, record.sf_record_id, owner, auto_assign=False)
+    except SfCredentialsRefused:
+        raise
+    except SfRequestRejected as exc:
+        raise Rejected(str(exc)) from exc
+    return Learned(sf_owner_id=effect.owner_id)
 
 
 def idempotency_key(tenant_id: str, record_id: int) -> str:

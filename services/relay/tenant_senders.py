@@ -34,6 +34,7 @@ from services.common.domain import (
     Effect,
     Learned,
     RecordState,
+    SfOwnerReassign,
     SfRecordUpsert,
     Target,
 )
@@ -94,7 +95,7 @@ class TenantSenders:
     @property
     def kinds(self) -> list[str]:
         # Every tenant's connections write to both systems.
-        return [AeProspectUpsert.kind, SfRecordUpsert.kind]
+        return [AeProspectUpsert.kind, SfRecordUpsert.kind, SfOwnerReassign.kind]
 
     @property
     def targets(self) -> list[Target]:

@@ -9,9 +9,10 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.broker.base import AnyEvent
-from services.common.db import store
-from services.common.domain import RecordState
+from services.common.db import sla_store, store
+from services.common.domain import RecordState, Rule
 from services.common.messages import SfRecordEvent
+from services.common.sla import SfUpdate
 from services.common.worker import Decided, by_tenant
 from services.syncer.decide import decide_sf_event
 
@@ -37,6 +38,7 @@ async def apply_sf_events(
         unlinked = await store.oldest_unlinked_by_email(
             conn, tenant_id, (p.email for p in payloads if p.record_id not in known)
         )
+        sla_updates: list[tuple[int, SfUpdate]] = []
         for event in tenant_events:
             sf = event.payload
             event_id = str(event.event_id)
@@ -58,6 +60,11 @@ async def apply_sf_events(
             if stored is not None:
                 known[sf.record_id] = stored
                 unlinked.pop(email, None)
+                if stored.id is not None and stored.id > 0 and decision.rule != Rule.S7:
+                    update = SfUpdate(
+                        sf.owner_id, sf.status, sf.last_activity_date, sf.system_modstamp
+                    )
+                    sla_updates.append((stored.id, update))
             log.info(
                 "decision",
                 extra={
@@ -70,5 +77,7 @@ async def apply_sf_events(
                     "reason": decision.reason,
                 },
             )
+        # Follow-up SLAs end when SF shows the record worked or moved by anyone else.
+        await sla_store.observe_sf_updates(conn, tenant_id, sla_updates, now)
     await writer.flush()
     return decided

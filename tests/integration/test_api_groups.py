@@ -133,3 +133,63 @@ async def test_assignment_requests_are_validated(api: Api) -> None:
     ):
         response = await api.post(f"{T}/assignment-requests", key="write", json=body)
         assert response.status_code == 422, body
+
+
+async def test_group_follow_up_sla_is_set_shown_and_switched_off(api: Api) -> None:
+    body = {"slaSeconds": 7200, "slaBusinessHours": True, "fallbackOwnerId": QUEUE[:15]}
+    put = await api.put(f"{T}/groups/7/sla", key="write", json=body)
+    assert put.status_code == 200
+    assert put.json()["sla"] == {
+        "slaSeconds": 7200,
+        "slaBusinessHours": True,
+        "assignWhenClosed": False,
+        "maxEscalations": 2,
+        "fallbackOwnerId": QUEUE,
+    }
+    shown = (await api.get(f"{T}/groups/7", key="read")).json()
+    assert shown["sla"]["slaSeconds"] == 7200
+    off = await api.put(f"{T}/groups/7/sla", key="write", json={"slaSeconds": None})
+    assert off.json()["sla"]["slaSeconds"] is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"slaSeconds": 0},
+        {"slaSeconds": 7200, "fallbackOwnerId": "00Q5g0000ZWHszx"},  # a lead is no owner
+        {"slaSeconds": 7200, "maxEscalations": -1},
+        {"slaSeconds": "two hours"},
+    ],
+)
+async def test_unreadable_group_sla_is_a_422(api: Api, body: dict[str, object]) -> None:
+    response = await api.put(f"{T}/groups/7/sla", key="write", json=body)
+    assert response.status_code == 422
+
+
+async def test_member_working_hours_are_stored_in_their_canonical_form(api: Api) -> None:
+    hours = {
+        "timeZone": "America/New_York",
+        "weeklyHours": {"Monday": "13:00-17:00,09:00-12:00", "fri": "09:00-17:00"},
+        "awayDates": ["2026-12-24"],
+    }
+    put = await api.put(f"{T}/groups/7/members/101", key="write", json=hours)
+    assert put.status_code == 200
+    member = put.json()
+    assert member["weeklyHours"] == {"mon": "09:00-12:00,13:00-17:00", "fri": "09:00-17:00"}
+    assert (member["timeZone"], member["awayDates"]) == ("America/New_York", ["2026-12-24"])
+
+
+@pytest.mark.parametrize(
+    "hours",
+    [
+        {"timeZone": "Mars/Olympus"},
+        {"weeklyHours": {"mon": "17:00-09:00"}},
+        {"weeklyHours": {"someday": "09:00-17:00"}},
+        {"awayDates": ["24/12/2026"]},
+    ],
+)
+async def test_unreadable_working_hours_are_a_422_that_says_why(
+    api: Api, hours: dict[str, object]
+) -> None:
+    response = await api.put(f"{T}/groups/7/members/101", key="write", json=hours)
+    assert response.status_code == 422

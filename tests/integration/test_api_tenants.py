@@ -196,3 +196,14 @@ async def test_a_key_cannot_revoke_another_tenants_key(api: Api) -> None:
 async def test_connector_user_cannot_be_deactivated(api: Api) -> None:
     response = await api.post(f"/v1/tenants/{ACME}/sf-users/{CONNECTOR_SF}/deactivate", key="write")
     assert response.status_code == 409 and error(response)["code"] == "connector_user"
+
+
+async def test_untouched_statuses_of_follow_up_slas_are_a_tenant_setting(api: Api) -> None:
+    shown = (await api.get(f"/v1/tenants/{ACME}", key="read")).json()
+    assert shown["untouchedStatuses"] == ["Open - Not Contacted"]
+    changed = await api.patch(
+        f"/v1/tenants/{ACME}", key="admin", json={"untouchedStatuses": ["New", "Open"]}
+    )
+    assert changed.status_code == 200 and changed.json()["untouchedStatuses"] == ["New", "Open"]
+    empty = await api.patch(f"/v1/tenants/{ACME}", key="admin", json={"untouchedStatuses": []})
+    assert empty.status_code == 422

@@ -204,3 +204,74 @@ def test_the_cli_shows_the_refusal_and_exits_1_leaving_the_tenant_as_it_was(
     loaded = CliRunner().invoke(app, ["tenant", "load", str(TENANT_JSON)], catch_exceptions=False)
     assert loaded.exit_code == 0, loaded.output
     assert "2 connected users" in loaded.output
+
+
+def _with_follow_up_sla(raw: dict[str, Any]) -> None:
+    raw["untouched_statuses"] = ["New", "Open - Not Contacted"]
+    raw["groups"]["7"].update(
+        {
+            "sla_seconds": 5400,
+            "sla_business_hours": True,
+            "max_escalations": 1,
+            "fallback_owner": "00G5g0000QQQdLA",
+            "member_hours": {
+                "101": {"time_zone": "Europe/Berlin", "weekly_hours": {"mon": "08:00-16:00"}}
+            },
+        }
+    )
+
+
+async def test_a_file_sets_the_group_sla_member_hours_and_untouched_statuses(
+    base_settings: Settings, clean: None
+) -> None:
+    await _load(base_settings, _edited(_with_follow_up_sla))
+
+    engine = make_engine(base_settings.database_url)
+    async with engine.connect() as conn:
+        group = (await conn.execute(select(groups).where(groups.c.id == 7))).one()
+        hours = (
+            await conn.execute(select(group_members).where(group_members.c.ae_user_id == 101))
+        ).one()
+        tenant = (await conn.execute(select(tenants).where(tenants.c.id == "acme"))).one()
+    await engine.dispose()
+    assert (group.sla_seconds, group.sla_business_hours, group.max_escalations) == (5400, True, 1)
+    assert group.fallback_owner_id == "00G5g0000QQQdLAEQ1"
+    assert (hours.time_zone, hours.weekly_hours) == ("Europe/Berlin", {"mon": "08:00-16:00"})
+    assert tenant.untouched_statuses == ["New", "Open - Not Contacted"]
+
+    # The file replaces the tenant: without the SLA entries the SLA is off again.
+    await _load(base_settings, _edited(lambda raw: None))
+    engine = make_engine(base_settings.database_url)
+    async with engine.connect() as conn:
+        group = (await conn.execute(select(groups).where(groups.c.id == 7))).one()
+        tenant = (await conn.execute(select(tenants).where(tenants.c.id == "acme"))).one()
+    await engine.dispose()
+    assert (group.sla_seconds, tenant.untouched_statuses) == (None, None)
+
+
+def test_the_cli_sets_a_group_sla_and_shows_it_in_hours_or_minutes(
+    base_settings: Settings, clean: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OWNERSYNC_DATABASE_URL", base_settings.database_url)
+    monkeypatch.setenv("OWNERSYNC_TENANT", "acme")
+    runner = CliRunner()
+
+    set_2h = runner.invoke(app, ["groups", "sla", "7", "--sla", "2h"], catch_exceptions=False)
+    assert set_2h.exit_code == 0, set_2h.output
+    assert "follow-up SLA 2 h; 2 escalations" in set_2h.output
+    set_90m = runner.invoke(
+        app,
+        ["groups", "sla", "7", "--sla", "90m", "--fallback", "00G5g0000QQQdLA"],
+        catch_exceptions=False,
+    )
+    assert "90 min; 2 escalations, then 00G5g0000QQQdLAEQ1" in " ".join(set_90m.output.split())
+    listed = runner.invoke(app, ["groups", "list"], catch_exceptions=False)
+    assert "90 min" in listed.output
+    wrong = runner.invoke(app, ["groups", "sla", "7", "--sla", "soon"], catch_exceptions=False)
+    assert wrong.exit_code == 2 and "not a duration" in wrong.output
+    hours = runner.invoke(
+        app,
+        ["groups", "hours", "7", "101", "--tz", "America/New_York", "--hours", "mon=09:00-17:00"],
+        catch_exceptions=False,
+    )
+    assert hours.exit_code == 0 and "mon 09:00-17:00" in hours.output

@@ -16,6 +16,7 @@ from services.common.domain import (
     SfRecordUpsert,
     TenantPolicy,
 )
+from services.common.hours import WorkingHours
 from services.common.messages import AeProspectEvent, AeWebhook, event_id_for
 
 NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -414,13 +415,13 @@ def test_duplicate_webhook_has_no_effect_and_leaves_no_audit() -> None:
     assert d.before == d.after == record
 
 
-def test_a9_ae_event_older_than_the_newest_applied_is_ignored_as_stale() -> None:
+def test_stale_ae_event_older_than_the_newest_applied_is_ignored() -> None:
     record = stored(prospect_id=9002, email="ben@example.com", ae_modstamp=at(4))
     event = ae_event("prospect-created-assigned-connected", type="prospect.reassigned")
 
     d = decide(event, record=record).decision
 
-    assert (d.rule, d.effects, d.refused) == ("A9", (), False)
+    assert (d.rule, d.effects, d.refused) == ("STALE", (), False)
     assert d.after == d.before == record
     assert d.audited and d.reason.startswith("stale: occurredAt 2026-11-02T09:01:00")
 
@@ -439,3 +440,26 @@ def test_applied_ae_event_stamps_the_record_with_its_occurred_at() -> None:
     d = decide(ae_event("assign-to-group"), record=record).decision
 
     assert d.rule == "A5" and d.after is not None and d.after.ae_modstamp == at(5)
+
+
+def test_a5_with_nobody_on_waits_when_the_group_does_not_assign_when_closed() -> None:
+    later = WorkingHours.parse("UTC", {"mon": "12:00-13:00"})  # NOW is Monday 09:30 UTC
+    members = tuple(replace(m, hours=later) for m in GROUP_MEMBERS)
+    event = ae_event("assign-to-group")
+
+    waits = decide_ae_event(
+        event,
+        policy=LEADS,
+        record=None,
+        sf_user_of=SF_USER_OF,
+        group_members=members,
+        known_queues={QUEUE},
+        already_processed=False,
+        now=NOW,
+        assign_when_closed=False,
+    )
+    anyway = decide(event, group_members=members)
+
+    assert waits.wait_until == NOW.replace(hour=12, minute=0) and waits.assigned_member is None
+    assert waits.decision.effects == () and "waits" in waits.decision.reason
+    assert anyway.wait_until is None and anyway.assigned_member is not None

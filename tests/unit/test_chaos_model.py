@@ -169,3 +169,52 @@ def test_stuck_counts_queued_work_and_every_effect_not_yet_settled() -> None:
     outbox = {"done": 900, "superseded": 9, "dead": 4, "pending": 5, "sending": 200}
     assert _unsettled(depths, outbox) == 2 + 1 + 3 + 5 + 200  # parked and dead count elsewhere
     assert _unsettled({"syncer": 0, "dead-letters": 7}, {"done": 1, "dead": 2}) == 0
+
+
+# ---- SLA prospects: moved by their SLA, each clock fired once
+
+
+def sla_model() -> Model:
+    m = model()
+    m.group_sf_users = frozenset({ALICE, BOB})
+    m.sla_assigned(800_000, "s@x.com")
+    return m
+
+
+def test_an_sla_prospect_ends_with_a_group_member_in_sf_and_the_same_owner_in_ae() -> None:
+    m = sla_model()
+    assert m.check([prospect(800_000, "s@x.com", AE_BOB)], [lead("00QS", "s@x.com", BOB)]).ok
+    wrong = m.check([prospect(800_000, "s@x.com", AE_ALICE)], [lead("00QS", "s@x.com", BOB)])
+    assert wrong.wrong_owner == 1
+    outside = m.check([prospect(800_000, "s@x.com", None)], [lead("00QS", "s@x.com", CAROL)])
+    assert outside.wrong_owner == 1
+    assert m.check([prospect(800_000, "s@x.com", AE_BOB)], []).lost == 1
+
+
+def test_sla_clocks_must_run_escalated_escalated_expired_once_each() -> None:
+    m = sla_model()
+    chains = {
+        "ok": ["escalated", "escalated", "expired"],
+        "stuck": ["escalated", "running"],
+        "lost": ["escalated", "expired"],
+        "duplicated": ["escalated", "escalated", "escalated", "expired"],
+    }
+    for expected, chain in chains.items():
+        figures = Figures()
+        m.check_sla_clocks({800_000: chain}, figures)
+        counted = {
+            n: getattr(figures, n) for n in ("lost", "duplicated", "stuck") if getattr(figures, n)
+        }
+        assert counted == ({} if expected == "ok" else {expected: 1}), expected
+    none = Figures()
+    m.check_sla_clocks({}, none)
+    assert none.lost == 1
+
+
+def test_sla_traffic_assigns_unassigned_prospects_through_group_7() -> None:
+    shape = Shape(sf_records=0, sf_reassign_messages=0, ae_prospects=0, sla_prospects=3)
+    traffic = build(TENANT_FILE, shape, 5)
+    assert len(traffic.model.sla_prospects) == 3 and len(traffic.sends) >= 3
+    assert traffic.model.group_sf_users  # alice and bob, connected members of group 7
+    assert all(p["assignedUserId"] is None for p in traffic.seeded_prospects)
+    assert all(b'"assign_to_group"' in s.body for s in traffic.sends)

@@ -174,6 +174,7 @@ def _unbounded_strings(schema: dict[str, Any], definitions: dict[str, Any]) -> l
             return
         bounded = {"maxLength", "enum", "const"} & set(node) or node.get("format") in (
             "date-time",
+            "date",
             "uuid",
         )
         if node.get("type") == "string" and not bounded:

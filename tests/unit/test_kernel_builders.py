@@ -56,9 +56,11 @@ def test_rule_ids_are_stored_and_labelled_as_the_plain_strings_they_always_were(
         "A0",
         *(f"A{n}" for n in range(1, 10)),
         "DUP",
+        "STALE",
         *(f"S{n}" for n in range(1, 10)),
         "RELAY",
         "MERGE",
+        "SLA",
     ]
     assert all(str(r) == f"{r}" == r.value == r for r in Rule)
     assert max(len(r.value) for r in Rule) <= 8  # audit_log.rule is String(8)

@@ -16,6 +16,7 @@ from services.common.domain import (
     EffectPayloadError,
     Learned,
     RecordState,
+    SfOwnerReassign,
     SfRecordUpsert,
     effect_from_outbox,
 )
@@ -28,6 +29,7 @@ EFFECTS: list[Effect] = [
     AeProspectUpsert(None, "00G5g0000QQQdLAEQ1"),
     SfRecordUpsert("Lead", "0055g0000Zti3ElAQI", auto_assign=False, email="kim@example.com"),
     SfRecordUpsert("Contact", None, auto_assign=True),
+    SfOwnerReassign("Lead", "0055g0000Zti3EmAQI"),
 ]
 
 
@@ -105,7 +107,9 @@ async def test_senders_dispatch_each_effect_on_its_type() -> None:
         sent.append(("ae", effect))
         return Learned(prospect_id=5001)
 
-    async def to_sf(record: RecordState, effect: SfRecordUpsert, tried: Attempt) -> Learned:
+    async def to_sf(
+        record: RecordState, effect: SfRecordUpsert | SfOwnerReassign, tried: Attempt
+    ) -> Learned:
         assert tried is attempt
         sent.append(("sf", effect))
         return Learned(sf_record_id="00Q5g0000ZWHszxEQD", sf_object=effect.sobject)
@@ -116,5 +120,5 @@ async def test_senders_dispatch_each_effect_on_its_type() -> None:
     assert sent == [(e.target, e) for e in EFFECTS]
     assert learned[0].columns() == {"prospect_id": 5001}
     assert learned[2].columns() == {"sf_record_id": "00Q5g0000ZWHszxEQD", "sf_object": "Lead"}
-    assert senders.kinds == ["ae.prospect.upsert", "sf.record.upsert"]
+    assert senders.kinds == ["ae.prospect.upsert", "sf.record.upsert", "sf.record.owner"]
     assert Senders(ae=to_ae).kinds == ["ae.prospect.upsert"]  # no SF org: SF effects wait

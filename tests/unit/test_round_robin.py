@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from services.assigner.round_robin import pick_member, record_assignment
 from services.common.domain import Member
+from services.common.hours import WorkingHours
 
 NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
@@ -202,3 +203,23 @@ def test_naive_and_aware_assignment_times_compare_as_utc() -> None:
     ]
 
     assert picked(members) == 2
+
+
+def test_round_robin_skips_members_who_are_off_when_the_assignment_is_made() -> None:
+    # NOW is Monday 09:30 UTC: 04:30 in New York, before that member's day starts.
+    new_york = WorkingHours.parse("America/New_York", {"mon": "09:00-17:00"})
+    members = [
+        Member(ae_user_id=1, created_order=0, hours=new_york),
+        Member(ae_user_id=2, created_order=1, last_assigned_at=ago(1)),
+    ]
+    assert picked(members) == 2
+
+
+def test_round_robin_when_nobody_is_on_assigns_anyway_or_names_the_first_on_time() -> None:
+    later = WorkingHours.parse("UTC", {"mon": "12:00-13:00"})
+    members = [Member(ae_user_id=1, created_order=0, hours=later)]
+
+    anyway = pick_member(members, NOW)
+    assert anyway.member is not None and "nobody is on" in anyway.reason
+    waits = pick_member(members, NOW, when_closed=False)
+    assert waits.member is None and waits.wait_until == NOW.replace(hour=12, minute=0)

@@ -50,3 +50,33 @@ def test_hostile_or_broken_messages_raise_a_client_fault_that_says_why(
 def test_the_ack_and_the_fault_are_soap_envelopes() -> None:
     assert b"<Ack>true</Ack>" in ack_body()
     assert b"<faultstring>a &lt;b&gt;</faultstring>" in fault_body("a <b>")
+
+
+def test_status_and_last_activity_date_are_read_when_sent() -> None:
+    body = (
+        (SF / "lead-reassigned-connected.xml")
+        .read_bytes()
+        .replace(
+            b"<sf:Email>",
+            b"<sf:Status>Working - Contacted</sf:Status>"
+            b"<sf:LastActivityDate>2026-11-03</sf:LastActivityDate><sf:Email>",
+        )
+    )
+    record = parse_outbound_message(body).notifications[0].record
+    assert (record.status, str(record.last_activity_date)) == ("Working - Contacted", "2026-11-03")
+    plain = parse_outbound_message((SF / "lead-reassigned-connected.xml").read_bytes())
+    assert (
+        plain.notifications[0].record.status,
+        plain.notifications[0].record.last_activity_date,
+    ) == (None, None)
+
+
+def test_a_last_activity_date_that_is_no_date_is_a_client_fault() -> None:
+    body = (
+        (SF / "lead-reassigned-connected.xml")
+        .read_bytes()
+        .replace(b"<sf:Email>", b"<sf:LastActivityDate>yesterday</sf:LastActivityDate><sf:Email>")
+    )
+    with pytest.raises(SoapFault) as fault:
+        parse_outbound_message(body)
+    assert fault.value.status == 400 and "last_activity_date" in fault.value.message

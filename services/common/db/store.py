@@ -11,6 +11,7 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, updat
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common import tracing
+from services.common.db import sla_store
 from services.common.db.tables import (
     ae_users,
     audit_log,
@@ -450,6 +451,9 @@ async def apply_relay_answers(
         )
     if audit:
         await conn.execute(insert(audit_log), audit)
+    # SF confirmed the owner ownersync set through a group: its follow-up SLA starts now.
+    confirmed = {a.record_id: a.learned.sf_owner_id for a in taught if a.learned.sf_owner_id}
+    await sla_store.start_confirmed(conn, confirmed, now)
 
 
 def _what_was_learned(new: dict[str, Any], after: RecordState) -> str:
@@ -503,6 +507,7 @@ async def group_members_of(
                 last_assigned_at=row.last_assigned_at,
                 assigned_today=row.assigned_today,
                 assigned_total=row.assigned_total,
+                hours=sla_store.hours_from_row(row),
             )
         )
     return found

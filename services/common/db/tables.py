@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -80,6 +81,7 @@ tenants = Table(
     Column("endpoint_key_hash", String(64), doc="SHA-256 of the SF outbound-message URL key"),
     Column("previous_endpoint_key_hash", String(64), doc="accepted until the expiry below"),
     Column("previous_endpoint_key_expires_at", TS),
+    Column("untouched_statuses", JSON, doc="SF Statuses of a lead nobody worked; null: default"),
     CheckConstraint("sync_mode in ('leads', 'contacts')", name="sync_mode"),
 )
 
@@ -149,6 +151,11 @@ groups = Table(
     Column("tenant_id", ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
     Column("id", BigInteger, primary_key=True, autoincrement=False),
     Column("name", Text, nullable=False),
+    Column("sla_seconds", Integer, doc="follow-up SLA; null: off"),
+    Column("sla_business_hours", Boolean, nullable=False, default=False),
+    Column("assign_when_closed", Boolean, nullable=False, default=False),
+    Column("max_escalations", Integer, nullable=False, default=2),
+    Column("fallback_owner_id", SfIdType, doc="SF queue or user after max_escalations"),
 )
 
 group_members = Table(
@@ -164,6 +171,9 @@ group_members = Table(
     Column("assigned_today", Integer, nullable=False, default=0),
     Column("assigned_total", BigInteger, nullable=False, default=0),
     Column("counted_on", String(10), doc="the UTC day assigned_today counts"),
+    Column("time_zone", Text, doc="IANA zone of the weekly hours and away dates"),
+    Column("weekly_hours", JSON, doc='{"mon": "09:00-17:00", …}; null: always on'),
+    Column("away_dates", JSON, doc="local dates, YYYY-MM-DD"),
     ForeignKeyConstraint(
         ["tenant_id", "group_id"], ["groups.tenant_id", "groups.id"], ondelete="CASCADE"
     ),
@@ -201,6 +211,7 @@ inbox = Table(
     Column("type", String(64), nullable=False),
     Column("source_id", Text, nullable=False),
     Column("processed_at", TS, nullable=False),
+    Index("ix_inbox_processed_at", "processed_at"),  # pruning
 )
 
 audit_log = Table(
@@ -218,8 +229,11 @@ audit_log = Table(
     Column("reason", Text, nullable=False),
     Column("created_at", TS, nullable=False),
     Column("trace_id", String(32), doc="the OpenTelemetry trace of the decision, when traced"),
-    Index("ix_audit_log_tenant_record", "tenant_id", "record_id"),
+    Index("ix_audit_log_record", "record_id", "id"),
 )
+
+_UNSETTLED = text("status in ('pending', 'sending', 'dead')")
+_SETTLED = text("status in ('done', 'superseded', 'discarded')")
 
 outbox = Table(
     "outbox",
@@ -245,7 +259,10 @@ outbox = Table(
         name="status",
     ),
     CheckConstraint("target in ('ae', 'sf')", name="target"),
-    Index("ix_outbox_pending", "status", "next_attempt_at"),
+    # Partial: the relay's claim and the operators' lists read unsettled rows, few whatever the
+    # table's size; pruning reads settled ones by age.
+    Index("ix_outbox_unsettled", "id", postgresql_where=_UNSETTLED, sqlite_where=_UNSETTLED),
+    Index("ix_outbox_settled_done_at", "done_at", postgresql_where=_SETTLED, sqlite_where=_SETTLED),
     Index("ix_outbox_record_status", "record_id", "status"),
 )
 
@@ -283,6 +300,59 @@ ae_slots = Table(
     Column("slot", Integer, primary_key=True),
     Column("holder", String(160), doc="the replica and call holding the slot"),
     Column("expires_at", TS),
+)
+
+# Follow-up SLA clocks (services/common/sla.py). At most one open timer per record; the SLA
+# loop claims due ones with FOR UPDATE SKIP LOCKED.
+SLA_OPEN = "state in ('pending', 'running', 'waiting')"
+sla_timers = Table(
+    "sla_timers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("record_id", ForeignKey("records.id", ondelete="CASCADE"), nullable=False),
+    Column("group_id", BigInteger, nullable=False),
+    Column("ae_user_id", BigInteger, nullable=False, doc="the member the clock runs for"),
+    Column("sf_owner_id", SfIdType, nullable=False, doc="that member's SF user"),
+    Column("state", String(16), nullable=False),
+    Column("escalations", Integer, nullable=False, doc="moves of the record by its SLA so far"),
+    Column("seconds", Integer, nullable=False),
+    Column("business_hours", Boolean, nullable=False),
+    Column("started_at", TS, doc="when SF confirmed the owner"),
+    Column("due_at", TS),
+    Column("ended_at", TS),
+    Column("reason", Text),
+    Column("fired_by", String(128), doc="the replica that fired it"),
+    Column("created_at", TS, nullable=False),
+    CheckConstraint(
+        "state in ('pending', 'running', 'waiting', 'met', 'stopped', 'escalated', 'fallback', "
+        "'expired')",
+        name="state",
+    ),
+    Index("ix_sla_timers_due", "state", "due_at"),
+    Index(
+        "uq_sla_timers_open_record",
+        "record_id",
+        unique=True,
+        postgresql_where=text(SLA_OPEN),
+        sqlite_where=text(SLA_OPEN),
+    ),
+)
+
+# A5 actions waiting for the first member of their group to come on (the group does not assign
+# when closed): the SLA loop decides the event again when `due_at` comes.
+deferred_assignments = Table(
+    "deferred_assignments",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("record_id", ForeignKey("records.id", ondelete="CASCADE"), nullable=False),
+    Column("group_id", BigInteger, nullable=False),
+    Column("event", JSON, nullable=False, doc="the AE event, decided again when due"),
+    Column("due_at", TS, nullable=False),
+    Column("done_at", TS),
+    Column("created_at", TS, nullable=False),
+    Index("ix_deferred_assignments_due", "done_at", "due_at"),
 )
 
 # Each tenant's own SF org and AE business unit. Secrets are sealed (services.common.crypto):
