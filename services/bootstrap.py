@@ -254,7 +254,7 @@ async def _start_relay(
         ae_max_concurrency=settings.ae_max_concurrency,
         ae_daily_quota=settings.ae_daily_quota,
         ae_quota_timezone=settings.ae_quota_timezone,
-        ae_limits=_shared_ae_limits(live, settings),
+        ae_limits=_shared_ae_limits(live, settings, stack),
     )
     stack.push_async_callback(senders.aclose)
     live.relay = Relay(
@@ -326,7 +326,7 @@ async def _ae_client(
     live.ae_url = ae_url
     if tokens is None:
         return None  # AE takes SF's access token: without a SF connection there is none
-    limits = _shared_ae_limits(live, settings)
+    limits = _shared_ae_limits(live, settings, stack)
     client = await stack.enter_async_context(
         AeClient(
             ae_url,
@@ -342,7 +342,9 @@ async def _ae_client(
     return client
 
 
-def _shared_ae_limits(live: Running, settings: Settings) -> Callable[[str], SharedAeLimits] | None:
+def _shared_ae_limits(
+    live: Running, settings: Settings, stack: contextlib.AsyncExitStack
+) -> Callable[[str], SharedAeLimits] | None:
     """AE's limits of a business unit, counted in Postgres with every other relay replica
     (None on the embedded SQLite store: one process, its own count)."""
     if settings.is_sqlite:
@@ -359,6 +361,8 @@ def _shared_ae_limits(live: Running, settings: Settings) -> Callable[[str], Shar
                 max_concurrency=settings.ae_max_concurrency,
                 timezone=settings.ae_quota_timezone,
             )
+            # Slots held idle for the next call are given back at shutdown, not left to lapse.
+            stack.push_async_callback(made[business_unit_id].aclose)
         return made[business_unit_id]
 
     return limits

@@ -110,12 +110,21 @@ def sim(
     tenant: Annotated[
         Path | None, typer.Option(help="tenant file whose org, users and queues SF and AE hold")
     ] = None,
+    ae_latency_ms: Annotated[
+        str,
+        typer.Option(help="how long AE takes to answer, in ms: fixed (200) or drawn (100-300)"),
+    ] = "0",
 ) -> None:
     """Serve the SF and AE simulators (for the demo profile and local experiments)."""
     from services.common.endpoints import sf_outbound_url
     from services.common.web import serve_app
-    from services.sim.ae import AeSimState, create_ae_app
+    from services.sim.ae import AeSimState, create_ae_app, latency_range
     from services.sim.sf import SfSimState, create_sf_app
+
+    try:
+        latency, latency_max = latency_range(ae_latency_ms)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--ae-latency-ms") from None
 
     settings = load_settings(host)
     sf_state = SfSimState()
@@ -128,6 +137,7 @@ def sim(
     # AE admits the SF simulator's access tokens for its org's business unit, as the real one.
     ae_state = AeSimState(tokens=sf_state.tokens)
     ae_state.add_business_unit(business_unit, sf_state.org_id)
+    ae_state.faults.configure(latency_ms=latency, latency_max_ms=latency_max)
     if tenant is not None:
         for name, sf_id in data.salesforce_users.items():
             sf_state.add_user(name, user_id=sf_id)

@@ -174,10 +174,13 @@ class AeClient:
     ) -> None:
         """`daily_quota` and `max_concurrency` are counted in this process; `shared_limits`
         (the relay's, in Postgres) counts AE's quota and concurrent calls across processes."""
+        # One client, its connections kept alive: each call of a steady stream reuses one
+        # (at most `max_concurrency` are ever busy at once).
         self._http = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout,
             headers={"Pardot-Business-Unit-Id": business_unit_id, "Accept": "application/json"},
+            limits=httpx.Limits(max_keepalive_connections=max_concurrency),
         )
         self._tokens = tokens
         self._slots = asyncio.Semaphore(max_concurrency)

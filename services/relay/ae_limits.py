@@ -5,6 +5,10 @@
   starts the count again.
 - The 5 concurrent calls: one row per slot (`ae_slots`); a call holds a slot, leased by the
   database clock, while it runs. A replica that dies holding one frees it when the lease ends.
+  A slot a call is done with is handed to this process's next call if one comes within
+  `linger` seconds (no round trip to give it back and take it again, so a steady stream keeps
+  all 5 calls busy), for at most `hold` seconds from its take (then it goes back, and every
+  replica may take it again), always well within its lease.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -55,6 +60,13 @@ _GIVE_BACK = text(
 )
 
 
+@dataclass(eq=False)
+class _Slot:
+    number: int
+    holder: str
+    taken_at: float  # this process's loop clock
+
+
 class SharedAeLimits:
     """`AeCallLimits` in Postgres (see the module). `daily_quota` None: no quota is counted."""
 
@@ -69,6 +81,8 @@ class SharedAeLimits:
         timezone: str = "UTC",
         slot_lease: float = 60.0,
         poll: float = 0.02,
+        linger: float = 0.05,
+        hold: float = 5.0,
     ) -> None:
         self.engine = engine
         self.unit = business_unit_id
@@ -78,6 +92,10 @@ class SharedAeLimits:
         self.timezone = timezone
         self.slot_lease = slot_lease
         self.poll = poll
+        self.linger = linger
+        self.hold = min(hold, slot_lease / 4)
+        self._idle: list[_Slot] = []
+        self._returning: set[asyncio.Task[None]] = set()
         self._remaining: int | None = daily_quota
         self._ready = False
 
@@ -89,11 +107,50 @@ class SharedAeLimits:
     @asynccontextmanager
     async def call(self) -> AsyncIterator[None]:
         await self._spend()
-        slot, holder = await self._take_slot()
+        slot = self._reuse() or await self._take_slot()
         try:
             yield
         finally:
-            await self._give_back(slot, holder)
+            self._done_with(slot)
+
+    async def aclose(self) -> None:
+        """Give back the slots this process holds idle."""
+        idle, self._idle = self._idle, []
+        for slot in idle:
+            await self._give_back(slot)
+        if self._returning:
+            await asyncio.gather(*self._returning, return_exceptions=True)
+
+    def _reuse(self) -> _Slot | None:
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            slot = self._idle.pop()
+            if now - slot.taken_at < self.hold:
+                return slot
+            self._return_later(slot, 0.0)
+        return None
+
+    def _done_with(self, slot: _Slot) -> None:
+        if asyncio.get_running_loop().time() - slot.taken_at >= self.hold:
+            self._return_later(slot, 0.0)
+            return
+        self._idle.append(slot)
+        self._return_later(slot, self.linger)
+
+    def _return_later(self, slot: _Slot, delay: float) -> None:
+        """Give the slot back after `delay`, unless a call took it meanwhile."""
+
+        async def give_back() -> None:
+            if delay > 0:
+                await asyncio.sleep(delay)
+                if slot not in self._idle:
+                    return  # handed to another call
+                self._idle.remove(slot)
+            await self._give_back(slot)
+
+        task = asyncio.create_task(give_back())
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
 
     async def _spend(self) -> None:
         if self.daily_quota is None:
@@ -108,7 +165,7 @@ class SharedAeLimits:
             )
         self._remaining = max(self.daily_quota - calls, 0)
 
-    async def _take_slot(self) -> tuple[int, str]:
+    async def _take_slot(self) -> _Slot:
         holder = f"{self.owner}:{uuid.uuid4().hex[:12]}"
         params = {
             "unit": self.unit,
@@ -123,13 +180,16 @@ class SharedAeLimits:
                     self._ready = True
                 slot = (await conn.execute(_TAKE, params)).scalar_one_or_none()
             if slot is not None:
-                return int(slot), holder
+                return _Slot(int(slot), holder, asyncio.get_running_loop().time())
             await asyncio.sleep(random.uniform(self.poll / 2, self.poll))
 
-    async def _give_back(self, slot: int, holder: str) -> None:
+    async def _give_back(self, slot: _Slot) -> None:
+        params = {"unit": self.unit, "slot": slot.number, "holder": slot.holder}
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(_GIVE_BACK, {"unit": self.unit, "slot": slot, "holder": holder})
+                await conn.execute(_GIVE_BACK, params)
         except Exception:
             # Not fatal: the slot's lease ends it.
-            log.warning("AE slot %s of %s not given back; its lease frees it", slot, self.unit)
+            log.warning(
+                "AE slot %s of %s not given back; its lease frees it", slot.number, self.unit
+            )

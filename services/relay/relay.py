@@ -1,17 +1,31 @@
 """The outbox relay: sends the effects the workers committed to AE (and SF), until done.
 
-Effects of one record are coalesced: only the newest desired state is sent, and a new effect
-waits `coalesce` seconds for later changes of the same record, so a record reassigned five
-times in quick succession costs one AE call, not five.
+Coalescing by state, not by time. A record's pending rows are sent as one call carrying the
+record's latest decided state: an AE prospect upsert is built from the `records` row read just
+before the call (not from an older row's payload), an SF upsert is the newest pending row at the
+claim. Every older pending row of the record is superseded by that call, and so are rows that
+appear while the call is in flight when the state sent already is the record's state once the
+call is answered (and no change came from that system meanwhile). A record whose latest state
+is the one its last settled send carried (kept with its lease, so any replica knows; the lease
+version grew by one since: nothing was tried in between) costs no call at all. So a record
+reassigned five times costs one write when the changes land before or during its send,
+whatever the window (`coalesce`, an optional extra wait), and a write
+never carries an owner older than the newest decided when the call starts.
 
-Safe at N replicas. A pass claims due rows with `FOR UPDATE SKIP LOCKED` and takes a lease on
-each of their records (`relay_leases`: owner = this replica, a fencing `version` that grows with
-every claim, expiry from the database clock), so one record's effects go out from one relay at
-a time, in order. The claimed rows are `sending`, stamped with owner and version. They are sent
-outside any transaction, then each record is settled in its own transaction, which first
-releases the lease it still holds: a relay whose lease expired and was taken over finds another
-version there and settles nothing. A settle that fails (a deadlock, a failover) touches only its
-record, which is claimed again when its lease expires. Expired leases are claimed like due rows.
+Safe at N replicas. A claim takes due rows with `FOR UPDATE SKIP LOCKED` and a lease on each of
+their records (`relay_leases`: owner = this replica, a fencing `version` that grows with every
+claim, expiry from the database clock), so one record's effects go out from one relay at a time,
+in order. The claimed rows are `sending`, stamped with owner and version. They are sent outside
+any transaction; then the records are settled, many in one transaction (each first releasing
+the lease it still holds: a record whose lease expired and was taken over finds another version
+there and settles nothing). A batch settle that fails falls back to one transaction per record;
+a record whose settle keeps failing is claimed again when its lease expires. Expired leases are
+claimed like due rows.
+
+Pipelined: `run` keeps claiming while earlier records are in flight (up to `batch_size`
+outstanding), each tenant's AE and SF get up to `concurrency` calls at once (AE allows 5 per
+business unit), a slow call holds only its own record, and answered records are settled in
+batches as they come.
 
 A failure waits (`retry`): transient ones back off up to a cap and are retried until they
 succeed or an operator discards them; a spent AE quota waits for the next quota day without
@@ -29,11 +43,11 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, assert_never
 
-from sqlalchemy import bindparam, exists, func, select, text, update
+from sqlalchemy import bindparam, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -50,6 +64,7 @@ from services.common.domain import (
     SfRecordUpsert,
     Target,
     effect_from_outbox,
+    effect_payload,
 )
 from services.relay.retry import Rejected, classify, next_quota_day, retry_delay
 
@@ -145,9 +160,9 @@ class SendsEffects(Protocol):
 
 @dataclass
 class _Group:
-    """The pending rows of one record and effect kind: only the newest is sent."""
+    """The pending rows of one record and effect kind: one call sends the latest state."""
 
-    record: RecordState
+    record: RecordState  # as claimed; for AE, as read again just before the call
     tenant_id: str
     kind: str
     target: Target
@@ -158,15 +173,27 @@ class _Group:
     written_at: datetime
     tried_before: bool = False
     traceparent: str | None = None  # the trace of the newest row's decision
+    sent: Effect | None = None  # what the call carried (or would have: see `unchanged`)
+    unchanged: bool = False  # this relay sent that state last: no call made
 
 
 @dataclass
 class _Claim:
-    """A record leased by this relay for one pass, and its groups of rows to send."""
+    """A record leased by this relay, its groups of rows to send, and until when (this
+    process's clock) sends may start or run."""
 
     record_id: int
     version: int
     groups: list[_Group]
+    deadline: float = 0.0
+    # The lease's `sent`: by effect kind, what the last settled send carried ("effect"), under
+    # which lease version ("v"), and the record's stamp of the target's own changes ("stamp").
+    sent: dict[str, Any] = field(default_factory=dict)
+
+
+Outcome = Learned | BaseException
+# Sends of a lane that read their state while its calls are all in flight.
+READ_AHEAD = 2
 
 
 class Relay:
@@ -183,7 +210,11 @@ class Relay:
         coalesce: float = 0.0,
         lease: float = LEASE.total_seconds(),
         quota_timezone: str = "UTC",
+        concurrency: int = 5,
+        settle_batch: int = 100,
     ) -> None:
+        """`batch_size`: records claimed and not settled yet, at most; `concurrency`: calls
+        in flight per tenant and target; `settle_batch`: records settled per transaction."""
         self.engine = engine
         self.senders = senders
         self.owner = owner or replica_id()
@@ -194,63 +225,131 @@ class Relay:
         self.coalesce = timedelta(seconds=coalesce)
         self.lease = timedelta(seconds=lease)
         self.quota_timezone = quota_timezone
+        self.concurrency = concurrency
+        self.settle_batch = settle_batch
         self.sent = 0
+        self.unchanged = 0  # effects superseded without a call: the state sent last is current
         self.fenced = 0  # settles refused because another relay took the lease over
         self.wake = asyncio.Event()
         self._observed_at = 0.0
-        self._deadline = 0.0
+        self._lanes: dict[tuple[str, Target], asyncio.Semaphore] = {}
+        self._outstanding = 0
+        self._freed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Claim, send and settle until `stop`, pipelined: claims go on while earlier records
+        are in flight, up to `batch_size` outstanding; then what is in flight is finished."""
         log.info("relay %s started for %s", self.owner, ", ".join(sorted(self.senders.targets)))
-        while not stop.is_set():
-            try:
-                handled = await self.run_once()
-                await self._observe_outbox()
-            except Exception:
-                log.exception("relay pass failed")
-                handled = 0
-            if handled:
-                continue
-            self.wake.clear()
-            stopping = asyncio.ensure_future(stop.wait())
-            woken = asyncio.ensure_future(self.wake.wait())
-            await asyncio.wait(
-                {stopping, woken}, timeout=self.interval, return_when="FIRST_COMPLETED"
-            )
-            stopping.cancel()
-            woken.cancel()
+        answered: asyncio.Queue[tuple[_Claim, list[Outcome]] | None] = asyncio.Queue()
+        settler = asyncio.create_task(self._settle_answered(answered), name="relay-settle")
+        sending: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                claims: list[_Claim] = []
+                # Claims in chunks of half a batch at least: fewer, larger claim transactions,
+                # and still a chunk waiting whenever a call ends.
+                if self._outstanding <= self.batch_size // 2:
+                    try:
+                        claims = await self.claim(limit=self.batch_size - self._outstanding)
+                    except Exception:
+                        log.exception("relay claim failed")
+                for claim in claims:
+                    self._outstanding += 1
+                    task = asyncio.create_task(self._deliver_one(claim, answered))
+                    sending.add(task)
+                    task.add_done_callback(sending.discard)
+                try:
+                    await self._observe_outbox()
+                except Exception:
+                    log.exception("relay could not observe the outbox")
+                self._freed.clear()
+                full = self._outstanding > self.batch_size // 2
+                if claims and not full:
+                    continue  # more may be due now
+                self.wake.clear()
+                # Full: wait for settles to make room. Else for new effects or the interval
+                # (not for a settle: every replica polls alike, so they share the records).
+                signals = [stop.wait(), self._freed.wait() if full else self.wake.wait()]
+                waits = [asyncio.ensure_future(s) for s in signals]
+                timeout = None if full else self.interval
+                await asyncio.wait(waits, timeout=timeout, return_when="FIRST_COMPLETED")
+                for waiting in waits:
+                    waiting.cancel()
+        finally:
+            if sending:
+                await asyncio.gather(*sending, return_exceptions=True)
+            answered.put_nowait(None)
+            await settler
         log.info("relay stopped")
 
     async def run_once(self) -> int:
-        """One pass: claim due records, send their effects, settle each record. Returns the
-        effects handled."""
+        """One pass: claim due records, send their effects, settle them. Returns the effects
+        handled."""
         return await self.deliver(await self.claim())
 
-    async def claim(self) -> list[_Claim]:
-        """Lease due records and mark their rows `sending` (the first half of a pass)."""
-        claims = await self._claim()
-        self._deadline = asyncio.get_running_loop().time() + self.send_window
+    async def claim(self, limit: int | None = None) -> list[_Claim]:
+        """Lease due records (at most `limit`, or `batch_size`) and mark their rows
+        `sending`."""
+        claims = await self._claim(limit or self.batch_size)
+        deadline = asyncio.get_running_loop().time() + self.send_window
+        for claim in claims:
+            claim.deadline = deadline
         return claims
 
     async def deliver(self, claims: list[_Claim]) -> int:
-        """Send what `claim` leased and settle each record (the second half of a pass).
+        """Send what `claim` leased and settle the records (in one transaction when it can).
 
         Sends must finish well within the lease (`send_window`), measured on this process's
         clock from the claim: past it another relay may own the record, so nothing more is sent
         (the effect waits, as after a timeout)."""
         if not claims:
             return 0
-        groups = [g for c in claims for g in c.groups]
-        results = await asyncio.gather(*(self._send(g) for g in groups), return_exceptions=True)
-        by_group = dict(zip(map(id, groups), results, strict=True))
-        with tracing.answering({g.event_id: g.traceparent for g in groups}):
-            for claim in claims:
-                await self._settle_record(claim, [by_group[id(g)] for g in claim.groups])
-        return sum(len(g.row_ids) for g in groups)
+        outcomes = await asyncio.gather(*(self._send_claim(c) for c in claims))
+        await self._settle_batch(list(zip(claims, outcomes, strict=True)))
+        return sum(len(g.row_ids) for c in claims for g in c.groups)
 
     @property
     def send_window(self) -> float:
         return self.lease.total_seconds() * SEND_WINDOW
+
+    async def _deliver_one(
+        self, claim: _Claim, answered: asyncio.Queue[tuple[_Claim, list[Outcome]] | None]
+    ) -> None:
+        try:
+            outcome = await self._send_claim(claim)
+        except asyncio.CancelledError as exc:  # settled as a transient failure
+            answered.put_nowait((claim, [exc for _ in claim.groups]))
+            raise
+        answered.put_nowait((claim, outcome))
+
+    async def _settle_answered(
+        self, answered: asyncio.Queue[tuple[_Claim, list[Outcome]] | None]
+    ) -> None:
+        """Settle answered records as they come, as many as are waiting per transaction."""
+        done = False
+        while not done:
+            first = await answered.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.settle_batch and not answered.empty():
+                item = answered.get_nowait()
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+            try:
+                await self._settle_batch(batch)
+            except Exception:
+                log.exception("settle of %d records failed", len(batch))
+            self._outstanding -= len(batch)
+            self._freed.set()
+
+    async def _send_claim(self, claim: _Claim) -> list[Outcome]:
+        results = await asyncio.gather(
+            *(self._send(claim, g) for g in claim.groups), return_exceptions=True
+        )
+        return list(results)
 
     async def _observe_outbox(self, every: float = 1.0) -> None:
         """Outbox depth and age for /metrics, at most once a second."""
@@ -295,7 +394,7 @@ class Relay:
         for tenant, count in dead.items():
             metrics.EFFECTS_DEAD.labels(tenant).set(count)
 
-    async def _claim(self) -> list[_Claim]:
+    async def _claim(self, limit: int) -> list[_Claim]:
         async with self.engine.begin() as conn:
             now = await db_now(conn)
             held = exists().where(
@@ -311,13 +410,14 @@ class Relay:
             )
             if conn.dialect.name == "postgresql":
                 due = due.with_for_update(of=outbox, skip_locked=True)
-            found = await conn.execute(due.order_by(outbox.c.id).limit(self.batch_size))
+            found = await conn.execute(due.order_by(outbox.c.id).limit(limit))
             wanted = sorted({r.record_id for r in found})
             if not wanted:
                 return []
-            versions = await self._take_leases(conn, wanted, now)
-            if not versions:
+            taken = await self._take_leases(conn, wanted, now)
+            if not taken:
                 return []
+            versions = {record_id: version for record_id, (version, _) in taken.items()}
             # All pending rows of those records, due or backing off: the newest state wins.
             # A row another relay's claim holds locked right now (it lost the lease race) is
             # left for the next pass, after this one: waiting for it could deadlock.
@@ -342,7 +442,8 @@ class Relay:
                 record_id, kind = m[outbox.c.record_id], m[outbox.c.kind]
                 claim = claims.get(record_id)
                 if claim is None:
-                    claim = claims[record_id] = _Claim(record_id, versions[record_id], [])
+                    version, sent = taken[record_id]
+                    claim = claims[record_id] = _Claim(record_id, version, [], sent=sent)
                 group = groups.get((record_id, kind))
                 if group is None:
                     group = groups[(record_id, kind)] = _Group(
@@ -381,9 +482,10 @@ class Relay:
 
     async def _take_leases(
         self, conn: AsyncConnection, record_ids: list[int], now: datetime
-    ) -> dict[int, int]:
-        """Lease the records no other relay holds: their fencing versions. Inserted in record
-        order, so that two relays taking overlapping sets wait for each other, never deadlock."""
+    ) -> dict[int, tuple[int, dict[str, Any]]]:
+        """Lease the records no other relay holds: their fencing versions and what their last
+        settled sends carried. Inserted in record order, so that two relays taking overlapping
+        sets wait for each other, never deadlock."""
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         expires = now + self.lease
         insert = dialect.insert(relay_leases).values(
@@ -400,37 +502,90 @@ class Relay:
                 "expires_at": insert.excluded.expires_at,
             },
             where=relay_leases.c.expires_at <= now,
-        ).returning(relay_leases.c.record_id, relay_leases.c.version)
-        return {r.record_id: r.version for r in await conn.execute(taken)}
+        ).returning(relay_leases.c.record_id, relay_leases.c.version, relay_leases.c.sent)
+        return {r.record_id: (r.version, dict(r.sent or {})) for r in await conn.execute(taken)}
 
-    async def _send(self, group: _Group) -> Learned:
+    def _lane(self, group: _Group) -> asyncio.Semaphore:
+        """The sends of one tenant to one system under way at once: its `concurrency` calls
+        (which its client holds to) and a few more reading their state, so that a call starts
+        as soon as one ends."""
+        key = (group.tenant_id, group.target)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = asyncio.Semaphore(self.concurrency + READ_AHEAD)
+        return lane
+
+    async def _send(self, claim: _Claim, group: _Group) -> Learned:
         try:
             effect = effect_from_outbox(group.kind, group.payload)
         except EffectPayloadError as exc:
             raise Rejected(str(exc)) from exc
-        attempt = Attempt(group.tenant_id, group.written_at, group.tried_before)
-        left = self._deadline - asyncio.get_running_loop().time()
-        if left <= 0:
-            raise LeaseRunningOut(f"not sent: the lease of record {group.record.id} runs out")
-        try:
-            with tracing.sending(
-                group.traceparent, target=group.target, kind=group.kind, tenant=group.tenant_id
-            ):
-                async with asyncio.timeout(left):
-                    return await self.senders.send(group.record, effect, attempt)
-        except TimeoutError as exc:
-            raise LeaseRunningOut(
-                f"send of record {group.record.id} outlasted {self.send_window:.0f}s of its lease"
-            ) from exc
+        async with self._lane(group):
+            left = claim.deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise LeaseRunningOut(f"not sent: the lease of record {claim.record_id} runs out")
+            if isinstance(effect, AeProspectUpsert):
+                # The latest decided state, read as the call starts: what AE should hold.
+                group.record = await self._current(group.record)
+                effect = AeProspectUpsert.of(group.record)
+            group.sent = effect
+            if self._sent_last(claim, group, effect):
+                group.unchanged = True
+                return Learned()
+            attempt = Attempt(group.tenant_id, group.written_at, group.tried_before)
+            try:
+                with tracing.sending(
+                    group.traceparent, target=group.target, kind=group.kind, tenant=group.tenant_id
+                ):
+                    async with asyncio.timeout(left):
+                        return await self.senders.send(group.record, effect, attempt)
+            except TimeoutError as exc:
+                raise LeaseRunningOut(
+                    f"send of record {claim.record_id} outlasted {self.send_window:.0f}s of its "
+                    "lease"
+                ) from exc
 
-    async def _settle_record(
-        self, claim: _Claim, results: list[Learned | BaseException], tries: int = 3
-    ) -> None:
+    async def _current(self, claimed: RecordState) -> RecordState:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(records).where(records.c.id == claimed.id))).first()
+        return record_from_row(row) if row is not None else claimed
+
+    def _sent_last(self, claim: _Claim, group: _Group, effect: Effect) -> bool:
+        """The last settled send of this kind (by any replica) carried exactly this state, and
+        nothing may have been sent since: no relay claimed the record in between (its lease
+        version grew by one since, even a claim whose send failed counts) and the target
+        reported no change of its own. Never for a create, which has to happen."""
+        last = claim.sent.get(group.kind)
+        if not isinstance(last, dict) or _creates(group):
+            return False
+        return (
+            last.get("v") == claim.version - 1
+            and last.get("effect") == effect_payload(effect)
+            and last.get("stamp") == _stamp_text(group.target, group.record)
+        )
+
+    async def _settle_batch(self, items: list[tuple[_Claim, list[Outcome]]]) -> None:
+        """Settle records in one transaction; if that fails, each in its own."""
+        traces = {g.event_id: g.traceparent for claim, _ in items for g in claim.groups}
+        with tracing.answering(traces):
+            await self._settle_many(items)
+
+    async def _settle_many(self, items: list[tuple[_Claim, list[Outcome]]]) -> None:
+        if len(items) > 1:
+            try:
+                await self._settle(items)
+                return
+            except Exception:
+                log.warning("settle of %d records in one go failed: one by one", len(items))
+        for claim, outcome in items:
+            await self._settle_record(claim, outcome)
+
+    async def _settle_record(self, claim: _Claim, results: list[Outcome], tries: int = 3) -> None:
         """Settle one record in its own transaction. A settle that keeps failing leaves the
         record `sending` under this lease: it is claimed again once the lease expires."""
         for attempt in range(1, tries + 1):
             try:
-                await self._settle(claim, results)
+                await self._settle([(claim, results)])
                 return
             except Exception:
                 if attempt == tries:
@@ -443,72 +598,165 @@ class Relay:
                 log.warning("settle of record %s failed, trying again", claim.record_id)
                 await asyncio.sleep(0.05 * attempt)
 
-    async def _settle(self, claim: _Claim, results: list[Learned | BaseException]) -> None:
+    async def _settle(self, items: list[tuple[_Claim, list[Outcome]]]) -> None:
+        items = sorted(items, key=lambda item: item[0].record_id)
         async with self.engine.begin() as conn:
             now = await db_now(conn)
-            # Fencing: release the lease only if it is still ours, at the version we claimed.
-            released = await conn.execute(
-                update(relay_leases)
-                .where(
-                    relay_leases.c.record_id == claim.record_id,
-                    relay_leases.c.owner == self.owner,
-                    relay_leases.c.version == claim.version,
-                )
-                .values(owner=None, expires_at=now)
-                .returning(relay_leases.c.record_id)
-            )
-            if released.first() is None:
-                self.fenced += 1
-                log.warning(
-                    "lease of record %s (version %d) was taken over: %s settles nothing",
-                    claim.record_id,
-                    claim.version,
-                    self.owner,
-                )
-                return
-            ours = (
-                (outbox.c.status == "sending")
-                & (outbox.c.lease_owner == self.owner)
-                & (outbox.c.lease_version == claim.version)
-            )
+            released = await self._release(conn, [claim for claim, _ in items], now)
+            ours = (outbox.c.status == "sending") & (outbox.c.lease_owner == self.owner)
             answered: list[Answered] = []
-            sent = 0
-            for group, result in zip(claim.groups, results, strict=True):
-                *older, newest = group.row_ids
-                if isinstance(result, BaseException):
-                    await conn.execute(
-                        update(outbox)
-                        .where(outbox.c.id.in_(group.row_ids), ours)
-                        .values(**self._failure(group, result, now))
+            superseded: list[int] = []
+            done: list[dict[str, Any]] = []
+            sent: list[tuple[_Claim, _Group]] = []
+            for claim, results in items:
+                if claim.record_id not in released:
+                    self.fenced += 1
+                    log.warning(
+                        "lease of record %s (version %d) was taken over: %s settles nothing",
+                        claim.record_id,
+                        claim.version,
+                        self.owner,
                     )
                     continue
-                if older:
-                    await conn.execute(
-                        update(outbox)
-                        .where(outbox.c.id.in_(older), ours)
-                        .values(status="superseded", done_at=now, **_UNLEASED)
+                for group, result in zip(claim.groups, results, strict=True):
+                    if isinstance(result, BaseException):
+                        await conn.execute(
+                            update(outbox)
+                            .where(outbox.c.id.in_(group.row_ids), ours)
+                            .values(**self._failure(group, result, now))
+                        )
+                        continue
+                    sent.append((claim, group))
+                    if group.unchanged:
+                        superseded += group.row_ids  # what AE or SF holds already
+                        continue
+                    *older, newest = group.row_ids
+                    superseded += older
+                    done.append({"oid": newest, "n": group.attempts + 1})
+                    assert group.record.id is not None
+                    answered.append(
+                        Answered(group.tenant_id, group.record.id, newest, group.event_id, result)
                     )
+            if superseded:
                 await conn.execute(
                     update(outbox)
-                    .where(outbox.c.id == newest, ours)
-                    .values(status="done", done_at=now, attempts=group.attempts + 1, **_UNLEASED)
+                    .where(outbox.c.id.in_(superseded), ours)
+                    .values(status="superseded", done_at=now, **_UNLEASED)
                 )
-                assert group.record.id is not None
-                answered.append(
-                    Answered(group.tenant_id, group.record.id, newest, group.event_id, result)
-                )
-                sent += 1
-                log.info(
-                    "effect sent",
-                    extra={
-                        "record": group.record.sf_record_id,
-                        "prospect": result.prospect_id or group.record.prospect_id,
-                        "target": group.target,
-                        "coalesced": len(group.row_ids),
-                    },
+            if done:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == bindparam("oid"), ours)
+                    .values(status="done", done_at=now, attempts=bindparam("n"), **_UNLEASED),
+                    done,
                 )
             await apply_relay_answers(conn, answered, now)
-        self.sent += sent  # once committed
+            await self._supersede_covered(conn, sent, now)
+            await self._record_sent(conn, sent)
+        # Once committed.
+        for _, group in sent:
+            if group.unchanged:
+                self.unchanged += 1
+                continue
+            self.sent += 1
+            log.info(
+                "effect sent",
+                extra={
+                    "record": group.record.sf_record_id,
+                    "target": group.target,
+                    "coalesced": len(group.row_ids),
+                },
+            )
+
+    async def _record_sent(self, conn: AsyncConnection, sent: list[tuple[_Claim, _Group]]) -> None:
+        """Keep with each lease what its send carried, for the next claim of the record (by
+        any replica). The stamp is the one read before the call: a change the target reported
+        during it means the call may not be what the target holds."""
+        states: dict[int, dict[str, Any]] = {}
+        for claim, group in sent:
+            if group.sent is None:
+                continue
+            state = states.setdefault(claim.record_id, dict(claim.sent))
+            state[group.kind] = {
+                "v": claim.version,
+                "effect": effect_payload(group.sent),
+                "stamp": _stamp_text(group.target, group.record),
+            }
+        if states:
+            await conn.execute(
+                update(relay_leases)
+                .where(relay_leases.c.record_id == bindparam("rid"))
+                .values(sent=bindparam("sent_state")),
+                [{"rid": rid, "sent_state": state} for rid, state in states.items()],
+            )
+
+    async def _release(
+        self, conn: AsyncConnection, claims: list[_Claim], now: datetime
+    ) -> set[int]:
+        """Fencing: release the leases still ours at the versions claimed; the records whose
+        lease was. Locked in record order first, as leases are taken, so a settle and a claim
+        that overlap wait for each other instead of deadlocking."""
+        pairs = [(c.record_id, c.version) for c in claims]
+        mine = (relay_leases.c.owner == self.owner) & tuple_(
+            relay_leases.c.record_id, relay_leases.c.version
+        ).in_(pairs)
+        if conn.dialect.name == "postgresql" and len(pairs) > 1:
+            lock = select(relay_leases.c.record_id).where(mine).order_by(relay_leases.c.record_id)
+            await conn.execute(lock.with_for_update())
+        released = await conn.execute(
+            update(relay_leases)
+            .where(mine)
+            .values(owner=None, expires_at=now)
+            .returning(relay_leases.c.record_id)
+        )
+        return {r.record_id for r in released}
+
+    async def _supersede_covered(
+        self, conn: AsyncConnection, sent: list[tuple[_Claim, _Group]], now: datetime
+    ) -> None:
+        """Supersede the rows that came in while a record's call was in flight when what the
+        call sent is still the record's latest state (and the target system reported no change
+        of its own meanwhile): sending them would repeat the call."""
+        if not sent:
+            return
+        by_key = {(claim.record_id, group.kind): group for claim, group in sent}
+        found = await conn.execute(
+            select(outbox.c.id, outbox.c.record_id, outbox.c.kind, outbox.c.payload, records)
+            .join(records, records.c.id == outbox.c.record_id)
+            .where(
+                outbox.c.record_id.in_({claim.record_id for claim, _ in sent}),
+                outbox.c.kind.in_({group.kind for _, group in sent}),
+                outbox.c.status == "pending",
+                outbox.c.lease_owner.is_(None),
+            )
+            .order_by(outbox.c.id)
+        )
+        newer: dict[tuple[int, str], list[int]] = {}
+        newest: dict[tuple[int, str], Mapping[str, Any]] = {}
+        states: dict[int, RecordState] = {}
+        for row in found:
+            key = (row.record_id, row.kind)
+            if key not in by_key:
+                continue
+            newer.setdefault(key, []).append(row.id)
+            newest[key] = row.payload
+            states[row.record_id] = record_from_row(row)
+        covered: list[int] = []
+        for key, ids in newer.items():
+            group = by_key[key]
+            if _covers(group, states[key[0]], newest[key]):
+                covered += ids
+        if covered:
+            await conn.execute(
+                update(outbox)
+                .where(
+                    outbox.c.id.in_(covered),
+                    outbox.c.status == "pending",
+                    outbox.c.lease_owner.is_(None),
+                )
+                .values(status="superseded", done_at=now)
+            )
+            log.debug("%d effects superseded by the call in flight as they came", len(covered))
 
     def _failure(self, group: _Group, exc: BaseException, now: datetime) -> dict[str, Any]:
         failure = classify(exc)
@@ -558,3 +806,30 @@ _PENDING: dict[str, Any] = {"status": "pending", **_UNLEASED}
 
 def _age(now: datetime, oldest: datetime | None) -> float:
     return max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+
+
+def _creates(group: _Group) -> bool:
+    return (group.record.prospect_id if group.target == "ae" else group.record.sf_record_id) is None
+
+
+def _stamp(target: Target, record: RecordState) -> datetime | None:
+    """When the target system itself last changed the record, as far as ownersync heard."""
+    return record.ae_modstamp if target == "ae" else record.last_modstamp
+
+
+def _stamp_text(target: Target, record: RecordState) -> str | None:
+    stamp = _stamp(target, record)
+    return stamp.isoformat() if stamp is not None else None
+
+
+def _covers(group: _Group, now: RecordState, newest: Mapping[str, Any]) -> bool:
+    """Whether the call `group` made covers the rows written since: it carried the record's
+    state as it is now, and the target reported no change of its own since the call began."""
+    if group.sent is None or _stamp(group.target, now) != _stamp(group.target, group.record):
+        return False
+    if isinstance(group.sent, AeProspectUpsert):
+        return AeProspectUpsert.of(now) == group.sent
+    try:
+        return effect_from_outbox(group.kind, newest) == group.sent
+    except EffectPayloadError:
+        return False

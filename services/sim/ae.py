@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,18 @@ class AeApiError(Exception):
         self.message = message
 
 
+def latency_range(text: str) -> tuple[float, float | None]:
+    """`latency_ms` and `latency_max_ms` of "200" (fixed) or "100-300" (uniform)."""
+    low, _, high = text.partition("-")
+    try:
+        bounds = float(low), float(high) if high else None
+    except ValueError:
+        raise ValueError(f"latency {text!r}: expected milliseconds, e.g. 200 or 100-300") from None
+    if bounds[0] < 0 or (bounds[1] is not None and bounds[1] < bounds[0]):
+        raise ValueError(f"latency {text!r}: expected 0 <= low <= high")
+    return bounds
+
+
 def _error_response(status: int, code: int, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
 
@@ -61,6 +74,8 @@ class AeSimFaults(AnswerLoss):
     """Switches that make the simulator misbehave the way the real AE sometimes does."""
 
     latency_ms: float = 0.0
+    # With a maximum, each call's latency is drawn uniformly from [latency_ms, latency_max_ms].
+    latency_max_ms: float | None = None
     fail_next: int = 0
     fail_status: int = 503
     failure_rate: float = 0.0
@@ -79,6 +94,7 @@ class AeSimFaults(AnswerLoss):
     def clear(self) -> None:
         self.configure(
             latency_ms=0.0,
+            latency_max_ms=None,
             fail_next=0,
             fail_status=503,
             failure_rate=0.0,
@@ -86,6 +102,13 @@ class AeSimFaults(AnswerLoss):
             seed=None,
         )
         self.configure(**asdict(AnswerLoss()))
+
+    def latency(self) -> float:
+        """Seconds the current call takes before AE answers it."""
+        top = self.latency_max_ms
+        if top is None or top <= self.latency_ms:
+            return self.latency_ms / 1000
+        return self.rng.uniform(self.latency_ms, top) / 1000
 
     def next_failure(self) -> int | None:
         """The status to fail the current request with, or None to let it through."""
@@ -113,6 +136,12 @@ class AeSimState:
     calls_today: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    # The same by business unit (AE's limit is per unit), and the client connections seen.
+    in_flight_by_unit: Counter[str] = field(default_factory=Counter)
+    max_in_flight_by_unit: Counter[str] = field(default_factory=Counter)
+    connections: set[tuple[str, int]] = field(default_factory=set)
+    # (wall-clock times the call arrived and was answered, method, path, status) of every call.
+    timed_calls: list[tuple[float, float, str, str, int]] = field(default_factory=list)
 
     def add_business_unit(self, business_unit_id: str, org_id: str) -> None:
         self.business_units[business_unit_id] = org_id
@@ -172,15 +201,31 @@ class AeSimState:
             if method in (None, logged_method) and path in (None, logged_path)
         ]
 
+    def mean_in_flight(self) -> float:
+        """Calls in flight on average, from the first call's arrival to the last answer."""
+        if not self.timed_calls:
+            return 0.0
+        start = min(call[0] for call in self.timed_calls)
+        end = max(call[1] for call in self.timed_calls)
+        busy = sum(call[1] - call[0] for call in self.timed_calls)
+        return busy / (end - start) if end > start else 0.0
+
     def reset(self) -> None:
         self.prospects.clear()
         self.users.clear()
         self.next_prospect_id = 5001
         self.next_user_id = 1001
         self.faults.clear()
-        self.call_log.clear()
+        self.reset_counts()
         self.calls_today = 0
+
+    def reset_counts(self) -> None:
+        """Forget the calls seen so far (prospects, users and faults stay)."""
+        self.call_log.clear()
+        self.timed_calls.clear()
+        self.connections.clear()
         self.max_in_flight = self.in_flight
+        self.max_in_flight_by_unit = Counter(self.in_flight_by_unit)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -193,6 +238,9 @@ class AeSimState:
             },
             "callLog": [list(call) for call in self.call_log],
             "maxInFlight": self.max_in_flight,
+            "maxInFlightByUnit": dict(self.max_in_flight_by_unit),
+            "connections": len(self.connections),
+            "timedCalls": [list(call) for call in self.timed_calls],
         }
 
 
@@ -226,6 +274,9 @@ class FaultSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     latency_ms: float | None = Field(default=None, ge=0)
+    latency_max_ms: float | None = Field(
+        default=None, ge=0, description="draw each call's latency from [latency_ms, this]"
+    )
     fail_next: int | None = Field(default=None, ge=0)
     fail_status: int | None = Field(default=None, ge=400, le=599)
     failure_rate: float | None = Field(default=None, ge=0, le=1)
@@ -380,6 +431,7 @@ def _control_router() -> APIRouter:
         faults.configure(**settings.model_dump(exclude_unset=True))
         return {
             "latency_ms": faults.latency_ms,
+            "latency_max_ms": faults.latency_max_ms,
             "fail_next": faults.fail_next,
             "fail_status": faults.fail_status,
             "failure_rate": faults.failure_rate,
@@ -471,13 +523,25 @@ async def _gate(request: Request, call_next: Callable[[Request], Awaitable[Respo
     if not request.url.path.startswith(API_PREFIX):
         return await call_next(request)
     state = _sim(request)
+    arrived = time.time()
+    unit = request.headers.get("pardot-business-unit-id", "").strip()
+    if request.client is not None:
+        state.connections.add((request.client.host, request.client.port))
     state.in_flight += 1
     state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    state.in_flight_by_unit[unit] += 1
+    state.max_in_flight_by_unit[unit] = max(
+        state.max_in_flight_by_unit[unit], state.in_flight_by_unit[unit]
+    )
     try:
         response = await _admit(state, request, call_next)
     finally:
         state.in_flight -= 1
+        state.in_flight_by_unit[unit] -= 1
     state.call_log.append((request.method, request.url.path, response.status_code))
+    state.timed_calls.append(
+        (arrived, time.time(), request.method, request.url.path, response.status_code)
+    )
     return response
 
 
@@ -487,8 +551,9 @@ async def _admit(
     if state.in_flight > state.max_concurrent:
         return _error_response(429, CODE_CONCURRENT_LIMIT, "concurrent requests limit")
     # Latency is spent while holding a concurrency slot, as a slow AE would.
-    if state.faults.latency_ms > 0:
-        await asyncio.sleep(state.faults.latency_ms / 1000)
+    latency = state.faults.latency()
+    if latency > 0:
+        await asyncio.sleep(latency)
     for check in (_check_auth, _check_quota, _check_faults):
         refusal = check(state, request)
         if refusal is not None:

@@ -275,6 +275,12 @@ relay_leases = Table(
     Column("owner", String(128), doc="replica id; null once released"),
     Column("version", BigInteger, nullable=False),
     Column("expires_at", TS, nullable=False, doc="database clock"),
+    Column(
+        "sent",
+        JSON,
+        doc="by effect kind, what the last settled send carried, under which lease version and "
+        "the record's stamp of the target's own changes then (see services.relay.relay)",
+    ),
 )
 
 # AE's daily call quota of each business unit, counted by every relay replica together.

@@ -1,0 +1,39 @@
+"""`bench.relay_rate`, small: the relay's rate phase and reassign phase run against the AE
+simulator process and their figures add up (no speed is judged here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.relay_rate import relay_phase, render
+from tests.integration.conftest import AMQP_URL, PG_URL
+
+pytestmark = pytest.mark.integration
+
+# Its own database (reset by the phase), beside this run's.
+RATE_DB = PG_URL + "_relay_rate"
+
+
+async def test_relay_rate_phase_reports_every_figure_and_one_write_per_changed_record() -> None:
+    figures = await relay_phase(
+        database_url=RATE_DB,
+        amqp_url=AMQP_URL,
+        effects=30,
+        latency_ms="20-40",
+        reassign_records=20,
+        reassign_times=3,
+        settle_timeout=60,
+        quiet=True,
+    )
+
+    rate = figures["rate"]
+    assert (rate["writes"], rate["refused"]) == (30, 0)
+    assert 20 <= rate["mean_latency_ms"] <= 200
+    assert 0 < rate["rate"] <= rate["ceiling"] * 1.2
+    assert rate["ceiling_configured"] == pytest.approx(5 / 0.030)
+    reassign = figures["reassign"]
+    assert reassign["final_owner_correct"] == 20
+    assert reassign["writes"] <= 20 and reassign["most_writes_of_a_record"] <= 1
+    assert reassign["receipt_to_ae_p99_ms"] >= reassign["receipt_to_ae_p50_ms"] >= 0
+    text = render(figures)
+    assert "sustained AE rate" in text and "per distinct changed record" in text
