@@ -6,7 +6,7 @@ quota (`ae_quota`) and its 5 concurrent calls (`ae_slots`) per business unit are
 Postgres so that every relay replica shares them.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-03 01:00:00
 """
 

@@ -1,7 +1,7 @@
 """Traces: audit rows carry their trace id, outbox rows the trace context the relay continues
 
 Revision ID: 0009_traces
-Revises: 0006
+Revises: 0008_scale
 Create Date: 2026-12-03 05:30:00
 """
 

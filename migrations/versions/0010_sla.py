@@ -8,7 +8,7 @@ assignments that wait for the first member to come on. The stale-AE-event rule i
 from A9 to STALE in the audit: A9 is the SLA escalation now.
 
 Revision ID: 0010_sla
-Revises: 0009_traces (re-chained after merging main; the brief gave 0006)
+Revises: 0009_traces
 Create Date: 2026-12-03 05:45:00
 """
 
