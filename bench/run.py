@@ -12,7 +12,7 @@ Phases, in this order (the figures are printed in the issue's order):
   5. latency    25% and 50% of that capacity (or --rate): receipt-to-decision, and receipt to
                 the AE call
   6. preload    (--preload) the tables filled with N rows each, then throughput again
-  7. relay      the relay's sustained AE rate (bench/relay_rate.py, when present)
+  7. relay      the relay's sustained AE rate (bench/relay_rate.py)
 Between phases the relay is left to empty the outbox (for at most --drain-timeout), so a phase
 does not pay for the backlog of the previous one; what it left is reported.
 """
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import inspect
 import shutil
 import tempfile
 import time
@@ -656,29 +654,27 @@ class Bench:
         self.results["preload"] = levels
 
     async def phase_relay(self) -> None:
-        """HOOK for helper "relay": bench/relay_rate.py's `relay_phase` (the relay's sustained
-        AE rate against a simulator answering in 100-300 ms), on a database of its own."""
+        """The relay's sustained AE rate against a simulator answering in 100-300 ms, and its
+        writes per record of a reassign-5-times burst (`bench.relay_rate`), on a database of
+        its own. A quick run sends fewer effects."""
+        from bench.relay_rate import relay_phase
+
+        quick = self.o.notifications < 10_000
+        effects, records, times = (250, 50, 3) if quick else (2000, 200, 5)
+        database_url = (
+            self.o.database_url.rsplit("/", 1)[0] + "/" + db.database_name(self.o.database_url)
+        )
+        _say(self.o, "relay: the sustained AE rate (bench.relay_rate)")
         try:
-            module = importlib.import_module("bench.relay_rate")
-        except ImportError:
-            self.results["relay_rate"] = {"skipped": "bench/relay_rate.py is not there yet"}
-            return
-        phase = module.relay_phase
-        offered = {
-            "database_url": self.o.database_url.rsplit("/", 1)[0]
-            + "/"
-            + db.database_name(self.o.database_url)
-            + "_relay",
-            "amqp_url": self.o.amqp_url,
-            "quick": self.o.notifications < 10_000,
-            "quiet": self.o.quiet,
-        }
-        wanted = inspect.signature(phase).parameters
-        kwargs = {k: v for k, v in offered.items() if k in wanted}
-        _say(self.o, f"relay: bench.relay_rate.relay_phase({', '.join(kwargs)})")
-        try:
-            self.results["relay_rate"] = await phase(**kwargs)
-        except Exception as exc:  # their phase failing is a finding, not a lost run
+            self.results["relay_rate"] = await relay_phase(
+                database_url=database_url + "_relay",
+                amqp_url=self.o.amqp_url,
+                quiet=self.o.quiet,
+                effects=effects,
+                reassign_records=records,
+                reassign_times=times,
+            )
+        except Exception as exc:  # the phase failing is a finding, not a lost run
             self.results["relay_rate"] = {"error": f"{type(exc).__name__}: {exc}"}
 
     async def run(self) -> dict[str, Any]:

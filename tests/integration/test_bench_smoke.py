@@ -87,5 +87,9 @@ def test_quick_benchmark_completes_with_every_figure() -> None:
     reference = figures["preload_reference"]
     assert reference["complete"]
     assert level["ratio_to_empty"] == pytest.approx(level["rate"] / reference["rate"])
-    assert "relay_rate" in figures
+    relay = figures["relay_rate"]
+    assert "error" not in relay, relay
+    assert relay["rate"]["writes"] > 0 and relay["rate"]["rate"] > 0
+    assert relay["reassign"]["most_writes_of_a_record"] == 1
+    assert relay["reassign"]["final_owner_correct"] == relay["reassign"]["records"]
     assert set(figures["verdicts"]) == {"throughput", "p99", "memory", "ae_calls", "preload"}
