@@ -7,14 +7,15 @@ only) and tells htmx which URL the page lives at, so a reload never sends the fo
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.admin import connections, effects, groups, mappings, reconcile, tenants, user_sync
 from services.admin import dead_letters as dl
@@ -254,34 +255,37 @@ async def disconnect_user(
     return await changed(request, runtime, user, "users", change)
 
 
-@router.post("/users/sync")
-async def sync_users(request: Request, runtime: RuntimeDep, user: Writer) -> HTMLResponse:
+class _Run(Protocol):
+    def __call__(
+        self, conn: AsyncConnection, tenant_id: str, *, dry_run: bool, now: datetime
+    ) -> Awaitable[Any]: ...
+
+
+async def _preview_or_apply(
+    request: Request, runtime: Runtime, user: ConsoleUser, name: str, run: _Run, shown: str
+) -> HTMLResponse:
+    """Run `run` as a preview unless the form asks to apply it; show its report as `shown`."""
     dry_run = (await _form(request)).get("mode") != "apply"
 
     async def change() -> tuple[str, dict[str, Any]]:
         async with runtime.engine.begin() as conn:
-            report = await user_sync.run_user_sync(
-                conn, user.tenant_id, dry_run=dry_run, now=views.now()
-            )
-        what = "User sync preview: nothing changed yet." if dry_run else "User sync applied."
-        return what, {"sync_report": report}
+            report = await run(conn, user.tenant_id, dry_run=dry_run, now=views.now())
+        what = f"{name} preview: nothing changed yet." if dry_run else f"{name} applied."
+        return what, {shown: report}
 
     return await changed(request, runtime, user, "users", change)
+
+
+@router.post("/users/sync")
+async def sync_users(request: Request, runtime: RuntimeDep, user: Writer) -> HTMLResponse:
+    run = user_sync.run_user_sync
+    return await _preview_or_apply(request, runtime, user, "User sync", run, "sync_report")
 
 
 @router.post("/reconcile")
 async def run_reconcile(request: Request, runtime: RuntimeDep, user: Writer) -> HTMLResponse:
-    dry_run = (await _form(request)).get("mode") != "apply"
-
-    async def change() -> tuple[str, dict[str, Any]]:
-        async with runtime.engine.begin() as conn:
-            report = await reconcile.reconcile(
-                conn, user.tenant_id, dry_run=dry_run, now=views.now()
-            )
-        what = "Reconcile preview: nothing changed yet." if dry_run else "Reconcile applied."
-        return what, {"reconcile_report": report}
-
-    return await changed(request, runtime, user, "users", change)
+    run = reconcile.reconcile
+    return await _preview_or_apply(request, runtime, user, "Reconcile", run, "reconcile_report")
 
 
 # --- round robin -------------------------------------------------------------------------
@@ -411,35 +415,39 @@ def _grace(form: dict[str, str]) -> timedelta:
     return timedelta(seconds=rotation.grace_seconds)
 
 
-@router.post("/setup/webhook-secret")
-async def rotate_webhook_secret(request: Request, runtime: RuntimeDep, user: Admin) -> HTMLResponse:
+_Rotate = Callable[[AsyncConnection, timedelta, datetime], Awaitable[str]]
+
+
+async def _rotated(
+    request: Request, runtime: Runtime, user: ConsoleUser, rotate: _Rotate, notice: str, shown: str
+) -> HTMLResponse:
+    """Rotate with the grace the form asks for; the new value is shown as `shown`, this once."""
     form = await _form(request)
 
     async def change() -> tuple[str, dict[str, Any]]:
         grace = _grace(form)
         async with runtime.engine.begin() as conn:
-            done = await tenants.rotate_webhook_secret(
-                conn, user.tenant_id, grace=grace, now=views.now()
-            )
-        return "New AE webhook secret: copy it now, it is not shown again.", {
-            "new_webhook_secret": done.webhook_secret
-        }
+            new = await rotate(conn, grace, views.now())
+        return notice, {shown: new}
 
     return await changed(request, runtime, user, "setup", change)
+
+
+@router.post("/setup/webhook-secret")
+async def rotate_webhook_secret(request: Request, runtime: RuntimeDep, user: Admin) -> HTMLResponse:
+    async def rotate(conn: AsyncConnection, grace: timedelta, now: datetime) -> str:
+        done = await tenants.rotate_webhook_secret(conn, user.tenant_id, grace=grace, now=now)
+        return done.webhook_secret
+
+    notice = "New AE webhook secret: copy it now, it is not shown again."
+    return await _rotated(request, runtime, user, rotate, notice, "new_webhook_secret")
 
 
 @router.post("/setup/endpoint-key")
 async def rotate_endpoint_key(request: Request, runtime: RuntimeDep, user: Admin) -> HTMLResponse:
-    form = await _form(request)
+    async def rotate(conn: AsyncConnection, grace: timedelta, now: datetime) -> str:
+        done = await tenants.rotate_endpoint_key(conn, user.tenant_id, grace=grace, now=now)
+        return done.salesforce_endpoint_key
 
-    async def change() -> tuple[str, dict[str, Any]]:
-        grace = _grace(form)
-        async with runtime.engine.begin() as conn:
-            done = await tenants.rotate_endpoint_key(
-                conn, user.tenant_id, grace=grace, now=views.now()
-            )
-        return "New SF endpoint key: copy the URLs now, the key is not shown again.", {
-            "new_endpoint_key": done.salesforce_endpoint_key
-        }
-
-    return await changed(request, runtime, user, "setup", change)
+    notice = "New SF endpoint key: copy the URLs now, the key is not shown again."
+    return await _rotated(request, runtime, user, rotate, notice, "new_endpoint_key")
