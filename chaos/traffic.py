@@ -156,26 +156,9 @@ def build(tenant_file: Path, shape: Shape, seed: int) -> Traffic:
         model.ae_created(prospect_id, email, user)
         seeded.append({"id": prospect_id, "email": email, "assignedUserId": user})
         webhook_id = f"chaos-{workload.salt}-{n}"
-        body = {
-            "type": "prospect.created",
-            "occurredAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "prospect": {
-                "id": prospect_id,
-                "email": email,
-                "assignedUserId": user,
-                "assignedQueueId": None,
-                "salesforceId": None,
-            },
-        }
-        ae_sends.append(
-            Send(
-                "ae",
-                f"/engagement/{fixture.tenant}/events",
-                _json(body),
-                (str(event_id_for(fixture.tenant, "ae", webhook_id)),),
-                webhook_id=webhook_id,
-            )
-        )
+        prospect = _prospect(prospect_id, email, user)
+        body = {"type": "prospect.created", "occurredAt": _now(), "prospect": prospect}
+        ae_sends.append(_ae_send(fixture.tenant, webhook_id, body))
     # AE: unassigned prospects assigned through the group whose follow-up SLA runs out.
     members = set(data.groups[SLA_GROUP].members) if SLA_GROUP in data.groups else set()
     model.group_sf_users = frozenset(sf for sf, ae in fixture.ae_user_of.items() if ae in members)
@@ -187,25 +170,11 @@ def build(tenant_file: Path, shape: Shape, seed: int) -> Traffic:
         webhook_id = f"chaos-sla-{workload.salt}-{n}"
         body = {
             "type": "prospect.assignment_requested",
-            "occurredAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "prospect": {
-                "id": prospect_id,
-                "email": email,
-                "assignedUserId": None,
-                "assignedQueueId": None,
-                "salesforceId": None,
-            },
+            "occurredAt": _now(),
+            "prospect": _prospect(prospect_id, email, None),
             "action": {"kind": "assign_to_group", "groupId": SLA_GROUP},
         }
-        ae_sends.append(
-            Send(
-                "ae",
-                f"/engagement/{fixture.tenant}/events",
-                _json(body),
-                (str(event_id_for(fixture.tenant, "ae", webhook_id)),),
-                webhook_id=webhook_id,
-            )
-        )
+        ae_sends.append(_ae_send(fixture.tenant, webhook_id, body))
     sends = _merge(rng, sf_sends, ae_sends)
     sends = _with_duplicates(rng, sends, shape.duplicate_share)
     sends = _reordered(rng, sends, shape.reorder_window)
@@ -225,6 +194,32 @@ def build(tenant_file: Path, shape: Shape, seed: int) -> Traffic:
 
 def _json(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _prospect(prospect_id: int, email: str, user: int | None) -> dict[str, Any]:
+    """An AE prospect as its webhooks carry it: made in AE, not yet linked to SF."""
+    return {
+        "id": prospect_id,
+        "email": email,
+        "assignedUserId": user,
+        "assignedQueueId": None,
+        "salesforceId": None,
+    }
+
+
+def _ae_send(tenant: str, webhook_id: str, body: dict[str, Any]) -> Send:
+    """An AE webhook to the tenant's events endpoint, its event id derived as the receiver does."""
+    return Send(
+        "ae",
+        f"/engagement/{tenant}/events",
+        _json(body),
+        (str(event_id_for(tenant, "ae", webhook_id)),),
+        webhook_id=webhook_id,
+    )
 
 
 def _merge(rng: random.Random, a: list[Send], b: list[Send]) -> list[Send]:
