@@ -189,17 +189,10 @@ class Model:
         figures: Figures,
     ) -> None:
         name = f"sla {sla.prospect_id}"
-        if not leads:
-            figures.count("lost", f"{name}: no SF lead")
+        if _counted_lost_or_duplicated(name, sla.prospect_id, prospects, leads, figures):
             return
-        others = [p for p in prospects if p["id"] != sla.prospect_id]
-        if len(leads) > 1 or others:
-            figures.count(
-                "duplicated", f"{name}: {len(leads)} SF leads, {len(others)} other AE prospects"
-            )
         owner = leads[0].get("OwnerId")
-        mine = [p for p in prospects if p["id"] == sla.prospect_id]
-        ae_user = mine[0].get("assignedUserId") if mine else None
+        ae_user = _ae_user(sla.prospect_id, prospects)
         if owner not in self.group_sf_users or ae_user != self.ae_user_of.get(str(owner)):
             figures.count(
                 "wrong_owner",
@@ -236,24 +229,43 @@ class Model:
         figures: Figures,
     ) -> None:
         name = f"ae {prospect.prospect_id}"
-        if not leads:
-            figures.count("lost", f"{name}: no SF lead")
+        if _counted_lost_or_duplicated(name, prospect.prospect_id, prospects, leads, figures):
             return
-        others = [p for p in prospects if p["id"] != prospect.prospect_id]
-        if len(leads) > 1 or others:
-            figures.count(
-                "duplicated", f"{name}: {len(leads)} SF leads, {len(others)} other AE prospects"
-            )
         lead = min(leads, key=lambda lead: str(lead.get("CreatedDate") or "") + str(lead["Id"]))
         expected = self.expected_sf_owner(prospect.prospect_id)
-        mine = [p for p in prospects if p["id"] == prospect.prospect_id]
-        ae_user = mine[0].get("assignedUserId") if mine else None
+        ae_user = _ae_user(prospect.prospect_id, prospects)
         if lead.get("OwnerId") != expected or ae_user != prospect.assigned_user_id:
             figures.count(
                 "wrong_owner",
                 f"{name}: SF owner {lead.get('OwnerId')} (expected {expected}), AE user "
                 f"{ae_user} (expected {prospect.assigned_user_id})",
             )
+
+
+def _counted_lost_or_duplicated(
+    name: str,
+    prospect_id: int,
+    prospects: list[Mapping[str, Any]],
+    leads: list[Mapping[str, Any]],
+    figures: Figures,
+) -> bool:
+    """A prospect made in AE must come out as one SF lead and no other AE prospect by its email:
+    none is lost (True, nothing more to check), more are duplicated."""
+    if not leads:
+        figures.count("lost", f"{name}: no SF lead")
+        return True
+    others = [p for p in prospects if p["id"] != prospect_id]
+    if len(leads) > 1 or others:
+        figures.count(
+            "duplicated", f"{name}: {len(leads)} SF leads, {len(others)} other AE prospects"
+        )
+    return False
+
+
+def _ae_user(prospect_id: int, prospects: list[Mapping[str, Any]]) -> Any:
+    """The AE user the prospect itself is assigned to, None if it is gone."""
+    mine = [p for p in prospects if p["id"] == prospect_id]
+    return mine[0].get("assignedUserId") if mine else None
 
 
 def _key(email: object) -> str:
