@@ -20,18 +20,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from services.common.ae_client import AeClient
 from services.common.db.tables import outbox
 from services.common.messages import SF_RECORD_REASSIGNED, SfRecordEvent
 from services.common.runtime import Runtime
 from services.common.settings import Settings
-from services.common.sf_auth import SfTokenSource
 from services.relay.relay import Relay, Senders
 from services.relay.senders import ae_prospect_sender
 from services.sim.ae import AeSimState
-from services.sim.embedded import start_ae, start_sf
 from services.syncer.worker import apply_sf_events
 from tests.events import sf_record_event
+from tests.sims import ae_client_on_sims
 
 KIM = "00Q5g0000ZWHszxEQD"
 ALICE_SF, BOB_SF = "0055g0000Zti3ElAQI", "0055g0000M6fuVCAQY"
@@ -78,14 +76,7 @@ def _utc(moment: datetime) -> datetime:
 @pytest.fixture
 async def world(runtime: Runtime, service_settings: Settings) -> AsyncIterator[World]:
     async with contextlib.AsyncExitStack() as stack:
-        sf = await start_sf(runtime, stack)
-        assert sf is not None and sf.state.client_secret is not None
-        unit = service_settings.ae_business_unit_id
-        ae = await start_ae(runtime, stack, trusted=sf, business_unit_id=unit)
-        tokens = await stack.enter_async_context(
-            SfTokenSource(sf.url, sf.state.client_id, sf.state.client_secret)
-        )
-        client = await stack.enter_async_context(AeClient(ae.url, tokens, unit, max_attempts=1))
+        ae, client = await ae_client_on_sims(runtime, service_settings.ae_business_unit_id, stack)
         relay = Relay(
             runtime.engine,
             Senders(ae=ae_prospect_sender(client)),

@@ -25,14 +25,13 @@ from services.common.domain import AeProspectUpsert, Learned, RecordState
 from services.common.messages import SF_RECORD_REASSIGNED, SfRecordEvent
 from services.common.runtime import Runtime
 from services.common.settings import Settings
-from services.common.sf_auth import SfTokenSource
 from services.common.sfid import to18
 from services.relay.relay import AeSender, Attempt, Relay, Senders
 from services.relay.senders import ae_prospect_sender
 from services.sim.ae import AeSimState
-from services.sim.embedded import start_ae, start_sf
 from services.syncer.worker import apply_sf_events
 from tests.events import sf_record_event
+from tests.sims import ae_client_on_sims
 
 ALICE_SF, BOB_SF = "0055g0000Zti3ElAQI", "0055g0000M6fuVCAQY"
 ALICE_AE, BOB_AE = 101, 102
@@ -119,14 +118,8 @@ async def until_sent(world: World, within: float = 60.0) -> None:
 @pytest.fixture
 async def world(runtime: Runtime, service_settings: Settings) -> AsyncIterator[World]:
     async with contextlib.AsyncExitStack() as stack:
-        sf = await start_sf(runtime, stack)
-        assert sf is not None and sf.state.client_secret is not None
         unit = service_settings.ae_business_unit_id
-        ae = await start_ae(runtime, stack, trusted=sf, business_unit_id=unit)
-        tokens = await stack.enter_async_context(
-            SfTokenSource(sf.url, sf.state.client_id, sf.state.client_secret)
-        )
-        client = await stack.enter_async_context(AeClient(ae.url, tokens, unit, max_attempts=1))
+        ae, client = await ae_client_on_sims(runtime, unit, stack)
         yield World(runtime, ae.state, unit, client)
 
 
