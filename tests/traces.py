@@ -15,6 +15,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Tracer, format_trace_id
 
 from services.common import tracing
+from tests.outbound import Poster, is_ack
+
+KIM = "00Q5g0000ZWHszxEQD"  # the lead of the SF fixtures
+BOB_AE = 102  # kim's owner in AE once reassigned
 
 
 @pytest.fixture
@@ -64,3 +68,14 @@ def ancestry(spans: Sequence[ReadableSpan], span: ReadableSpan) -> list[str]:
         names.append(parent.name)
         span = parent
     return names
+
+
+async def reassignment_spans(poster: Poster, spans: InMemorySpanExporter) -> list[ReadableSpan]:
+    """Kim's lead made with a connected owner, then reassigned to bob: the spans of the
+    reassignment alone, once AE holds bob as the owner of kim's prospect."""
+    await poster.post("lead-created-owner-connected.xml")
+    spans.clear()
+    assert is_ack(await poster.post("lead-reassigned-connected.xml", "record-reassigned"))
+    kim = await poster.record(KIM)
+    assert poster.ae_prospect(kim["prospect_id"])["assignedUserId"] == BOB_AE
+    return list(spans.get_finished_spans())

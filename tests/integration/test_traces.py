@@ -15,15 +15,13 @@ from services.common.db.tables import audit_log
 from services.common.runtime import build_runtime
 from services.common.settings import Settings
 from tests.events import sf_record_event
-from tests.outbound import Poster, is_ack
+from tests.outbound import Poster
 from tests.store import table_rows
-from tests.traces import ancestry, named, trace_id_of
+from tests.traces import KIM, ancestry, named, reassignment_spans, trace_id_of
 
 pytestmark = pytest.mark.integration
 
-KIM = "00Q5g0000ZWHszxEQD"
 ALICE_SF = "0055g0000Zti3ElAQI"
-BOB_AE = 102
 
 
 @pytest.fixture
@@ -58,13 +56,7 @@ async def test_the_traceparent_of_the_publish_travels_in_the_amqp_headers(
 async def test_an_sf_reassignment_over_rabbitmq_and_postgres_is_one_trace_to_the_ae_call(
     base_settings: Settings, spans: InMemorySpanExporter, poster: Poster
 ) -> None:
-    await poster.post("lead-created-owner-connected.xml")
-    spans.clear()
-    assert is_ack(await poster.post("lead-reassigned-connected.xml", "record-reassigned"))
-    kim = await poster.record(KIM)
-    assert poster.ae_prospect(kim["prospect_id"])["assignedUserId"] == BOB_AE
-
-    finished = spans.get_finished_spans()
+    finished = await reassignment_spans(poster, spans)
     [receipt] = named(finished, "POST /salesforce/{tenant}/record-reassigned")
     [send] = named(finished, "send ae.prospect.upsert")
     assert ancestry(finished, send) == [

@@ -20,15 +20,13 @@ from services.common.tracing import traceparent
 from services.common.worker import process_batch
 from services.syncer.worker import apply_sf_events
 from tests.events import sf_record_event
-from tests.outbound import Poster, is_ack
+from tests.outbound import Poster
 from tests.store import table_rows
-from tests.traces import ancestry, named, trace_id_of
+from tests.traces import ancestry, named, reassignment_spans, trace_id_of
 from tests.webhooks import Engagement, engagement_body
 
-KIM = "00Q5g0000ZWHszxEQD"
 LEADS = ("00Q5g0000uon6YDEAY", "00Q5g0000PU3NKlEQN")
 ALICE_SF = "0055g0000Zti3ElAQI"
-BOB_AE = 102
 
 
 @pytest.fixture
@@ -44,13 +42,7 @@ def engagement(spans: InMemorySpanExporter, stack: Running) -> Engagement:
 async def test_an_sf_reassignment_is_one_trace_from_the_outbound_message_to_the_ae_call(
     spans: InMemorySpanExporter, poster: Poster
 ) -> None:
-    await poster.post("lead-created-owner-connected.xml")
-    spans.clear()
-    assert is_ack(await poster.post("lead-reassigned-connected.xml", "record-reassigned"))
-    kim = await poster.record(KIM)
-    assert poster.ae_prospect(kim["prospect_id"])["assignedUserId"] == BOB_AE
-
-    finished = spans.get_finished_spans()
+    finished = await reassignment_spans(poster, spans)
     [receipt] = named(finished, "POST /salesforce/{tenant}/record-reassigned")
     assert receipt.kind is SpanKind.SERVER
     assert receipt.attributes is not None and receipt.attributes["http.response.status_code"] == 200
