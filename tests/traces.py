@@ -1,4 +1,5 @@
-"""Recording the spans ownersync makes (the `spans` fixture) and reading a trace back.
+"""Recording the spans ownersync makes (the `spans` fixture) and reading a trace back; starting
+ownersync afresh to see what it installs.
 
 Request `spans` before the stack (`stack`, or a fixture built on it): the receiver's app is
 given its server spans when it is built, if tracing is on by then.
@@ -6,7 +7,11 @@ given its server spans when it is built, if tracing is on by then.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -17,6 +22,7 @@ from opentelemetry.trace import Tracer, format_trace_id
 from services.common import tracing
 from tests.outbound import Poster, is_ack
 
+REPO = Path(__file__).resolve().parents[1]
 KIM = "00Q5g0000ZWHszxEQD"  # the lead of the SF fixtures
 BOB_AE = 102  # kim's owner in AE once reassigned
 
@@ -79,3 +85,19 @@ async def reassignment_spans(poster: Poster, spans: InMemorySpanExporter) -> lis
     kim = await poster.record(KIM)
     assert poster.ae_prospect(kim["prospect_id"])["assignedUserId"] == BOB_AE
     return list(spans.get_finished_spans())
+
+
+def start_afresh(probe: str, cwd: Path, **env: str) -> list[str]:
+    """The words `probe` prints, run in a fresh interpreter from `cwd`, with no OTEL_ or
+    OWNERSYNC_ variable of this process but those in `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OWNERSYNC_"))}
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=cwd,
+        env={**clean, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return run.stdout.split()

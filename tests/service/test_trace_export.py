@@ -3,9 +3,6 @@ that endpoint over OTLP/HTTP (a collector played here by a loopback server)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +11,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.traces import start_afresh
 
 PROBE = """
 from opentelemetry import trace
@@ -63,23 +60,13 @@ def collector() -> Iterator[Collector]:
 def test_spans_are_exported_over_otlp_http_to_the_endpoint_set(
     collector: Collector, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OWNERSYNC_"))}
     host, port = collector.server_address[:2]
-    env.update(
-        PYTHONPATH=str(REPO),
+    provider, traceparent = start_afresh(
+        PROBE,
+        tmp_path,
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{host!s}:{port}",
         OTEL_SERVICE_NAME="ownersync-relay",
     )
-    run = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    provider, traceparent = run.stdout.split()
     assert provider == "TracerProvider"
 
     [(path, content_type, body)] = collector.received

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from opentelemetry.trace import Tracer, format_span_id, format_trace_id
 
 from services.common import tracing
 from services.common.logs import JsonFormatter
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.traces import start_afresh
 
 # What a role's start-up (`load_settings`) leaves installed, in a fresh interpreter.
 PROBE = """
@@ -30,25 +26,10 @@ print(tracing.enabled())
 """
 
 
-def _start_up(tmp_path: Path) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OWNERSYNC_"))}
-    env["PYTHONPATH"] = str(REPO)
-    run = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return run.stdout.split()
-
-
 def test_with_no_endpoint_set_no_sdk_is_loaded_and_no_tracer_provider_installed(
     tmp_path: Path,
 ) -> None:
-    assert _start_up(tmp_path) == ["ProxyTracerProvider", "False", "False"]
+    assert start_afresh(PROBE, tmp_path) == ["ProxyTracerProvider", "False", "False"]
 
 
 def test_off_the_hooks_carry_and_stamp_nothing() -> None:
