@@ -70,6 +70,15 @@ class World:
         async with self.runtime.engine.begin() as conn:
             await apply_sf_events(conn, events, datetime.now(UTC))
 
+    async def reassigned(self, count: int, owner: str, modstamp: datetime) -> None:
+        """The first `count` leads reassigned to `owner` in SF, applied as one batch."""
+        await self.apply(
+            [
+                sf_record_event(lead(n), owner, type=SF_RECORD_REASSIGNED, modstamp=modstamp)
+                for n in range(count)
+            ]
+        )
+
     async def unsent(self) -> int:
         async with self.runtime.engine.connect() as conn:
             query = select(func.count()).where(outbox.c.status.in_(("pending", "sending")))
@@ -135,12 +144,7 @@ async def test_records_reassigned_five_times_against_a_slow_ae_cost_one_write_of
     async with running(relay):
         for round_no, owner in enumerate([BOB_SF, ALICE_SF, BOB_SF, ALICE_SF, BOB_SF], start=1):
             stamp = CREATED + timedelta(minutes=round_no)
-            await world.apply(
-                [
-                    sf_record_event(lead(n), owner, type=SF_RECORD_REASSIGNED, modstamp=stamp)
-                    for n in range(count)
-                ]
-            )
+            await world.reassigned(count, owner, stamp)
             await asyncio.sleep(0.05)  # longer than a relay pass
         await until_sent(world)
 
@@ -166,14 +170,7 @@ async def test_relay_keeps_five_calls_in_flight_per_business_unit_and_never_more
     # Ten records outstanding at most: a relay that waited for a whole batch to be answered
     # before claiming more would leave slots idle behind each batch's slowest call.
     relay = world.relay(batch_size=10)
-    await world.apply(
-        [
-            sf_record_event(
-                lead(n), BOB_SF, type=SF_RECORD_REASSIGNED, modstamp=CREATED + timedelta(hours=1)
-            )
-            for n in range(count)
-        ]
-    )
+    await world.reassigned(count, BOB_SF, CREATED + timedelta(hours=1))
     async with running(relay):
         await until_sent(world)
 
@@ -192,14 +189,7 @@ async def test_batch_settle_fences_each_record_a_taken_over_lease_settles_nothin
 ) -> None:
     count = 3
     record_ids = await world.created(count)
-    await world.apply(
-        [
-            sf_record_event(
-                lead(n), BOB_SF, type=SF_RECORD_REASSIGNED, modstamp=CREATED + timedelta(hours=1)
-            )
-            for n in range(count)
-        ]
-    )
+    await world.reassigned(count, BOB_SF, CREATED + timedelta(hours=1))
     relay = world.relay()
     claims = await relay.claim()
     assert len(claims) == count
