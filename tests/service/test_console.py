@@ -3,6 +3,7 @@ with a key, the session cookie, CSRF on every change, read keys refused on chang
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -42,6 +43,13 @@ class Console:
         return await http.post(
             "/console/sign-in", data={"csrf": token.group(1), "api_key": key, "tenant": tenant}
         )
+
+    @contextlib.asynccontextmanager
+    async def signed_in(self, scope: str) -> AsyncIterator[httpx.AsyncClient]:
+        """A client whose session was started with the tenant's `scope` key."""
+        async with self.client() as http:
+            await self.sign_in(http, self.keys[scope])
+            yield http
 
     async def paused(self, group: int, user: int) -> bool:
         async with self.runtime.engine.connect() as conn:
@@ -119,8 +127,7 @@ async def test_the_operator_key_signs_in_to_a_named_tenant_as_admin(console: Con
 
 
 async def test_a_change_without_the_sessions_csrf_token_is_refused(console: Console) -> None:
-    async with console.client() as http:
-        await console.sign_in(http, console.keys["write"])
+    async with console.signed_in("write") as http:
         path = "/console/round-robin/7/members/101/pause"
         assert (await http.post(path, data={})).status_code == 403
         refused = await http.post(path, data={"csrf": "x" * 43})
@@ -133,8 +140,7 @@ async def test_a_change_without_the_sessions_csrf_token_is_refused(console: Cons
 
 
 async def test_a_read_key_sees_but_is_refused_on_change(console: Console) -> None:
-    async with console.client() as http:
-        await console.sign_in(http, console.keys["read"])
+    async with console.signed_in("read") as http:
         page = await http.get("/console/round-robin")
         assert page.status_code == 200 and "inbound-sdrs" in page.text
         assert "Pause user 101" not in page.text  # no button it could not use
@@ -146,8 +152,7 @@ async def test_a_read_key_sees_but_is_refused_on_change(console: Console) -> Non
 
 
 async def test_a_write_key_is_refused_what_takes_admin(console: Console) -> None:
-    async with console.client() as http:
-        await console.sign_in(http, console.keys["write"])
+    async with console.signed_in("write") as http:
         token = csrf_of(await http.get("/console/setup"))
         refused = await http.post("/console/setup/webhook-secret", data={"csrf": token})
         assert refused.status_code == 403 and "needs the admin scope" in refused.text
@@ -156,8 +161,7 @@ async def test_a_write_key_is_refused_what_takes_admin(console: Console) -> None
 async def test_a_mapping_conflict_is_answered_409_with_the_mapping_that_holds(
     console: Console,
 ) -> None:
-    async with console.client() as http:
-        await console.sign_in(http, console.keys["write"])
+    async with console.signed_in("write") as http:
         token = csrf_of(await http.get("/console/users"))
         answer = await http.post(
             "/console/users/connect",
@@ -175,15 +179,13 @@ async def test_a_mapping_conflict_is_answered_409_with_the_mapping_that_holds(
 async def test_a_revoked_key_ends_its_session_and_signing_out_ends_it_too(
     console: Console,
 ) -> None:
-    async with console.client() as http:
-        await console.sign_in(http, console.keys["admin"])
+    async with console.signed_in("admin") as http:
         assert (await http.get("/console/records")).status_code == 200
         key_id = console.keys["admin"].split("_")[1]
         async with console.runtime.engine.begin() as conn:
             await revoke_api_key(conn, "acme", key_id, datetime.now(UTC))
         assert (await http.get("/console/records")).status_code == 303
-    async with console.client() as http:
-        await console.sign_in(http, console.keys["read"])
+    async with console.signed_in("read") as http:
         token = csrf_of(await http.get("/console"))
         out = await http.post("/console/sign-out", data={"csrf": token})
         assert out.status_code == 303
@@ -193,8 +195,7 @@ async def test_a_revoked_key_ends_its_session_and_signing_out_ends_it_too(
 
 
 async def test_pages_load_nothing_from_elsewhere(console: Console) -> None:
-    async with console.client() as http:
-        await console.sign_in(http, console.keys["admin"])
+    async with console.signed_in("admin") as http:
         for path in (
             "/console",
             "/console/records?q=1",
