@@ -119,7 +119,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--drain-timeout",
         type=float,
         help="longest wait for the relay to empty the outbox between phases; what is left is "
-        "reported [= --settle-timeout; --quick: 3]",
+        "reported (a 100,000-notification burst leaves AE tens of thousands of effects: the "
+        "relay's rate is its own figure) [60; --quick: 3]",
     )
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     p.add_argument(
@@ -138,7 +139,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             "reassign_records": 200,
             "reassign_times": 5,
             "webhooks": 300,
-            "drain_timeout": args.settle_timeout,
+            "drain_timeout": min(60.0, args.settle_timeout),
         }
     )
     for name, value in defaults.items():

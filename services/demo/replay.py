@@ -219,6 +219,10 @@ def _configure_sf_org(story: Story) -> None:
     assert sim is not None
     sim.add_rule_entry(story.tenant.salesforce_users["bob"], [("Email", "startsWith", "di@")])
     sim.default_owner_id = story.tenant.salesforce_users["carol_unconnected"]
+    # SF sends its outbound messages seconds after a write, not 50 ms: with the simulator's
+    # short default, a loaded machine can deliver "record created" before the relay has stored
+    # the new record's id, and the story shows the email match (S9) instead of S5/S6.
+    sim.outbound.batch_window_ms = 500
 
 
 async def _engagement_to_salesforce(story: Story) -> Table:
