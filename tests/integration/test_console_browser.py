@@ -2,12 +2,15 @@
 the real roles on Postgres and RabbitMQ (SF and AE simulated). An operator signs in, finds why
 a record is owned by whom, fixes an unconnected user and watches reconcile correct the record,
 pauses a round-robin member and sees the next pick skip them, replays a dead letter; every
-page passes axe-core at 1280 px and 390 px and is saved as a screenshot in docs/console/."""
+page passes axe-core at 1280 px and 390 px and is saved as a screenshot: in build/console/ (test
+artefacts, not tracked), or in docs/console/ with OWNERSYNC_UPDATE_SCREENSHOTS=1 (the committed
+ones the README and the closing notes point at)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -38,7 +41,12 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 AXE = (Path(__file__).parent / "vendor" / "axe.min.js").read_text()
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = (
+    REPO / "docs" / "console"
+    if os.environ.get("OWNERSYNC_UPDATE_SCREENSHOTS") == "1"
+    else REPO / "build" / "console"
+)
 WIDTHS = {"1280": (1280, 900), "390": (390, 844)}
 KIM = "00Q5g0000ZWHszxEQD"  # the fixtures' lead: created owned by alice, then reassigned
 T = f"/v1/tenants/{ACME}"
