@@ -46,10 +46,13 @@ async def driver(conn: AsyncConnection) -> Any:
     return raw.driver_connection
 
 
+def _definitions(columns: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"{name} {kind}" for name, kind in columns)
+
+
 def recordset(columns: Sequence[tuple[str, str]], alias: str) -> str:
     """The rows of the statement's one parameter (a JSON array of objects) as a table."""
-    names = ", ".join(f"{name} {kind}" for name, kind in columns)
-    return f"json_to_recordset($1::json) AS {alias}({names})"
+    return f"json_to_recordset($1::json) AS {alias}({_definitions(columns)})"
 
 
 def rows_json(rows: Iterable[dict[str, Any]]) -> str:
@@ -79,7 +82,7 @@ _RECORD_NAMES = ", ".join(name for name, _ in RECORD)
 _INSERT_RECORDS = (
     f"INSERT INTO records ({_RECORD_NAMES}) SELECT {_RECORD_NAMES} "
     f"FROM ROWS FROM (json_to_recordset($1::json) "
-    f"AS ({', '.join(f'{name} {kind}' for name, kind in RECORD)})) "
+    f"AS ({_definitions(RECORD)})) "
     f"WITH ORDINALITY AS r({_RECORD_NAMES}, n) ORDER BY r.n RETURNING id"
 )
 
