@@ -326,13 +326,16 @@ class NextPick:
     reason: str
 
 
-async def next_pick(
-    conn: AsyncConnection, tenant_id: str, group_id: int, now: datetime
-) -> NextPick:
-    """Who the round robin would give the group's next prospect to, by the assigner's own
-    pick on the members as they stand. Run it in a transaction that is rolled back or ends at
-    once: the members are read locked, as the assigner reads them."""
-    await get_group(conn, tenant_id, group_id)
-    members = (await store.group_members_of(conn, tenant_id, [group_id])).get(group_id, [])
-    pick = pick_member(members, now)
-    return NextPick(pick.member.ae_user_id if pick.member else None, pick.reason)
+async def next_picks(
+    conn: AsyncConnection, tenant_id: str, group_ids: list[int], now: datetime
+) -> dict[int, NextPick]:
+    """Who the round robin would give each group's next prospect to, by the assigner's own
+    pick on the members as they stand (groups not found are left out). Run it in a
+    transaction that is rolled back or ends at once: the members are read locked, as the
+    assigner reads them."""
+    members = await store.group_members_of(conn, tenant_id, group_ids)
+    picks = {group_id: pick_member(held, now) for group_id, held in members.items()}
+    return {
+        group_id: NextPick(pick.member.ae_user_id if pick.member else None, pick.reason)
+        for group_id, pick in picks.items()
+    }

@@ -113,7 +113,7 @@ async def round_robin_page(runtime: Runtime, user: ConsoleUser) -> dict[str, Any
     async with runtime.engine.begin() as conn:  # the next pick reads the members locked
         found = await groups.list_groups(conn, tenant, limit=SHOWN)
         ae = await users.list_ae_users(conn, tenant, limit=SHOWN)
-        picks = {g.id: await groups.next_pick(conn, tenant, g.id, now()) for g in found.items}
+        picks = await groups.next_picks(conn, tenant, [g.id for g in found.items], now())
     return {
         "groups": found.items,
         "picks": picks,
