@@ -30,7 +30,6 @@ from services.common.db.tables import (
 from services.common.domain import Rule
 from services.common.hours import HoursError, WorkingHours
 from services.common.sla import (
-    DEFAULT_MAX_ESCALATIONS,
     DEFAULT_UNTOUCHED_STATUSES,
     OPEN_STATES,
     SfUpdate,
@@ -58,9 +57,7 @@ def policy_from_row(row: Any) -> SlaPolicy:
         seconds=row.sla_seconds,
         business_hours=row.sla_business_hours,
         assign_when_closed=row.assign_when_closed,
-        max_escalations=row.max_escalations
-        if row.max_escalations is not None
-        else DEFAULT_MAX_ESCALATIONS,
+        max_escalations=row.max_escalations,
         fallback_owner_id=row.fallback_owner_id,
     )
 
