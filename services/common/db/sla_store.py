@@ -30,7 +30,6 @@ from services.common.db.tables import (
 from services.common.domain import Rule
 from services.common.hours import HoursError, WorkingHours
 from services.common.sla import (
-    DEFAULT_MAX_ESCALATIONS,
     DEFAULT_UNTOUCHED_STATUSES,
     OPEN_STATES,
     SfUpdate,
@@ -58,9 +57,7 @@ def policy_from_row(row: Any) -> SlaPolicy:
         seconds=row.sla_seconds,
         business_hours=row.sla_business_hours,
         assign_when_closed=row.assign_when_closed,
-        max_escalations=row.max_escalations
-        if row.max_escalations is not None
-        else DEFAULT_MAX_ESCALATIONS,
+        max_escalations=row.max_escalations,
         fallback_owner_id=row.fallback_owner_id,
     )
 
@@ -146,17 +143,26 @@ async def add_timers_by_prospect(
     conn: AsyncConnection, timers: Sequence[tuple[str, int, dict[str, Any]]]
 ) -> None:
     """`add_timers` for records known by their prospect id (made in the same transaction)."""
-    rows = []
-    for tenant_id, prospect_id, timer in timers:
-        record_id = (
-            await conn.execute(
-                select(records.c.id).where(
-                    records.c.tenant_id == tenant_id, records.c.prospect_id == prospect_id
-                )
-            )
-        ).scalar_one()
-        rows.append({**timer, "record_id": record_id})
+    record_ids = await _record_ids(conn, {(t, p) for t, p, _ in timers})
+    rows = [{**timer, "record_id": record_ids[(t, p)]} for t, p, timer in timers]
     await add_timers(conn, rows)
+
+
+async def _record_ids(
+    conn: AsyncConnection, keys: set[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """The record id of each (tenant, prospect), in one query."""
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        select(records.c.tenant_id, records.c.prospect_id, records.c.id).where(
+            records.c.tenant_id.in_({k[0] for k in keys}),
+            records.c.prospect_id.in_({k[1] for k in keys}),
+        )
+    )
+    return {
+        (r.tenant_id, r.prospect_id): r.id for r in rows if (r.tenant_id, r.prospect_id) in keys
+    }
 
 
 async def start_confirmed(conn: AsyncConnection, owners: Mapping[int, str], now: datetime) -> None:
@@ -249,18 +255,12 @@ async def add_deferred_by_prospect(
     now: datetime,
 ) -> None:
     """A5 actions waiting for a member to come on: (tenant, prospect, group, event, due)."""
+    record_ids = await _record_ids(conn, {(w[0], w[1]) for w in waits})
     for tenant_id, prospect_id, group_id, event, due in waits:
-        record_id = (
-            await conn.execute(
-                select(records.c.id).where(
-                    records.c.tenant_id == tenant_id, records.c.prospect_id == prospect_id
-                )
-            )
-        ).scalar_one()
         await conn.execute(
             insert(deferred_assignments).values(
                 tenant_id=tenant_id,
-                record_id=record_id,
+                record_id=record_ids[(tenant_id, prospect_id)],
                 group_id=group_id,
                 event=event,
                 due_at=due,
