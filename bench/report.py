@@ -46,6 +46,10 @@ def _ms_value(ms: float | None) -> str:
     return "–" if ms is None else f"{ms:,.0f} ms"
 
 
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
 def _edge(value: float | None) -> str:
     return "+Inf" if value is None or math.isinf(value) else f"{value:g}"
 
@@ -126,7 +130,7 @@ def render(r: dict[str, Any], console: Console) -> None:
     ratio = r["ratio_to_baseline"]
     table.add_row(
         "  [bold]ownersync / baseline[/bold]",
-        "–" if ratio is None else f"{ratio:.2f}x",
+        _ratio(ratio),
         f">= {TARGET_RATIO:.1f}x",
         _verdict(v["throughput"]),
     )
@@ -215,7 +219,7 @@ def render(r: dict[str, Any], console: Console) -> None:
         ratio = level["ratio_to_empty"]
         table.add_row(
             "  / the same just before the preload (nearly empty database)",
-            "–" if ratio is None else f"{ratio:.2f}x",
+            _ratio(ratio),
             f">= {TARGET_PRELOAD:.1f}x",
             _verdict(None if ratio is None else ratio >= TARGET_PRELOAD),
         )
@@ -291,7 +295,7 @@ def _preload_table(r: dict[str, Any], console: Console) -> None:
             f"{level['vacuum_analyze_seconds']:.0f}",
             mb,
             _rate(level["rate"]),
-            "–" if ratio is None else f"{ratio:.2f}x",
+            _ratio(ratio),
         )
     console.print(table)
 

@@ -87,7 +87,8 @@ def test_sla_keeps_running_while_status_is_untouched_and_no_activity() -> None:
 def test_untouched_statuses_are_the_tenants() -> None:
     update = SfUpdate(ANN, status="New")
     assert on_sf_update(timer(), update, ["New"]) is None
-    assert on_sf_update(timer(), update, UNTOUCHED) is not None
+    ended = on_sf_update(timer(), update, UNTOUCHED)
+    assert ended is not None and ended.state == "met"
 
 
 def test_owner_changed_by_anyone_else_stops_the_sla() -> None:
