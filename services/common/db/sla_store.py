@@ -170,7 +170,7 @@ async def start_confirmed(conn: AsyncConnection, owners: Mapping[int, str], now:
     if not owners:
         return
     query = select(sla_timers).where(
-        sla_timers.c.record_id.in_(set(owners)), sla_timers.c.state == "pending"
+        store.one_of(conn, sla_timers.c.record_id, owners), sla_timers.c.state == "pending"
     )
     pending = [
         timer_from_row(r)
