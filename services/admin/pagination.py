@@ -15,13 +15,13 @@ from pydantic import Field
 
 from services.admin.errors import Invalid
 from services.admin.schemas import ApiModel
+from services.common.messages import MAX_ID
 
 T = TypeVar("T")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
 # What a sort key can be: ids and offsets are BIGINT, text keys are ids of 64 characters at
 # most. A key outside these would reach the database and fail there, as a 500.
-_MAX_INT_KEY = 2**63 - 1
 _MAX_TEXT_KEY = 255
 
 
@@ -52,7 +52,7 @@ def decode_cursor(cursor: str | None, kind: type) -> Any:
 
 def _in_bounds(key: Any) -> bool:
     if isinstance(key, int):
-        return 0 <= key <= _MAX_INT_KEY
+        return 0 <= key <= MAX_ID
     if isinstance(key, str):
         # Printable ASCII only: Postgres refuses NUL and Python cannot encode lone surrogates.
         return len(key) <= _MAX_TEXT_KEY and key.isascii() and key.isprintable()

@@ -14,12 +14,10 @@ from services.admin.schemas import AuditEntry, RecordView, SlaTimerView
 from services.common.db import sla_store
 from services.common.db.tables import audit_log, connected_users, records
 from services.common.domain import describe_ae_owner
+from services.common.messages import MAX_ID
 from services.common.sfid import is_queue, to18
 
 RecordKey = Literal["prospect", "sf"]
-
-
-_MAX_ID = 9_223_372_036_854_775_807
 
 
 def _owner_ae_user_id() -> Any:
@@ -90,7 +88,7 @@ def search_key(query: str) -> tuple[RecordKey | Literal["email"], Any] | None:
     """What a search box's text names: a prospect id (digits), a SF record id (15 or 18
     characters) or an email (has an @); None for anything else."""
     text = query.strip()
-    if text.isdigit() and 0 < len(text) <= 18 and int(text) <= _MAX_ID:
+    if text.isdigit() and 0 < len(text) <= 18 and int(text) <= MAX_ID:
         return "prospect", int(text)
     if "@" in text and len(text) <= 254:
         return "email", text

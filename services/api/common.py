@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.admin.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from services.admin.schemas import SfQueueId, SfRecordId, SfUserId
+from services.common.messages import MAX_ID
 from services.common.runtime import Runtime
 
 
@@ -44,10 +45,9 @@ def paging(
     return Paging(limit, cursor)
 
 
-_MAX_ID = 9_223_372_036_854_775_807
-AeUserPath = Annotated[int, Path(ge=1, le=_MAX_ID, description="AE user id")]
-GroupPath = Annotated[int, Path(ge=1, le=_MAX_ID, description="AE group id")]
-ProspectPath = Annotated[int, Path(ge=1, le=_MAX_ID, description="AE prospect id")]
+AeUserPath = Annotated[int, Path(ge=1, le=MAX_ID, description="AE user id")]
+GroupPath = Annotated[int, Path(ge=1, le=MAX_ID, description="AE group id")]
+ProspectPath = Annotated[int, Path(ge=1, le=MAX_ID, description="AE prospect id")]
 SfUserPath = Annotated[SfUserId, Path()]
 SfQueuePath = Annotated[SfQueueId, Path()]
 SfRecordPath = Annotated[SfRecordId, Path()]

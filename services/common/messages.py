@@ -44,7 +44,9 @@ AE_EVENT_TYPE_OF_WEBHOOK: dict[AeWebhookType, AeProspectEventType] = {
 
 
 # AE ids are positive 64-bit integers (they are stored as BIGINT).
-AeId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+# The largest id Postgres' BIGINT holds: AE ids and our own keys are checked against it.
+MAX_ID: Final = 2**63 - 1
+AeId = Annotated[int, Field(ge=1, le=MAX_ID)]
 # Every string has a bound: a message is a row and a log line, and an unbounded field lets one
 # caller make them as large as it likes.
 TenantId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
