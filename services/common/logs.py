@@ -1,4 +1,5 @@
-"""Logging: one line per event; JSON (for machines) or text (for people), extras included.
+"""Logging: one line per event; JSON (for machines) or text (for people), extras included,
+and the trace and span ids when tracing is on and the line is logged inside a span.
 
 Messages carry what callers sent (a tenant from the URL path, a header): in text, a control
 character in them is escaped, so that `%0a` in a path cannot start a forged log line, and the
@@ -74,7 +75,8 @@ class TextFormatter(logging.Formatter):
         # another handler's formatter may have left it unindented.
         record.message = record.getMessage()
         record.asctime = self.formatTime(record, self.datefmt)
-        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items() if v is not None)
+        fields = {**_extras(record), **log_ids()}
+        extras = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
         text = self.formatMessage(record)
         lines = [escape_control(f"{text} {extras}" if extras else text)]
         if record.exc_info:

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
 
 import aio_pika
+import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from services.admin.tenant_file import load_tenant
 from services.bootstrap import ROLES, Running, running
@@ -20,15 +22,45 @@ from services.common.web import free_port
 from services.demo.replay import demo_tenant
 from tests.endpoints import ACME_ENDPOINT_KEY
 
-PG_URL = os.environ.get(
+BASE_PG_URL = os.environ.get(
     "OWNERSYNC_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+# Under pytest-xdist every worker gets a database of its own next to the base one (`test_gw0`,
+# ...), created on first use: the tier truncates and migrates its database, so workers cannot
+# share one. Queues are already per process (RUN below).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+PG_URL = (
+    make_url(BASE_PG_URL)
+    .set(database=f"{make_url(BASE_PG_URL).database}_{WORKER}")
+    .render_as_string(hide_password=False)
+    if WORKER
+    else BASE_PG_URL
 )
 AMQP_URL = os.environ.get("OWNERSYNC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RUN = uuid.uuid4().hex[:8]
 
 
+async def _ensure_database() -> None:
+    """Create this worker's database from the base one's server when it does not exist."""
+    if PG_URL == BASE_PG_URL:
+        return
+    name = make_url(PG_URL).database
+    admin = await asyncpg.connect(asyncpg_dsn(BASE_PG_URL))
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+
+
+def asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def _reset_schema() -> None:
     async def drop() -> None:
+        await _ensure_database()
         engine = make_engine(PG_URL)
         async with engine.begin() as conn:
             await conn.execute(text("DROP SCHEMA public CASCADE"))
@@ -41,7 +73,7 @@ def _reset_schema() -> None:
 
 @pytest.fixture(scope="session")
 def migrated_database() -> str:
-    """The `test` database, emptied and migrated by Alembic once per run."""
+    """The `test` database (or this xdist worker's), emptied and migrated once per run."""
     _reset_schema()
     return PG_URL
 

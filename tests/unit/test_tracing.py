@@ -10,7 +10,7 @@ from pathlib import Path
 from opentelemetry.trace import Tracer, format_span_id, format_trace_id
 
 from services.common import tracing
-from services.common.logs import JsonFormatter
+from services.common.logs import JsonFormatter, TextFormatter
 from tests.traces import start_afresh
 
 # What a role's start-up (`load_settings`) leaves installed, in a fresh interpreter.
@@ -55,6 +55,20 @@ def test_json_log_lines_carry_the_trace_and_span_of_the_current_span(tracer: Tra
     context = span.get_span_context()
     assert line["trace_id"] == format_trace_id(context.trace_id)
     assert line["span_id"] == format_span_id(context.span_id)
+
+
+def test_text_log_lines_end_with_the_trace_and_span_of_the_current_span(tracer: Tracer) -> None:
+    def text() -> str:
+        return TextFormatter().format(logging.makeLogRecord({"name": "r", "msg": "sent"}))
+
+    assert "trace_id" not in text()
+    with tracer.start_as_current_span("send") as span:
+        line = text()
+    context = span.get_span_context()
+    assert line.endswith(
+        f"sent trace_id={format_trace_id(context.trace_id)} "
+        f"span_id={format_span_id(context.span_id)}"
+    )
 
 
 def test_a_stored_traceparent_is_continued_by_the_relays_span(tracer: Tracer) -> None:
