@@ -227,6 +227,12 @@ def _dropped(s: Schema) -> tuple[list[tuple[str, str, str, str]], list[tuple[str
     return constraints, indexes
 
 
+def _difference(before: Schema, after: Schema) -> str:
+    old = {*before.indexes, *before.constraints}
+    new = {*after.indexes, *after.constraints}
+    return f"lost {sorted(old - new, key=str)}, gained {sorted(new - old, key=str)}"
+
+
 async def _connect(url: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(asyncpg_url(url))
     await conn.execute("set synchronous_commit = off")
@@ -365,7 +371,7 @@ async def preload(url: str, owners: Owners, start: int, count: int) -> dict[str,
         indexed = time.monotonic()
         after = await schema(conn)
         if after != before:
-            raise RuntimeError(f"the preload changed the schema: {before} -> {after}")
+            raise RuntimeError(f"the preload changed the schema: {_difference(before, after)}")
         await _at_most(WORKERS, [_vacuum(url, t) for t in TABLES])
         analyzed = time.monotonic()
     finally:
