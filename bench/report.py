@@ -268,12 +268,15 @@ def _preload_table(r: dict[str, Any], console: Console) -> None:
     if not levels:
         return
     table = Table(
-        title="Cost as data grows: rows per table, load time, sizes, end-to-end throughput",
+        title="Cost as data grows: rows per table, the time to load them (generated in "
+        "Postgres, indexes built after), sizes, and end-to-end throughput vs the same phase "
+        "just before the first load, in this run",
         title_justify="left",
     )
     for col in (
         "rows each",
-        "COPY s",
+        "insert s",
+        "indexes s",
         "VACUUM ANALYZE s",
         "MB (rec/inbox/audit/outbox)",
         "end to end",
@@ -281,7 +284,7 @@ def _preload_table(r: dict[str, Any], console: Console) -> None:
     ):
         table.add_column(col, justify="right")
     empty = r.get("preload_reference", r["throughput"])["rate"]
-    table.add_row("~0 (just before)", "", "", "", _rate(empty), "1.00x")
+    table.add_row("~0 (just before)", "", "", "", "", _rate(empty), "1.00x")
     for level in levels:
         sizes = level["tables"]
         mb = " / ".join(
@@ -289,9 +292,11 @@ def _preload_table(r: dict[str, Any], console: Console) -> None:
             for t in ("records", "inbox", "audit_log", "outbox")
         )
         ratio = level["ratio_to_empty"]
+        indexes = level.get("index_seconds")  # absent from runs before indexes were rebuilt
         table.add_row(
             f"{level['rows']:,}",
             f"{level['load_seconds']:.0f}",
+            "" if indexes is None else f"{indexes:.0f}",
             f"{level['vacuum_analyze_seconds']:.0f}",
             mb,
             _rate(level["rate"]),

@@ -158,6 +158,9 @@ class Bench:
     async def setup(self) -> None:
         _say(self.o, f"database {db.asyncpg_url(self.o.database_url)}: reset and migrate")
         await db.prepare_database(self.o.database_url)
+        if self.o.preload:  # before minutes of other phases: refused now if it cannot fit
+            where = await preload.data_directory(self.o.database_url)
+            _say(self.o, preload.check_disk(where, max(self.o.preload)))
         db.ownersync(["migrate"], self.env)
         db.ownersync(["tenant", "load", str(TENANT_FILE)], self.env)
         self.store = await db.Store.connect(self.o.database_url)
@@ -635,7 +638,8 @@ class Bench:
             _say(
                 self.o,
                 f"preload: {level:,} rows each in {took['load_seconds']:.0f}s "
-                f"(+{took['vacuum_analyze_seconds']:.0f}s VACUUM ANALYZE)",
+                f"(+{took['index_seconds']:.0f}s building the indexes, "
+                f"+{took['vacuum_analyze_seconds']:.0f}s VACUUM ANALYZE)",
             )
             t = await self.phase_throughput(f"throughput at {level:,} rows")
             levels.append(
