@@ -16,12 +16,14 @@ createOnNoMatch false} + `importFile` CSV `matchId,assignedUserId`), `PATCH /api
 {"status": "Ready"}, `GET /api/v5/imports/{id}` (status Open/Waiting/Processing/Complete,
 errorCount), `GET /api/v5/imports/{id}/errors` (CSV of the failed rows with their error).
 
-When. Every `interval` the relay counts, per tenant, the records with a fresh AE owner update
+When. Every `interval` bulk mode counts, per tenant, the records with a fresh AE owner update
 waiting: never tried (attempts 0: a row that failed once, in an import or alone, goes one by
 one), the prospect exists (not a create) and the owner is a user (not an un-assign, not a queue).
 Above `threshold` up to `size` of them are leased (like the normal claim, fenced by the same
 `relay_leases` versions, but for `lease` seconds: an import takes longer than a call) and
-their rows marked `sending`.
+their rows marked `sending`. While a tenant's backlog goes by import the normal claim leaves
+those fresh owner updates alone (`leave_to_bulk`) and sends everything else; a tenant whose
+import could not be made rests for `cooldown`, its rows going one by one meanwhile.
 
 What. Each record's LATEST decided owner, read just before the import (as `_send` does), one
 CSV row per record; a record whose last settled send carried that state already costs nothing.
@@ -47,10 +49,10 @@ import contextlib
 import csv
 import io
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import distinct, exists, func, select, update
 
@@ -68,6 +70,16 @@ __all__ = ["BulkMode", "BulkRowFailed", "failed_rows", "owners_csv"]
 # The import's CSV: the match column and the one field it writes.
 MATCH_COLUMN = "matchId"
 OWNER_COLUMN = "assignedUserId"
+
+# Status reads of a running import: every `poll` seconds at first, then 1.5 times longer each
+# time, up to 30 s.
+POLL_GROWTH, POLL_MAX = 1.5, 30.0
+
+# Records per statement: a lease insert binds 4 parameters per record.
+CHUNK = 2000
+# Records settled per transaction (the normal path's settle, many statements each).
+SETTLE_CHUNK = 500
+T = TypeVar("T")
 
 # Who sends a tenant's AE calls: its AE client (None: the tenant is held, or has no AE).
 AeClients = Callable[[str], Awaitable[AeClient | None]]
@@ -143,8 +155,8 @@ class BulkMode:
     ) -> None:
         """`threshold`: records waiting in one tenant above which an import starts (0: off);
         `size`: records per import; `lease`: seconds the records are leased for;
-        `poll`: seconds between status reads; `cooldown`: seconds a tenant's bulk mode rests
-        after an import that failed as a whole."""
+        `poll`: seconds before the first status read (then longer); `cooldown`: seconds a
+        tenant's bulk mode rests after an import that failed as a whole."""
         self.relay = relay
         self.clients = clients
         self.threshold = threshold
@@ -155,6 +167,8 @@ class BulkMode:
         self.cooldown = cooldown
         self.results: list[BulkResult] = []
         self._resting: dict[str, float] = {}
+        # Tenants whose backlog bulk mode is taking: the normal claim leaves their fresh rows.
+        self.busy: set[str] = set()
         relay.bulk = self
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -165,8 +179,10 @@ class BulkMode:
             try:
                 waiting = await self.backlogs()
                 due = [t for t, n in waiting.items() if n > self.threshold and self._awake(t)]
+                self.busy = set(due)
                 await asyncio.gather(*(self.run_once(t) for t in due))
             except Exception:
+                self.busy = set()
                 log.exception("bulk mode pass failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
@@ -188,6 +204,7 @@ class BulkMode:
         result = BulkResult()
         client = await self.clients(tenant)
         if client is None:
+            self.busy.discard(tenant)  # its rows go one by one, held like any other
             result.outcome = "no_client"
             return result
         claims = await self._claim(tenant)
@@ -205,6 +222,26 @@ class BulkMode:
                 if count := getattr(result, outcome):
                     metrics.AE_BULK_RECORDS.labels(tenant, outcome).inc(count)
         return result
+
+    def leave_to_bulk(self, now: datetime) -> list[Any]:
+        """What the normal claim adds while tenants' backlogs go by import: it leaves alone
+        their fresh owner updates (one import carries them), and takes everything else."""
+        if not self.busy:
+            return []
+        fresh = exists().where(
+            records.c.id == outbox.c.record_id,
+            records.c.prospect_id.is_not(None),
+            records.c.ae_assigned_user_id.is_not(None),
+        )
+        return [
+            ~(
+                outbox.c.tenant_id.in_(sorted(self.busy))
+                & (outbox.c.kind == AeProspectUpsert.kind)
+                & (outbox.c.status == "pending")
+                & (outbox.c.attempts == 0)
+                & fresh
+            )
+        ]
 
     # --- claim ----------------------------------------------------------------------------
 
@@ -238,8 +275,10 @@ class BulkMode:
             wanted = sorted({r.record_id for r in found})
             if not wanted:
                 return []
-            taken = await relay._take_leases(conn, wanted, now, lease=self.lease)
-            claims = await relay._gather(conn, taken, [AeProspectUpsert.kind])
+            claims = []
+            for part in _chunks(wanted):
+                taken = await relay._take_leases(conn, part, now, lease=self.lease)
+                claims += await relay._gather(conn, taken, [AeProspectUpsert.kind])
         deadline = asyncio.get_running_loop().time() + self.lease.total_seconds() * SEND_WINDOW
         for claim in claims:
             claim.deadline = deadline
@@ -330,12 +369,15 @@ class BulkMode:
             status = seen
         loop = asyncio.get_running_loop()
         deadline = claims[0].deadline
+        wait = self.poll
         while status.running:
-            if loop.time() + self.poll > deadline:
+            if loop.time() + wait > deadline:
                 result.outcome = "failed"
                 log.warning("AE import %s for %s outlasted its leases", created.id, tenant)
                 return {}, f"AE import {created.id} did not finish in time ({status.status})"
-            await asyncio.sleep(self.poll)
+            await asyncio.sleep(wait)
+            # A long import is read less and less often: minutes of processing cost few calls.
+            wait = min(wait * POLL_GROWTH, max(self.poll, POLL_MAX))
             try:
                 status = await client.get_import(created.id)
             except AeTransientError:
@@ -361,9 +403,12 @@ class BulkMode:
 
     async def _current(self, record_ids: list[int]) -> dict[int, RecordState]:
         """The records' latest decided states, read as the import starts."""
+        states: dict[int, RecordState] = {}
         async with self.relay.engine.connect() as conn:
-            rows = await conn.execute(select(records).where(records.c.id.in_(record_ids)))
-            return {row.id: record_from_row(row) for row in rows}
+            for part in _chunks(record_ids):
+                rows = await conn.execute(select(records).where(records.c.id.in_(part)))
+                states.update((row.id, record_from_row(row)) for row in rows)
+        return states
 
     # --- settle ---------------------------------------------------------------------------
 
@@ -371,9 +416,8 @@ class BulkMode:
         """As the normal path settles: done or superseded, failures back to pending with an
         attempt counted (so one by one), fenced by each lease; in batches."""
         items = [(claim, [outcomes[claim.record_id]]) for claim in claims]
-        step = max(self.relay.settle_batch, 1)
-        for start in range(0, len(items), step):
-            await self.relay._settle_batch(items[start : start + step])
+        for part in _chunks(items, SETTLE_CHUNK):
+            await self.relay._settle_batch(part)
 
     async def _put_back(
         self, tenant: str, claims: list[_Claim], reason: str, result: BulkResult
@@ -382,11 +426,14 @@ class BulkMode:
         mode may take them again after its cooldown; the normal path may before)."""
         result.outcome = "put_back"
         self._resting[tenant] = asyncio.get_running_loop().time() + self.cooldown
+        self.busy.discard(tenant)  # resting: the normal path takes its rows meanwhile
         log.warning("%s: %d records put back", reason, len(claims))
         relay = self.relay
         async with relay.engine.begin() as conn:
             now = await db_now(conn)
-            released = await relay._release(conn, claims, now)
+            released: set[int] = set()
+            for some in _chunks(claims):
+                released |= await relay._release(conn, some, now)
             rows = [
                 row_id
                 for claim in claims
@@ -394,11 +441,11 @@ class BulkMode:
                 for group in claim.groups
                 for row_id in group.row_ids
             ]
-            if rows:
+            for part in _chunks(rows):
                 await conn.execute(
                     update(outbox)
                     .where(
-                        outbox.c.id.in_(rows),
+                        outbox.c.id.in_(part),
                         outbox.c.status == "sending",
                         outbox.c.lease_owner == relay.owner,
                     )
@@ -409,6 +456,13 @@ class BulkMode:
 
     def _awake(self, tenant: str) -> bool:
         return asyncio.get_running_loop().time() >= self._resting.get(tenant, 0.0)
+
+
+def _chunks(items: list[T], size: int | None = None) -> Iterator[list[T]]:
+    """`items` in pieces small enough for one statement's parameters (asyncpg: 32,767)."""
+    size = size or CHUNK
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _counts(status: AeImport) -> dict[str, int]:

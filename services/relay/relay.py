@@ -151,6 +151,10 @@ class RunsBeside(Protocol):
 
     async def run(self, stop: asyncio.Event) -> None: ...
 
+    def leave_to_bulk(self, now: datetime) -> list[Any]:
+        """Conditions the normal claim adds: it leaves alone the rows bulk mode will take."""
+        ...
+
 
 class SendsEffects(Protocol):
     """What the relay sends with: `Senders`, or `TenantSenders` (each tenant's own)."""
@@ -418,6 +422,7 @@ class Relay:
                 outbox.c.created_at <= now - self.coalesce,
                 outbox.c.kind.in_(self.senders.kinds),
                 ~held,
+                *(self.bulk.leave_to_bulk(now) if self.bulk is not None else ()),
             )
             if conn.dialect.name == "postgresql":
                 due = due.with_for_update(of=outbox, skip_locked=True)

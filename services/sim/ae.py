@@ -718,6 +718,20 @@ def _control_router() -> APIRouter:
             prospect_id=body.id,
         )
 
+    @router.post("/prospects/many", status_code=201)
+    async def seed_prospects(request: Request, body: list[SeedProspect]) -> dict[str, int]:
+        """Many prospects made in AE itself at once (a benchmark's starting point)."""
+        state = _sim(request)
+        for seed in body:
+            state.add_prospect(
+                seed.email,
+                assigned_user_id=seed.assignedUserId,
+                assigned_queue_id=seed.assignedQueueId,
+                salesforce_id=seed.salesforceId,
+                prospect_id=seed.id,
+            )
+        return {"count": len(body)}
+
     @router.get("/state")
     async def dump_state(request: Request) -> dict[str, Any]:
         return _sim(request).snapshot()

@@ -28,7 +28,13 @@ pytestmark = pytest.mark.integration
 __all__ = ["remote"]  # the fixture, used here
 
 
-async def test_two_relays_never_import_the_same_record_twice(remote: Remote) -> None:
+async def test_two_relays_never_import_the_same_record_twice(
+    remote: Remote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Statements in pieces of 40 records: the pieces a 10,000-record import needs (asyncpg
+    # binds at most 32,767 parameters per statement) are exercised by 300.
+    monkeypatch.setattr("services.relay.bulk.CHUNK", 40)
+    monkeypatch.setattr("services.relay.bulk.SETTLE_CHUNK", 40)
     count = 300
     made = await new_records(remote, count, prospects=True)
     await write_owners(remote, {r["id"]: 102 for r in made})
