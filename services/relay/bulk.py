@@ -176,16 +176,26 @@ class BulkMode:
         if self.threshold <= 0:
             return
         while not stop.is_set():
+            imported = False
             try:
                 waiting = await self.backlogs()
-                due = [t for t, n in waiting.items() if n > self.threshold and self._awake(t)]
+                due = [t for t, n in waiting.items() if self._due(t, n)]
                 self.busy = set(due)
-                await asyncio.gather(*(self.run_once(t) for t in due))
+                done = await asyncio.gather(*(self.run_once(t) for t in due))
+                imported = any(r.outcome == "complete" for r in done)
             except Exception:
                 self.busy = set()
                 log.exception("bulk mode pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
+            if not imported:  # after an import, what came meanwhile goes in the next at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.interval)
+
+    def _due(self, tenant: str, waiting: int) -> bool:
+        """Above the threshold; a tenant in bulk mode stays in it down to a tenth of it, so a
+        burst still coming in goes by import to its end instead of trickling out one by one
+        between imports."""
+        floor = self.threshold // 10 if tenant in self.busy else self.threshold
+        return waiting > floor and self._awake(tenant)
 
     async def backlogs(self) -> dict[str, int]:
         """Records with a fresh AE owner update waiting, by tenant."""

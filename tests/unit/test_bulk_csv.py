@@ -1,14 +1,18 @@
 """Bulk mode's CSV: the import file it builds, the error file it reads back, and which records
-an import may carry (owner updates of existing prospects to a user, never an un-assign)."""
+an import may carry (owner updates of existing prospects to a user, never an un-assign), and
+when a tenant's backlog goes by import."""
 
 from __future__ import annotations
 
 import csv
 import io
+from types import SimpleNamespace
+from typing import cast
 
 from services.common.ae_client import AeImport
 from services.common.domain import RecordState
-from services.relay.bulk import bulk_eligible, failed_rows, owners_csv
+from services.relay.bulk import BulkMode, bulk_eligible, failed_rows, owners_csv
+from services.relay.relay import Relay
 
 
 def test_the_import_file_has_the_match_column_and_the_owner_one_row_per_prospect() -> None:
@@ -73,3 +77,16 @@ def test_an_import_runs_until_complete_or_ended_otherwise() -> None:
     assert [s for s, i in states.items() if i.complete] == ["Complete"]
     expired = AeImport.model_validate({"id": 1, "status": "Open", "isExpired": True})
     assert not expired.running and not expired.complete
+
+
+async def test_a_tenant_in_bulk_mode_stays_in_it_down_to_a_tenth_of_the_threshold() -> None:
+    async def no_client(_: str) -> None:
+        return None
+
+    bulk = BulkMode(cast(Relay, SimpleNamespace()), no_client, threshold=1000)
+
+    assert not bulk._due("acme", 1000)  # above the threshold, not at it
+    assert bulk._due("acme", 1001)
+    bulk.busy = {"acme"}  # its backlog went by import on the last pass
+    assert bulk._due("acme", 101) and not bulk._due("acme", 100)
+    assert not bulk._due("other", 500)
