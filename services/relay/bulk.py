@@ -23,7 +23,14 @@ Above `threshold` up to `size` of them are leased (like the normal claim, fenced
 `relay_leases` versions, but for `lease` seconds: an import takes longer than a call) and
 their rows marked `sending`. While a tenant's backlog goes by import the normal claim leaves
 those fresh owner updates alone (`leave_to_bulk`) and sends everything else; a tenant whose
-import could not be made rests for `cooldown`, its rows going one by one meanwhile.
+import could not be made rests for `cooldown`, its rows going one by one meanwhile. A tenant
+in bulk mode stays in it down to a tenth of the threshold, and the next import starts as soon as
+one ends, so a burst still being decided goes by import to its end.
+
+Only the owner goes in the CSV (`assignedUserId`): the one-by-one update also writes the
+prospect's `salesforceId`, an import row does not (a column AE might refuse would fail every
+row). `relay_leases.sent` records the record's state as a normal send does, so a prospect whose
+SF link AE lacks is not linked by bulk mode; AE's connector links prospects to SF itself.
 
 What. Each record's LATEST decided owner, read just before the import (as `_send` does), one
 CSV row per record; a record whose last settled send carried that state already costs nothing.
