@@ -12,6 +12,12 @@ in 100-300 ms), the relay as one process or more (`--relays`). Two phases:
    while the relays run; printed: AE writes per distinct changed record, whether each prospect
    holds the final owner, and p50/p99 from receipt of a record's last change to the AE call
    that made AE hold it (0 when AE held it already when that change arrived).
+3. burst (`--bulk-burst N`): N more records, their prospects in AE already, all reassigned at
+   once (decided in batches of 100, as the syncer would) with the relays' bulk mode on (its
+   default threshold, OWNERSYNC_AE_BULK_THRESHOLD): AE calls per 1,000 changed records (imports
+   and one-by-one writes together), the time to drain the outbox from the burst's first
+   decision, and whether each prospect holds the final owner. The simulator takes
+   IMPORT_SECONDS over each import (the real AE: seconds to minutes, by its load).
 
 `relay_phase(...)` runs both and returns the figures; `render(figures)` prints them.
 """
@@ -79,6 +85,7 @@ async def relay_phase(
     coalesce_ms: int = 0,
     settle_timeout: float = 300.0,
     quiet: bool = False,
+    bulk_burst: int = 0,
 ) -> dict[str, Any]:
     """Both phases on `database_url` (reset: its schema is dropped and migrated). The figures
     as a dict (see `render`)."""
@@ -106,6 +113,7 @@ async def relay_phase(
             "reassign_records": reassign_records,
             "reassign_times": reassign_times,
             "coalesce_ms": coalesce_ms,
+            "bulk_burst": bulk_burst,
         }
     }
     try:
@@ -172,6 +180,9 @@ async def relay_phase(
         figures["reassign"] = _reassign_figures(
             calls, prospects, by_prospect, received, final, count, times
         )
+        if bulk_burst:
+            _say(quiet, f"burst: {bulk_burst:,} records reassigned at once, bulk mode on")
+            figures["burst"] = await _burst(engine, services, ae_url, bulk_burst, settle_timeout)
         services.check_alive()
         ok = True
     finally:
@@ -186,6 +197,104 @@ async def relay_phase(
         else:
             print(f"[relay-rate] logs kept in {log_dir}", flush=True)
     return figures
+
+
+# The burst's records: leads and prospect ids of their own, clear of the other phases'.
+BURST_LEAD, BURST_PROSPECT = 5_000_000, 9_000_000
+IMPORTS = "/api/v5/imports"
+IMPORT_SECONDS = 5.0  # how long the simulator takes over an import, from Ready to Complete
+
+
+async def _burst(
+    engine: Any, services: Services, ae_url: str, count: int, within: float
+) -> dict[str, Any]:
+    """`count` records owned by alice whose prospects AE has, all reassigned to bob at once."""
+    await _burst_records(engine, ae_url, count)
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        # An import takes AE a while: the relay reads its status more than once.
+        answer = await client.post(f"{ae_url}/_sim/faults", json={"import_seconds": IMPORT_SECONDS})
+        answer.raise_for_status()
+    before = len(await _ae_calls(ae_url))
+    leads = [_lead(BURST_LEAD + n) for n in range(count)]
+    stamp = CREATED + timedelta(days=1)
+    started = time.monotonic()
+    for start in range(0, count, BATCH):
+        now = datetime.now(UTC)
+        batch = []
+        for lead in leads[start : start + BATCH]:
+            source = uuid.uuid4().hex
+            batch.append(
+                SfRecordEvent(
+                    type=SF_RECORD_REASSIGNED,
+                    tenant=TENANT,
+                    event_id=event_id_for(TENANT, "sf", source),
+                    source_id=source,
+                    occurred_at=stamp,
+                    received_at=now,
+                    payload=SfRecord(
+                        object="Lead", record_id=lead, owner_id=BOB_SF, system_modstamp=stamp
+                    ),
+                )
+            )
+        async with engine.begin() as conn:
+            await apply_sf_events(conn, batch, now)
+    decided = time.monotonic() - started
+    await _until_sent(engine, services, within, "burst")
+    drained = time.monotonic() - started
+    calls = (await _ae_calls(ae_url))[before:]
+    prospects = await _prospects(ae_url)
+    burst_ids = range(BURST_PROSPECT, BURST_PROSPECT + count)
+    correct = sum(prospects[p]["assignedUserId"] == AE_USER[BOB_SF] for p in burst_ids)
+    imports = [c for c in calls if c["path"].startswith(IMPORTS)]
+    singles = [c for c in calls if c["write"] and c["method"] == "PATCH"]
+    return {
+        "records": count,
+        "ae_calls": len(calls),
+        "calls_per_1000": len(calls) * 1000 / count,
+        "imports": sum(c["method"] == "POST" for c in imports),
+        "import_calls": len(imports),
+        "one_by_one_writes": len(singles),
+        "refused": sum(c["status"] >= 300 for c in calls),
+        "decide_seconds": decided,
+        "drain_seconds": drained,
+        "final_owner_correct": correct,
+    }
+
+
+async def _burst_records(engine: Any, ae_url: str, count: int) -> None:
+    """The burst's records, owned by alice, each with its prospect (made in AE itself)."""
+    now = datetime.now(UTC)
+    async with httpx.AsyncClient(timeout=120.0) as client:
+        for start in range(0, count, 5000):
+            numbers = range(start, min(start + 5000, count))
+            rows = [
+                {
+                    "tenant_id": TENANT,
+                    "prospect_id": BURST_PROSPECT + n,
+                    "sf_record_id": _lead(BURST_LEAD + n),
+                    "sf_object": "Lead",
+                    "email": f"burst{n}@example.com",
+                    "ae_assigned_user_id": AE_USER[ALICE_SF],
+                    "sf_owner_id": ALICE_SF,
+                    "last_modstamp": CREATED,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for n in numbers
+            ]
+            async with engine.begin() as conn:
+                await conn.execute(insert(records), rows)
+            seeds = [
+                {
+                    "id": row["prospect_id"],
+                    "email": row["email"],
+                    "assignedUserId": row["ae_assigned_user_id"],
+                    "salesforceId": row["sf_record_id"],
+                }
+                for row in rows
+            ]
+            answer = await client.post(f"{ae_url}/_sim/prospects/many", json=seeds)
+            answer.raise_for_status()
 
 
 async def _delete_topology(env: dict[str, str]) -> None:
@@ -422,6 +531,15 @@ def render(figures: dict[str, Any]) -> str:
         f"{a['receipt_to_ae_p50_ms']:.0f} ms, p99 {a['receipt_to_ae_p99_ms']:.0f} ms, max "
         f"{a['receipt_to_ae_max_ms']:.0f} ms",
     ]
+    if b := figures.get("burst"):
+        lines.append(
+            f"  burst of {b['records']:,} reassignments, bulk mode on: {b['ae_calls']:,} AE calls "
+            f"= {b['calls_per_1000']:.1f} per 1,000 changed records ({b['imports']} imports in "
+            f"{b['import_calls']} calls, {b['one_by_one_writes']:,} one-by-one writes, "
+            f"{b['refused']} refused); decided in {b['decide_seconds']:.1f}s, drained in "
+            f"{b['drain_seconds']:.1f}s; final owner right for {b['final_owner_correct']:,}"
+            f"/{b['records']:,}"
+        )
     if figures.get("memory_mb"):
         peaks = ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(figures["memory_mb"].items()))
         lines.append(f"  peak RSS: {peaks}")
@@ -443,6 +561,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reassign-times", type=int, default=5)
     p.add_argument("--coalesce-ms", type=int, default=0, help="the relay's window [0]")
     p.add_argument("--settle-timeout", type=float, default=300.0)
+    p.add_argument(
+        "--bulk-burst",
+        type=int,
+        default=0,
+        help="then reassign N more records at once, bulk mode on (AE calls per 1,000) [0: no]",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = p.parse_args(argv)
     try:
@@ -462,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             reassign_times=args.reassign_times,
             coalesce_ms=args.coalesce_ms,
             settle_timeout=args.settle_timeout,
+            bulk_burst=max(args.bulk_burst, 0),
         )
     )
     print(render(figures))

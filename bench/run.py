@@ -73,6 +73,7 @@ class Options:
     preload: tuple[int, ...] = ()  # rows per table, cumulative levels
     webhooks: int = 300  # per kind of assignment, in the AE-to-SF phase
     relay_rate: bool = True  # run bench/relay_rate.py's phase when it exists
+    bulk_burst: int = 0  # reassignments of the relay phase's bulk-mode burst (0: none)
     drain_timeout: float | None = None  # None: settle_timeout
 
 
@@ -677,6 +678,7 @@ class Bench:
                 effects=effects,
                 reassign_records=records,
                 reassign_times=times,
+                bulk_burst=self.o.bulk_burst,
             )
         except Exception as exc:  # the phase failing is a finding, not a lost run
             self.results["relay_rate"] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -35,6 +35,7 @@ from services.common.worker import Backoff, WorkerStats, run_worker
 from services.console import install_console
 from services.receiver.app import install_receiver
 from services.relay.ae_limits import SharedAeLimits
+from services.relay.bulk import BulkMode
 from services.relay.relay import Relay, Senders, replica_id
 from services.relay.senders import ae_prospect_sender, sf_record_sender
 from services.relay.tenant_senders import TenantSenders
@@ -255,6 +256,7 @@ async def _start_relay(
         ae_daily_quota=settings.ae_daily_quota,
         ae_quota_timezone=settings.ae_quota_timezone,
         ae_limits=_shared_ae_limits(live, settings, stack),
+        default_ae=ae,
     )
     stack.push_async_callback(senders.aclose)
     live.relay = Relay(
@@ -267,6 +269,14 @@ async def _start_relay(
         coalesce=settings.relay_coalesce_ms / 1000,
         lease=settings.relay_lease_seconds,
         quota_timezone=settings.ae_quota_timezone,
+    )
+    BulkMode(
+        live.relay,
+        senders.ae_client,
+        threshold=settings.ae_bulk_threshold,
+        size=settings.ae_bulk_size,
+        lease=settings.ae_bulk_lease_seconds,
+        poll=settings.ae_bulk_poll_ms / 1000,
     )
     live.tasks.append(asyncio.create_task(live.relay.run(stop), name="relay"))
     pruner = Pruner(

@@ -7,6 +7,23 @@ token source, shared with its SF client, and is renewed once when AE answers 401
 AE has no idempotency key, so a prospect create is never sent twice by this client: once it
 may have reached AE (a 5xx, or the connection failed after sending), `AeOutcomeUnknown` says
 so and the caller looks for the prospect before creating it again.
+
+Bulk owner changes go through AE's v5 Import API (`create_import`, `submit_import`,
+`get_import`, `import_errors`), as documented at
+https://developer.salesforce.com/docs/marketing/pardot/guide/import-v5.html:
+- `POST /api/v5/imports`, multipart/form-data: part `input` (JSON: `operation` "Upsert",
+  `object` "Prospect", `createOnNoMatch` false) and part `importFile` (the CSV: a header of
+  prospect field names, e.g. the match column `matchId` and `assignedUserId`, one row per
+  prospect). Answers the import, `status` "Open". Bulk-assigning to a user needs the
+  "Prospects > Prospects > Assign" ability; un-assigning is NOT supported through Import.
+- `PATCH /api/v5/imports/{id}` `{"status": "Ready"}`: submits it (then Waiting, Processing,
+  Complete).
+- `GET /api/v5/imports/{id}?fields=id,status,isExpired,createdCount,updatedCount,errorCount`:
+  its status and counts.
+- `GET /api/v5/imports/{id}/errors`: a CSV of the rows that failed, each with its error.
+The import is created Open and submitted by a second call, never created Ready: a create whose
+answer is lost leaves at worst an Open import that AE never processes (it expires), so sending
+the same owners again in a new import is safe.
 """
 
 from __future__ import annotations
@@ -17,6 +34,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json import dumps as json_dumps
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 from zoneinfo import ZoneInfo
@@ -43,6 +61,8 @@ if TYPE_CHECKING:
 
 PROSPECTS = "/api/v5/objects/prospects"
 USERS = "/api/v5/objects/users"
+IMPORTS = "/api/v5/imports"
+_IMPORT_FIELDS = "id,status,isExpired,createdCount,updatedCount,errorCount"
 # AE answers 429 with this code once the business unit's daily quota is spent: retrying is useless.
 DAILY_LIMIT_CODE = 122
 
@@ -84,6 +104,26 @@ class AeUser(_AeModel):
     last_name: str | None = None
     is_active: bool = True
     salesforce_id: str | None = None
+
+
+class AeImport(_AeModel):
+    """An import (bulk upsert) as AE reports it. `status`: Open, Ready, Waiting, Processing,
+    Complete (anything else: it failed as a whole)."""
+
+    id: int
+    status: str
+    is_expired: bool = False
+    created_count: int | None = None
+    updated_count: int | None = None
+    error_count: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "Complete"
+
+    @property
+    def running(self) -> bool:
+        return self.status in {"Open", "Ready", "Waiting", "Processing"} and not self.is_expired
 
 
 # AE v5 returns only the fields asked for, so every read names the fields the models hold.
@@ -261,6 +301,35 @@ class AeClient:
             params["limit"] = str(page_size)
         return [_parse(AeUser, value) async for value in self._pages(USERS, params)]
 
+    # --- bulk: the v5 Import API (see the module's docstring) ------------------------------
+
+    async def create_import(self, csv_text: str, *, filename: str = "owners.csv") -> AeImport:
+        """A new Open import of prospect upserts matched by id (no creates), holding `csv_text`
+        as its first batch. Not submitted: see `submit_import`. AeOutcomeUnknown when it may
+        exist all the same (it stays Open, never processed)."""
+        spec = {"operation": "Upsert", "object": "Prospect", "createOnNoMatch": False}
+        files = {
+            "input": (None, json_dumps(spec), "application/json"),
+            "importFile": (filename, csv_text.encode(), "text/csv"),
+        }
+        data = await self._request("POST", IMPORTS, files=files, repeatable=False)
+        return _parse(AeImport, data)
+
+    async def submit_import(self, import_id: int) -> AeImport:
+        """Set the import's status to Ready: AE queues it and processes it asynchronously."""
+        data = await self._request(
+            "PATCH", f"{IMPORTS}/{import_id}", json={"status": "Ready"}, params=_import_fields()
+        )
+        return _parse(AeImport, data)
+
+    async def get_import(self, import_id: int) -> AeImport:
+        data = await self._request("GET", f"{IMPORTS}/{import_id}", params=_import_fields())
+        return _parse(AeImport, data)
+
+    async def import_errors(self, import_id: int) -> str:
+        """The CSV of the import's failed rows (its columns, plus the error of each row)."""
+        return await self._request_text("GET", f"{IMPORTS}/{import_id}/errors")
+
     # --- transport ------------------------------------------------------------------------
 
     async def _pages(self, path: str, params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
@@ -282,7 +351,18 @@ class AeClient:
         json: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
         repeatable: bool = True,
+        files: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        data = await self._call(_Request(method, path, json, params, repeatable, files))
+        assert isinstance(data, dict)
+        return data
+
+    async def _request_text(self, method: str, path: str) -> str:
+        data = await self._call(_Request(method, path, None, None, True, text=True))
+        assert isinstance(data, str)
+        return data
+
+    async def _call(self, request: _Request) -> dict[str, Any] | str:
         backoff = wait_exponential_jitter(
             multiplier=self._backoff_base, max=self._backoff_max, jitter=self._backoff_base
         )
@@ -295,9 +375,8 @@ class AeClient:
             & retry_if_exception(lambda exc: (_retry_after(exc) or 0.0) <= self._backoff_max),
             before_sleep=self._count_retry,
         )
-        request = _Request(method, path, json, params, repeatable)
         try:
-            data: dict[str, Any] = await retrying(self._attempt, request)
+            data: dict[str, Any] | str = await retrying(self._attempt, request)
         except RetryError as exc:
             self.outcomes["transient"] += 1
             last = exc.last_attempt.exception()
@@ -327,7 +406,7 @@ class AeClient:
         self.outcomes["ok"] += 1
         return data
 
-    async def _attempt(self, request: _Request) -> dict[str, Any]:
+    async def _attempt(self, request: _Request) -> dict[str, Any] | str:
         token = await self._token()
         response = await self._send(request, token)
         if response.status_code == 401:
@@ -335,7 +414,7 @@ class AeClient:
             token = await self._token(refused=token)
             response = await self._send(request, token)
         if response.is_success:
-            return _json_object(response)
+            return response.text if request.text else _json_object(response)
         error = _error_from(response)
         # A 5xx may come after the work was done; a 429 is a refusal before any of it.
         if not request.repeatable and response.status_code >= 500:
@@ -353,6 +432,7 @@ class AeClient:
                     request.path,
                     json=request.json,
                     params=request.params,
+                    files=request.files,
                     headers={"Authorization": f"Bearer {token.access_token}"},
                 )
             except httpx.TransportError as exc:  # timeouts, refused connections, dropped sockets
@@ -394,6 +474,8 @@ class _Request:
     json: dict[str, Any] | None
     params: dict[str, str] | None
     repeatable: bool  # False: a create, which is not sent again once it may have arrived
+    files: dict[str, Any] | None = None  # multipart/form-data parts
+    text: bool = False  # the answer is text (a CSV), not a JSON object
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -421,6 +503,10 @@ class AeCallLimits(Protocol):
 
 def _prospect_fields() -> dict[str, str]:
     return {"fields": _PROSPECT_FIELDS}
+
+
+def _import_fields() -> dict[str, str]:
+    return {"fields": _IMPORT_FIELDS}
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:

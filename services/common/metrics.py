@@ -59,6 +59,18 @@ RELAY_TENANT_HELD = Gauge(
     "1 while a tenant's effects are held because its connection cannot be used",
     ["tenant"],
 )
+AE_BULK_IMPORTS = Counter(
+    "ownersync_ae_bulk_imports_total",
+    "AE imports (bulk mode) by how they ended: complete, put_back (not processed: sent again), "
+    "failed (its rows go one by one), abandoned (left to their leases)",
+    ["tenant", "outcome"],
+)
+AE_BULK_RECORDS = Counter(
+    "ownersync_ae_bulk_records_total",
+    "Records claimed by bulk mode by outcome: imported, failed (then one by one), unchanged "
+    "(no call: AE holds that owner), not_bulk (no longer an owner update: one by one)",
+    ["tenant", "outcome"],
+)
 OUTBOX_AGE = Gauge(
     "ownersync_outbox_oldest_age_seconds", "Age of the oldest effect waiting", ["target"]
 )

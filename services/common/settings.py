@@ -118,6 +118,18 @@ class Settings(BaseSettings):
         "UTC", description="the time zone whose midnight starts a new AE quota day"
     )
 
+    ae_bulk_threshold: int = Field(
+        1000,
+        ge=0,
+        description="AE owner updates waiting in one tenant above which they go by AE import "
+        "(bulk mode, services/relay/bulk.py); 0 = off",
+    )
+    ae_bulk_size: int = Field(10_000, ge=1, description="records per AE import")
+    ae_bulk_lease_seconds: float = Field(
+        600.0, gt=0, description="how long records sent by import are leased (the import's limit)"
+    )
+    ae_bulk_poll_ms: int = Field(2000, ge=10, description="how often an import's status is read")
+
     sf_base_url: str | None = Field(None, description="SF instance URL; unset = in-process sim")
     sf_client_id: str | None = None
     sf_client_secret: SecretStr | None = None

@@ -146,6 +146,16 @@ class Senders:
                 assert_never(effect)
 
 
+class RunsBeside(Protocol):
+    """A loop that runs beside the relay's own until `stop`: bulk mode (services.relay.bulk)."""
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+    def leave_to_bulk(self, now: datetime) -> list[Any]:
+        """Conditions the normal claim adds: it leaves alone the rows bulk mode will take."""
+        ...
+
+
 class SendsEffects(Protocol):
     """What the relay sends with: `Senders`, or `TenantSenders` (each tenant's own)."""
 
@@ -235,6 +245,7 @@ class Relay:
         self._lanes: dict[tuple[str, Target], asyncio.Semaphore] = {}
         self._outstanding = 0
         self._freed = asyncio.Event()
+        self.bulk: RunsBeside | None = None  # set by BulkMode: large AE backlogs go by import
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim, send and settle until `stop`, pipelined: claims go on while earlier records
@@ -242,6 +253,7 @@ class Relay:
         log.info("relay %s started for %s", self.owner, ", ".join(sorted(self.senders.targets)))
         answered: asyncio.Queue[tuple[_Claim, list[Outcome]] | None] = asyncio.Queue()
         settler = asyncio.create_task(self._settle_answered(answered), name="relay-settle")
+        bulk = asyncio.create_task(self.bulk.run(stop), name="relay-bulk") if self.bulk else None
         sending: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
@@ -280,6 +292,9 @@ class Relay:
                 await asyncio.gather(*sending, return_exceptions=True)
             answered.put_nowait(None)
             await settler
+            if bulk is not None:
+                bulk.cancel()  # an import under way is left to its leases: see bulk.py
+                await asyncio.gather(bulk, return_exceptions=True)
         log.info("relay stopped")
 
     async def run_once(self) -> int:
@@ -407,6 +422,7 @@ class Relay:
                 outbox.c.created_at <= now - self.coalesce,
                 outbox.c.kind.in_(self.senders.kinds),
                 ~held,
+                *(self.bulk.leave_to_bulk(now) if self.bulk is not None else ()),
             )
             if conn.dialect.name == "postgresql":
                 due = due.with_for_update(of=outbox, skip_locked=True)
@@ -415,79 +431,93 @@ class Relay:
             if not wanted:
                 return []
             taken = await self._take_leases(conn, wanted, now)
-            if not taken:
-                return []
-            versions = {record_id: version for record_id, (version, _) in taken.items()}
-            # All pending rows of those records, due or backing off: the newest state wins.
-            # A row another relay's claim holds locked right now (it lost the lease race) is
-            # left for the next pass, after this one: waiting for it could deadlock.
-            gather = (
-                select(outbox, records)
-                .join(records, records.c.id == outbox.c.record_id)
-                .where(
-                    outbox.c.status.in_(("pending", "sending")),
-                    outbox.c.record_id.in_(list(versions)),
-                    outbox.c.kind.in_(self.senders.kinds),
-                )
-                .order_by(outbox.c.id)
+            return await self._gather(conn, taken, self.senders.kinds)
+
+    async def _gather(
+        self,
+        conn: AsyncConnection,
+        taken: dict[int, tuple[int, dict[str, Any]]],
+        kinds: list[str],
+    ) -> list[_Claim]:
+        """The claims of the records just leased (`taken`): their pending rows of `kinds`,
+        grouped by kind and marked `sending` under the lease."""
+        if not taken:
+            return []
+        versions = {record_id: version for record_id, (version, _) in taken.items()}
+        # All pending rows of those records, due or backing off: the newest state wins.
+        # A row another relay's claim holds locked right now (it lost the lease race) is
+        # left for the next pass, after this one: waiting for it could deadlock.
+        gather = (
+            select(outbox, records)
+            .join(records, records.c.id == outbox.c.record_id)
+            .where(
+                outbox.c.status.in_(("pending", "sending")),
+                outbox.c.record_id.in_(list(versions)),
+                outbox.c.kind.in_(kinds),
             )
-            if conn.dialect.name == "postgresql":
-                gather = gather.with_for_update(of=outbox, skip_locked=True)
-            rows = (await conn.execute(gather)).all()
-            claims: dict[int, _Claim] = {}
-            groups: dict[tuple[int, str], _Group] = {}
-            stamps: list[dict[str, Any]] = []
-            for row in rows:
-                m = row._mapping
-                record_id, kind = m[outbox.c.record_id], m[outbox.c.kind]
-                claim = claims.get(record_id)
-                if claim is None:
-                    version, sent = taken[record_id]
-                    claim = claims[record_id] = _Claim(record_id, version, [], sent=sent)
-                group = groups.get((record_id, kind))
-                if group is None:
-                    group = groups[(record_id, kind)] = _Group(
-                        record=record_from_row(row),
-                        tenant_id=m[outbox.c.tenant_id],
-                        kind=kind,
-                        target=m[outbox.c.target],
-                        row_ids=[],
-                        payload={},
-                        event_id=None,
-                        attempts=0,
-                        written_at=m[outbox.c.created_at],
-                    )
-                    claim.groups.append(group)
-                group.row_ids.append(m[outbox.c.id])
-                group.payload = m[outbox.c.payload]
-                group.event_id = m[outbox.c.event_id]
-                group.traceparent = m[outbox.c.traceparent]
-                group.attempts = max(group.attempts, m[outbox.c.attempts])
-                # Sending already: a relay claimed it and never settled (it died, or was
-                # fenced). Due later than written: it waited after a try, or for the quota.
-                group.tried_before |= (
-                    m[outbox.c.attempts] > 0
-                    or m[outbox.c.status] == "sending"
-                    or m[outbox.c.next_attempt_at] > m[outbox.c.created_at]
+            .order_by(outbox.c.id)
+        )
+        if conn.dialect.name == "postgresql":
+            gather = gather.with_for_update(of=outbox, skip_locked=True)
+        rows = (await conn.execute(gather)).all()
+        claims: dict[int, _Claim] = {}
+        groups: dict[tuple[int, str], _Group] = {}
+        stamps: list[dict[str, Any]] = []
+        for row in rows:
+            m = row._mapping
+            record_id, kind = m[outbox.c.record_id], m[outbox.c.kind]
+            claim = claims.get(record_id)
+            if claim is None:
+                version, sent = taken[record_id]
+                claim = claims[record_id] = _Claim(record_id, version, [], sent=sent)
+            group = groups.get((record_id, kind))
+            if group is None:
+                group = groups[(record_id, kind)] = _Group(
+                    record=record_from_row(row),
+                    tenant_id=m[outbox.c.tenant_id],
+                    kind=kind,
+                    target=m[outbox.c.target],
+                    row_ids=[],
+                    payload={},
+                    event_id=None,
+                    attempts=0,
+                    written_at=m[outbox.c.created_at],
                 )
-                stamps.append({"oid": m[outbox.c.id], "v": claim.version})
-            if stamps:
-                await conn.execute(
-                    update(outbox)
-                    .where(outbox.c.id == bindparam("oid"))
-                    .values(status="sending", lease_owner=self.owner, lease_version=bindparam("v")),
-                    stamps,
-                )
-            return [c for c in claims.values() if c.groups]
+                claim.groups.append(group)
+            group.row_ids.append(m[outbox.c.id])
+            group.payload = m[outbox.c.payload]
+            group.event_id = m[outbox.c.event_id]
+            group.traceparent = m[outbox.c.traceparent]
+            group.attempts = max(group.attempts, m[outbox.c.attempts])
+            # Sending already: a relay claimed it and never settled (it died, or was
+            # fenced). Due later than written: it waited after a try, or for the quota.
+            group.tried_before |= (
+                m[outbox.c.attempts] > 0
+                or m[outbox.c.status] == "sending"
+                or m[outbox.c.next_attempt_at] > m[outbox.c.created_at]
+            )
+            stamps.append({"oid": m[outbox.c.id], "v": claim.version})
+        if stamps:
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.id == bindparam("oid"))
+                .values(status="sending", lease_owner=self.owner, lease_version=bindparam("v")),
+                stamps,
+            )
+        return [c for c in claims.values() if c.groups]
 
     async def _take_leases(
-        self, conn: AsyncConnection, record_ids: list[int], now: datetime
+        self,
+        conn: AsyncConnection,
+        record_ids: list[int],
+        now: datetime,
+        lease: timedelta | None = None,
     ) -> dict[int, tuple[int, dict[str, Any]]]:
-        """Lease the records no other relay holds: their fencing versions and what their last
-        settled sends carried. Inserted in record order, so that two relays taking overlapping
-        sets wait for each other, never deadlock."""
+        """Lease the records no other relay holds (for `lease`, or the relay's): their fencing
+        versions and what their last settled sends carried. Inserted in record order, so that
+        two relays taking overlapping sets wait for each other, never deadlock."""
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        expires = now + self.lease
+        expires = now + (lease or self.lease)
         insert = dialect.insert(relay_leases).values(
             [
                 {"record_id": r, "owner": self.owner, "version": 1, "expires_at": expires}

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import metrics
-from services.common.ae_client import AeCallLimits
+from services.common.ae_client import AeCallLimits, AeClient
 from services.common.connections import connections_from_row
 from services.common.crypto import KeyRing, SecretsKeyMissing, SecretUnreadable
 from services.common.db.tables import tenant_connections
@@ -74,6 +74,7 @@ class TenantSenders:
         ae_daily_quota: int | None = None,
         ae_quota_timezone: str = "UTC",
         ae_limits: Callable[[str], AeCallLimits] | None = None,
+        default_ae: AeClient | None = None,
     ) -> None:
         """`ae_limits` gives the limits of a business unit shared with the other relay
         replicas (None: counted in this process only)."""
@@ -88,6 +89,7 @@ class TenantSenders:
             "quota_timezone": ae_quota_timezone,
         }
         self.ae_limits = ae_limits
+        self.default_ae = default_ae  # the AE client of `default`, for bulk mode
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._held: set[str] = set()
@@ -118,6 +120,13 @@ class TenantSenders:
             log.info("effects of %s flow again", tenant)
             metrics.RELAY_TENANT_HELD.labels(tenant).set(0)
         return learned
+
+    async def ae_client(self, tenant: str) -> AeClient | None:
+        """The tenant's AE client (bulk mode's imports use it): None while it is held."""
+        entry = await self._entry(tenant)
+        if entry.senders is None:
+            return None
+        return entry.clients.ae if entry.clients is not None else self.default_ae
 
     async def aclose(self) -> None:
         for entry in self._entries.values():

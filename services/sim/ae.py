@@ -4,11 +4,19 @@ AE takes the access token of a Salesforce connected app: linked to the SF simula
 (`AeSimState(tokens=…)` and `add_business_unit`), it admits a call only with a live token of the
 org that owns the `Pardot-Business-Unit-Id`, carrying the `pardot_api` scope. Linked to none
 (`tokens` None, as `ownersync sim` still serves it), any bearer token passes.
+
+Imports (the v5 Import API, /api/v5/imports, as its public page describes it): created Open
+with a CSV batch, submitted by setting `status` Ready, then processed in the background
+(Waiting, Processing, Complete over `import_seconds`); rows matched by `matchId` update their
+prospect, rows that fail (no such prospect, no such user, an un-assign) are kept for the errors
+CSV. The same gate applies to every call (auth, 5 concurrent calls, quota, faults, lost answers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import random
 import time
@@ -28,6 +36,11 @@ from services.sim.lost_answers import AnswerLoss, LoseAnswers, LostAnswer
 from services.sim.sf.tokens import AccessTokens
 
 API_PREFIX = "/api/v5/objects"
+IMPORTS_PREFIX = "/api/v5/imports"
+GATED_PREFIX = "/api/v5/"
+# The CSV columns an import takes: one match column, and the prospect fields it writes.
+IMPORT_MATCH_COLUMNS = ("matchId", "matchSalesforceId", "matchEmail")
+IMPORT_FIELD_COLUMNS = ("email", "assignedUserId", "salesforceId")
 DEFAULT_PAGE_SIZE = 200
 MAX_PAGE_SIZE = 1000
 
@@ -142,6 +155,13 @@ class AeSimState:
     connections: set[tuple[str, int]] = field(default_factory=set)
     # (wall-clock times the call arrived and was answered, method, path, status) of every call.
     timed_calls: list[tuple[float, float, str, str, int]] = field(default_factory=list)
+    # Imports (id -> import), and how long one takes from Ready to Complete.
+    imports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    next_import_id: int = 1
+    import_seconds: float = 0.2
+    # Prospects whose import rows fail (as a row locked by another job would), once each.
+    import_row_faults: set[int] = field(default_factory=set)
+    _import_tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     def add_business_unit(self, business_unit_id: str, org_id: str) -> None:
         self.business_units[business_unit_id] = org_id
@@ -215,6 +235,8 @@ class AeSimState:
         self.users.clear()
         self.next_prospect_id = 5001
         self.next_user_id = 1001
+        self.imports.clear()
+        self.next_import_id = 1
         self.faults.clear()
         self.reset_counts()
         self.calls_today = 0
@@ -241,6 +263,10 @@ class AeSimState:
             "maxInFlightByUnit": dict(self.max_in_flight_by_unit),
             "connections": len(self.connections),
             "timedCalls": [list(call) for call in self.timed_calls],
+            "imports": [
+                {k: v for k, v in imp.items() if k not in {"rows", "errors", "columns"}}
+                for imp in self.imports.values()
+            ],
         }
 
 
@@ -289,6 +315,9 @@ class FaultSettings(BaseModel):
     )
     lost_answer: LostAnswer | None = None
     lost_answer_hold_ms: int | None = Field(default=None, ge=0)
+    import_seconds: float | None = Field(
+        default=None, ge=0, description="how long an import takes from Ready to Complete"
+    )
 
 
 # --- rules ----------------------------------------------------------------------------------
@@ -422,13 +451,248 @@ def _api_router() -> APIRouter:
     return router
 
 
+# --- imports ----------------------------------------------------------------------------------
+
+
+class ImportSpec(_AeBody):
+    operation: str
+    object: str
+    createOnNoMatch: bool = True
+    state: str | None = None
+    status: str | None = None
+
+
+class ImportUpdate(_AeBody):
+    status: str
+
+
+_IMPORT_VIEW = (
+    "id",
+    "operation",
+    "object",
+    "status",
+    "isExpired",
+    "createdCount",
+    "updatedCount",
+    "errorCount",
+    "createdAt",
+    "updatedAt",
+)
+
+
+def _import_view(imp: dict[str, Any]) -> dict[str, Any]:
+    return {name: imp[name] for name in _IMPORT_VIEW}
+
+
+def _read_csv(text: str) -> tuple[list[str], list[dict[str, str]]]:
+    reader = csv.DictReader(io.StringIO(text))
+    columns = list(reader.fieldnames or [])
+    known = set(IMPORT_MATCH_COLUMNS) | set(IMPORT_FIELD_COLUMNS)
+    unknown = [c for c in columns if c not in known]
+    if not columns or unknown:
+        raise AeApiError(400, CODE_INVALID_REQUEST, f"Invalid CSV columns: {unknown or columns}")
+    return columns, list(reader)
+
+
+async def _upload(request: Request) -> tuple[dict[str, Any] | None, str | None]:
+    """The `input` JSON part and the `importFile` CSV part of a multipart request."""
+    form = await request.form()
+    raw_input, upload = form.get("input"), form.get("importFile")
+    spec = None
+    if raw_input is not None:
+        text = raw_input if isinstance(raw_input, str) else (await raw_input.read()).decode()
+        try:
+            spec = json.loads(text)
+        except ValueError:
+            raise AeApiError(400, CODE_INVALID_REQUEST, "input is not JSON") from None
+    content = None
+    if upload is not None:
+        content = upload if isinstance(upload, str) else (await upload.read()).decode()
+    return spec, content
+
+
+def _import_row(state: AeSimState, row: dict[str, str], create: bool) -> str | None:
+    """Apply one import row; the error that kept it out, if one did."""
+    matches = [c for c in IMPORT_MATCH_COLUMNS if row.get(c)]
+    if len(matches) > 1:
+        return "Only one match column may have a value"
+    prospect = None
+    if matches == ["matchId"]:
+        try:
+            prospect = state.prospects.get(int(row["matchId"]))
+        except ValueError:
+            return f"Invalid prospect ID {row['matchId']}"
+    elif matches:
+        wanted = row[matches[0]]
+        key = "salesforceId" if matches[0] == "matchSalesforceId" else "email"
+        prospect = next((p for p in state.prospects.values() if p[key] == wanted), None)
+    if prospect is None and not create:
+        return "No matching prospect found"
+    changes: dict[str, Any] = {}
+    if "assignedUserId" in row:
+        user = row["assignedUserId"]
+        if not user:
+            return "Un-assigning prospects is not supported through Import"
+        try:
+            user_id = int(user)
+        except ValueError:
+            return f"Invalid assignedUserId {user}"
+        if user_id not in state.users:
+            return f"User not found: assignedUserId {user_id}"
+        changes["assignedUserId"] = user_id
+    for name in ("email", "salesforceId"):
+        if name in row:
+            changes[name] = row[name] or None
+    if prospect is None:
+        state.add_prospect(changes.get("email"), assigned_user_id=changes.get("assignedUserId"))
+        return None
+    _apply_update(prospect, changes)
+    return None
+
+
+async def _process_import(state: AeSimState, imp: dict[str, Any]) -> None:
+    """What AE does once an import is Ready: queue it, then apply its rows."""
+    step = state.import_seconds / 2
+    imp["status"] = "Waiting"
+    await asyncio.sleep(step)
+    imp["status"], imp["updatedAt"] = "Processing", _now()
+    await asyncio.sleep(step)
+    created = updated = 0
+    for row in imp["rows"]:
+        before = len(state.prospects)
+        if (faulty := row.get("matchId", "")).isdigit() and int(faulty) in state.import_row_faults:
+            state.import_row_faults.discard(int(faulty))
+            imp["errors"].append({**row, "error": "simulated row fault: the prospect was busy"})
+            continue
+        error = _import_row(state, row, imp["createOnNoMatch"])
+        if error is not None:
+            imp["errors"].append({**row, "error": error})
+        elif len(state.prospects) > before:
+            created += 1
+        else:
+            updated += 1
+    imp.update(
+        status="Complete",
+        createdCount=created,
+        updatedCount=updated,
+        errorCount=len(imp["errors"]),
+        updatedAt=_now(),
+    )
+
+
+def _submit(state: AeSimState, imp: dict[str, Any]) -> None:
+    if imp["status"] != "Open":
+        raise AeApiError(400, CODE_INVALID_REQUEST, f"Import {imp['id']} is {imp['status']}")
+    if not imp["rows"]:
+        raise AeApiError(400, CODE_INVALID_REQUEST, f"Import {imp['id']} has no batch")
+    imp["status"] = "Ready"
+    task = asyncio.create_task(_process_import(state, imp))
+    state._import_tasks.add(task)
+    task.add_done_callback(state._import_tasks.discard)
+
+
+def _get_import(state: AeSimState, import_id: int) -> dict[str, Any]:
+    imp = state.imports.get(import_id)
+    if imp is None:
+        raise AeApiError(404, CODE_INVALID_REQUEST, f"Invalid import ID {import_id}")
+    return imp
+
+
+def _imports_router() -> APIRouter:
+    router = APIRouter(prefix=IMPORTS_PREFIX)
+
+    @router.post("", status_code=201)
+    async def create_import(request: Request) -> dict[str, Any]:
+        state = _sim(request)
+        raw, content = await _upload(request)
+        try:
+            spec = ImportSpec.model_validate(raw)
+        except ValueError as exc:
+            raise AeApiError(400, CODE_INVALID_REQUEST, f"input: {exc}") from None
+        if spec.operation != "Upsert" or spec.object != "Prospect":
+            raise AeApiError(400, CODE_INVALID_REQUEST, "only Upsert of Prospect is supported")
+        columns, rows = _read_csv(content) if content is not None else ([], [])
+        stamp = _now()
+        imp = {
+            "id": state.next_import_id,
+            "operation": spec.operation,
+            "object": spec.object,
+            "status": "Open",
+            "isExpired": False,
+            "createdCount": 0,
+            "updatedCount": 0,
+            "errorCount": 0,
+            "createdAt": stamp,
+            "updatedAt": stamp,
+            "createOnNoMatch": spec.createOnNoMatch,
+            "columns": columns,
+            "rows": rows,
+            "errors": [],
+        }
+        state.imports[state.next_import_id] = imp
+        state.next_import_id += 1
+        if "Ready" in (spec.state, spec.status):
+            _submit(state, imp)
+        return _import_view(imp)
+
+    @router.post("/{import_id}/batches", status_code=201)
+    async def add_batch(request: Request, import_id: int) -> dict[str, Any]:
+        state = _sim(request)
+        imp = _get_import(state, import_id)
+        if imp["status"] != "Open":
+            raise AeApiError(400, CODE_INVALID_REQUEST, f"Import {import_id} is not Open")
+        _, content = await _upload(request)
+        if content is None:
+            raise AeApiError(400, CODE_INVALID_REQUEST, "importFile is required")
+        columns, rows = _read_csv(content)
+        if imp["columns"] and columns != imp["columns"]:
+            raise AeApiError(400, CODE_INVALID_REQUEST, "every batch needs the same columns")
+        imp["columns"] = columns
+        imp["rows"].extend(rows)
+        return _import_view(imp)
+
+    @router.patch("/{import_id}")
+    async def update_import(
+        request: Request, import_id: int, body: ImportUpdate, fields: str | None = None
+    ) -> dict[str, Any]:
+        state = _sim(request)
+        imp = _get_import(state, import_id)
+        if body.status != "Ready":
+            raise AeApiError(400, CODE_INVALID_REQUEST, "status may only be set to Ready")
+        _submit(state, imp)
+        return _project(_import_view(imp), fields)
+
+    @router.get("/{import_id}")
+    async def read_import(
+        request: Request, import_id: int, fields: str | None = None
+    ) -> dict[str, Any]:
+        return _project(_import_view(_get_import(_sim(request), import_id)), fields)
+
+    @router.get("/{import_id}/errors")
+    async def import_errors(request: Request, import_id: int) -> Response:
+        imp = _get_import(_sim(request), import_id)
+        if imp["status"] != "Complete":
+            raise AeApiError(400, CODE_INVALID_REQUEST, f"Import {import_id} is not Complete")
+        out = io.StringIO()
+        writer = csv.DictWriter(out, [*imp["columns"], "error"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(imp["errors"])
+        return Response(out.getvalue(), media_type="text/csv")
+
+    return router
+
+
 def _control_router() -> APIRouter:
     router = APIRouter(prefix="/_sim")
 
     @router.post("/faults")
     async def set_faults(request: Request, settings: FaultSettings) -> dict[str, Any]:
-        faults = _sim(request).faults
-        faults.configure(**settings.model_dump(exclude_unset=True))
+        state = _sim(request)
+        faults = state.faults
+        wanted = settings.model_dump(exclude_unset=True)
+        if (seconds := wanted.pop("import_seconds", None)) is not None:
+            state.import_seconds = seconds
+        faults.configure(**wanted)
         return {
             "latency_ms": faults.latency_ms,
             "latency_max_ms": faults.latency_max_ms,
@@ -453,6 +717,20 @@ def _control_router() -> APIRouter:
             salesforce_id=body.salesforceId,
             prospect_id=body.id,
         )
+
+    @router.post("/prospects/many", status_code=201)
+    async def seed_prospects(request: Request, body: list[SeedProspect]) -> dict[str, int]:
+        """Many prospects made in AE itself at once (a benchmark's starting point)."""
+        state = _sim(request)
+        for seed in body:
+            state.add_prospect(
+                seed.email,
+                assigned_user_id=seed.assignedUserId,
+                assigned_queue_id=seed.assignedQueueId,
+                salesforce_id=seed.salesforceId,
+                prospect_id=seed.id,
+            )
+        return {"count": len(body)}
 
     @router.get("/state")
     async def dump_state(request: Request) -> dict[str, Any]:
@@ -520,7 +798,7 @@ def _check_faults(state: AeSimState, _: Request) -> JSONResponse | None:
 
 
 async def _gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    if not request.url.path.startswith(API_PREFIX):
+    if not request.url.path.startswith(GATED_PREFIX):
         return await call_next(request)
     state = _sim(request)
     arrived = time.time()
@@ -580,13 +858,14 @@ def _faults_of(scope: Scope) -> AnswerLoss:
 
 
 def _is_write(scope: Scope) -> bool:
-    return scope["path"].startswith(API_PREFIX) and scope["method"] in {"POST", "PATCH"}
+    return scope["path"].startswith(GATED_PREFIX) and scope["method"] in {"POST", "PATCH"}
 
 
 def create_ae_app(state: AeSimState | None = None) -> FastAPI:
     app = FastAPI(title="AE API v5 simulator")
     app.state.sim = state if state is not None else AeSimState()
     app.include_router(_api_router())
+    app.include_router(_imports_router())
     app.include_router(_control_router())
     app.middleware("http")(_gate)
     # Outermost: the write has gone through every check and been applied when its answer is lost.

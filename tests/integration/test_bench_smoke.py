@@ -92,4 +92,6 @@ def test_quick_benchmark_completes_with_every_figure() -> None:
     assert relay["rate"]["writes"] > 0 and relay["rate"]["rate"] > 0
     assert relay["reassign"]["most_writes_of_a_record"] == 1
     assert relay["reassign"]["final_owner_correct"] == relay["reassign"]["records"]
+    burst = relay["burst"]  # --quick: 2,000 reassignments, bulk mode on
+    assert burst["final_owner_correct"] == burst["records"] == 2000 and burst["imports"] >= 1
     assert set(figures["verdicts"]) == {"throughput", "p99", "memory", "ae_calls", "preload"}

@@ -14,7 +14,10 @@ pytestmark = pytest.mark.integration
 RATE_DB = PG_URL + "_relay_rate"
 
 
-async def test_relay_rate_phase_reports_every_figure_and_one_write_per_changed_record() -> None:
+async def test_relay_rate_phase_reports_every_figure_and_one_write_per_changed_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bench.relay_rate.IMPORT_SECONDS", 0.3)
     figures = await relay_phase(
         database_url=RATE_DB,
         amqp_url=AMQP_URL,
@@ -24,6 +27,7 @@ async def test_relay_rate_phase_reports_every_figure_and_one_write_per_changed_r
         reassign_times=3,
         settle_timeout=60,
         quiet=True,
+        bulk_burst=1500,  # above the relays' default bulk threshold (1000)
     )
 
     rate = figures["rate"]
@@ -35,5 +39,11 @@ async def test_relay_rate_phase_reports_every_figure_and_one_write_per_changed_r
     assert reassign["final_owner_correct"] == 20
     assert reassign["writes"] <= 20 and reassign["most_writes_of_a_record"] <= 1
     assert reassign["receipt_to_ae_p99_ms"] >= reassign["receipt_to_ae_p50_ms"] >= 0
+    burst = figures["burst"]
+    assert burst["final_owner_correct"] == 1500 and burst["refused"] == 0
+    assert burst["imports"] >= 1  # most of the burst went by import: far fewer calls
+    assert burst["ae_calls"] == burst["import_calls"] + burst["one_by_one_writes"] < 1500 / 2
+    assert burst["drain_seconds"] >= burst["decide_seconds"] > 0
     text = render(figures)
     assert "sustained AE rate" in text and "per distinct changed record" in text
+    assert "per 1,000 changed records" in text
