@@ -17,7 +17,7 @@ from services.cli.common import console, err, load_settings, migrate_embedded
 from services.cli.tenants import load_tenant_file
 from services.common.db.engine import migrate
 from services.common.logs import configure_logging
-from services.common.runtime import run_event_loop
+from services.common.runtime import freeze_startup_objects, run_event_loop
 from services.common.settings import Settings
 
 roles_app = typer.Typer()
@@ -52,6 +52,7 @@ def _serve(
                 )
             await stop.wait()
 
+    freeze_startup_objects()  # full collections would traverse every import-time object
     try:
         run_event_loop(main(), uvloop=settings.uvloop)
     except ConfigurationError as exc:

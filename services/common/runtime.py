@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -54,6 +55,20 @@ def build_runtime(settings: Settings, *, broker: Broker | None = None) -> Runtim
         statement_timeout_ms=settings.db_statement_timeout_ms,
     )
     return Runtime(settings, engine, broker or build_broker(settings))
+
+
+def freeze_startup_objects() -> int:
+    """Move every object alive now (modules, classes, functions: what the imports made) to
+    the collector's permanent generation; returns how many there are.
+
+    A full collection traverses every tracked object, and a role has ~150,000 from its
+    imports alone: each full collection paused the syncer's loop for 300-450 ms on the loaded
+    2-core machine, in the middle of whatever batch was waiting, where the target is 100 ms
+    from receipt to decision. Frozen, those objects are never traversed again (they live as
+    long as the process anyway); what the role makes afterwards is collected as before."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def run_event_loop(main: Coroutine[Any, Any, T], *, uvloop: bool = True) -> T:

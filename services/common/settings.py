@@ -43,7 +43,10 @@ class Settings(BaseSettings):
     queue_prefix: str = Field("ownersync", description="prefix of every queue ownersync declares")
     delivery_limit: int = Field(5, ge=1, description="x-delivery-limit of the quorum queues")
     prefetch: int = Field(
-        100, ge=1, description="unacked messages per consumer (a message holds up to 100 events)"
+        100,
+        ge=1,
+        description="unacked messages per consumer (an SF message holds up to 100 events; the "
+        "assigner, whose webhooks are one event each, holds at least batch_size)",
     )
     batch_size: int = Field(
         500,

@@ -42,9 +42,14 @@ def to18(value: str) -> str:
 
 # Every event carries the same few owner and action ids, and each id is checked at the
 # receiver, in the event's schema and again when a worker reads the event: remembered, an id
-# costs one dictionary look-up after its first time. Bounded in entries and, as only a valid
-# id is remembered, in size.
-@lru_cache(maxsize=65536)
+# costs one dictionary look-up after its first time. Record ids pass through too, each once
+# or a few times, so the cache is small: the owner and action ids, named in every event,
+# stay in it (least recently used goes first) while record ids churn through. At 65,536
+# entries, record ids alone filled it and held ~11 MB in every process that reads events.
+SF_ID_CACHE_SIZE = 2048
+
+
+@lru_cache(maxsize=SF_ID_CACHE_SIZE)
 def _canonical(value: str) -> str:
     if not _SHAPE.match(value):
         raise InvalidSalesforceId(f"not a Salesforce id (15 or 18 letters and digits): {value!r}")

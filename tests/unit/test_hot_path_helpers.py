@@ -12,10 +12,10 @@ import pytest
 import uvloop
 
 from services.common.broker.base import Delivery, Outcome, QueueRole
-from services.common.broker.rabbit import ConsumerLost, _DecodeAhead
+from services.common.broker.rabbit import ConsumerLost, RabbitBroker, _DecodeAhead
 from services.common.db import bulk
 from services.common.db.tables import inbox, outbox
-from services.common.runtime import run_event_loop
+from services.common.runtime import freeze_startup_objects, run_event_loop
 
 
 async def _loop_type() -> type:
@@ -91,3 +91,27 @@ async def test_a_message_that_cannot_be_decoded_makes_the_consumer_start_over() 
     await ahead.arrived("bad")  # type: ignore[arg-type]
     with pytest.raises(ConsumerLost):
         await asyncio.wait_for(ahead.get(), 1)
+
+
+def test_the_syncer_holds_prefetch_messages_and_the_assigner_a_full_batch_of_webhooks() -> None:
+    """SF messages carry up to 100 events: the syncer's window stays at `prefetch` messages
+    whatever the batch size (500 of them were ~24 MB of bodies under a backlog); webhooks
+    carry one, so the assigner's window is raised to a batch."""
+    broker = RabbitBroker("amqp://guest:guest@127.0.0.1:1/", prefetch=100)
+    assert broker.window(QueueRole.SYNCER, batch_size=500) == 100
+    assert broker.window(QueueRole.ASSIGNER, batch_size=500) == 500
+    assert broker.window(QueueRole.ASSIGNER, batch_size=50) == 100
+
+
+def test_startup_objects_are_frozen_so_a_full_collection_skips_them() -> None:
+    """What the imports made goes to the permanent generation: a full collection afterwards
+    traverses only what came later (gc.get_objects lists the collected generations)."""
+    import gc
+
+    try:
+        frozen = freeze_startup_objects()
+        assert frozen > 10_000  # this test process's modules, classes and functions
+        assert gc.get_freeze_count() == frozen
+        assert len(gc.get_objects()) < frozen / 10
+    finally:
+        gc.unfreeze()

@@ -63,3 +63,20 @@ def test_surrounding_whitespace_is_ignored_and_a_bad_id_is_refused_every_time() 
     for _ in range(2):  # a refusal is not remembered as an answer
         with pytest.raises(InvalidSalesforceId):
             to18("00Q5g0000IXRUVN555")
+
+
+def test_record_ids_passing_through_leave_the_cache_small_and_the_owner_ids_in_it() -> None:
+    """Each event names a new record id and the same owner id: the cache keeps the owner id
+    (a hit every time after the first) while 20,000 record ids churn through, and holds a few
+    thousand ids at most (each costs ~180 bytes in every process that reads events)."""
+    from services.common.sfid import _canonical
+
+    _canonical.cache_clear()
+    owner = "0055g0000Zti3ElAQI"
+    records = 20_000
+    for n in range(records):
+        to18(f"00Q5g{n:010d}")
+        to18(owner)
+    info = _canonical.cache_info()
+    assert info.currsize <= 4096
+    assert info.hits >= records - 1

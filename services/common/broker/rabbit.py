@@ -167,6 +167,19 @@ class RabbitBroker:
             except Exception as exc:
                 raise BrokerUnavailable(f"RabbitMQ did not confirm the publish: {exc!r}") from exc
 
+    def window(self, role: QueueRole, batch_size: int) -> int:
+        """Unacked messages a consumer of `role` holds (its prefetch, in messages).
+
+        The syncer's messages are SF outbound messages of up to 100 notifications (~47 kB
+        each): `prefetch` of them (100: up to 10,000 events, 20 batches of 500) keep a batch
+        and the next decoded with plenty to spare. Raised to the batch size (in events), as
+        before, they were 500 messages, 50,000 events, ~24 MB of bodies waiting in the syncer
+        under a backlog. The assigner's messages are one webhook each: a full batch needs as
+        many messages as events."""
+        if role is QueueRole.SYNCER:
+            return self.prefetch
+        return max(self.prefetch, batch_size)
+
     async def consume(
         self, role: QueueRole, *, batch_size: int, batch_wait: float
     ) -> AsyncGenerator[list[Delivery], None]:
@@ -177,7 +190,7 @@ class RabbitBroker:
         channel = await self._connection.channel(publisher_confirms=True)
         consumer = _Consumer(self, role, channel)
         try:
-            await channel.set_qos(prefetch_count=max(self.prefetch, batch_size))
+            await channel.set_qos(prefetch_count=self.window(role, batch_size))
             queue = await channel.declare_queue(
                 self.queue_name(role), durable=True, arguments=self._work_queue_arguments()
             )

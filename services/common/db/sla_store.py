@@ -211,7 +211,9 @@ async def observe_sf_updates(
     rows = await conn.execute(
         select(sla_timers).where(
             sla_timers.c.tenant_id == tenant_id,
-            sla_timers.c.record_id.in_(set(by_record)),
+            # = ANY(array) on Postgres: one prepared statement whatever the batch's count (an
+            # IN list is a new statement, prepared and cached, for every count).
+            store.one_of(conn, sla_timers.c.record_id, by_record),
             sla_timers.c.state.in_(OPEN_STATES),
         )
     )
