@@ -64,7 +64,13 @@ from typing import Any, TypeVar
 from sqlalchemy import distinct, exists, func, select, update
 
 from services.common import metrics
-from services.common.ae_client import AeClient, AeError, AeImport, AeTransientError
+from services.common.ae_client import (
+    AeClient,
+    AeError,
+    AeImport,
+    AeRequestRejected,
+    AeTransientError,
+)
 from services.common.db.store import record_from_row
 from services.common.db.tables import outbox, records, relay_leases
 from services.common.domain import AeProspectUpsert, Learned, RecordState
@@ -159,11 +165,13 @@ class BulkMode:
         poll: float = 2.0,
         interval: float = 1.0,
         cooldown: float = 60.0,
+        refused_rest: float = 3600.0,
     ) -> None:
         """`threshold`: records waiting in one tenant above which an import starts (0: off);
         `size`: records per import; `lease`: seconds the records are leased for;
         `poll`: seconds before the first status read (then longer); `cooldown`: seconds a
-        tenant's bulk mode rests after an import that failed as a whole."""
+        tenant's bulk mode rests after an import that failed as a whole; `refused_rest`: after
+        AE refused to create one (4xx: no Import API, or the user may not import or assign)."""
         self.relay = relay
         self.clients = clients
         self.threshold = threshold
@@ -172,6 +180,7 @@ class BulkMode:
         self.poll = poll
         self.interval = interval
         self.cooldown = cooldown
+        self.refused_rest = refused_rest
         self.results: list[BulkResult] = []
         self._resting: dict[str, float] = {}
         # Tenants whose backlog bulk mode is taking: the normal claim leaves their fresh rows.
@@ -371,8 +380,11 @@ class BulkMode:
         try:
             created = await client.create_import(owners_csv(owners))
         except AeError as exc:
-            # Not created, or created Open and never submitted: AE will not process it.
-            await self._put_back(tenant, claims, f"AE import not created: {exc}", result)
+            # Not created, or created Open and never submitted: AE will not process it. Refused
+            # outright (no Import API there, or the connector user lacks the Import or Assign
+            # ability): bulk mode rests for `refused_rest`, and owners go one by one meanwhile.
+            rest = self.refused_rest if isinstance(exc, AeRequestRejected) else None
+            await self._put_back(tenant, claims, f"AE import not created: {exc}", result, rest)
             return None
         try:
             status = await client.submit_import(created.id)
@@ -437,14 +449,26 @@ class BulkMode:
             await self.relay._settle_batch(part)
 
     async def _put_back(
-        self, tenant: str, claims: list[_Claim], reason: str, result: BulkResult
+        self,
+        tenant: str,
+        claims: list[_Claim],
+        reason: str,
+        result: BulkResult,
+        rest: float | None = None,
     ) -> None:
         """The import was not processed: the rows are pending again, no attempt counted (bulk
         mode may take them again after its cooldown; the normal path may before)."""
         result.outcome = "put_back"
-        self._resting[tenant] = asyncio.get_running_loop().time() + self.cooldown
+        rest = self.cooldown if rest is None else rest
+        self._resting[tenant] = asyncio.get_running_loop().time() + rest
         self.busy.discard(tenant)  # resting: the normal path takes its rows meanwhile
-        log.warning("%s: %d records put back", reason, len(claims))
+        log.warning(
+            "%s: %d records put back; bulk mode rests %.0f s for %s",
+            reason,
+            len(claims),
+            rest,
+            tenant,
+        )
         relay = self.relay
         async with relay.engine.begin() as conn:
             now = await db_now(conn)

@@ -161,6 +161,8 @@ class AeSimState:
     import_seconds: float = 0.2
     # Prospects whose import rows fail (as a row locked by another job would), once each.
     import_row_faults: set[int] = field(default_factory=set)
+    # The connector user's role lacks the Import ability: creating an import is refused (403).
+    imports_refused: bool = False
     _import_tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     def add_business_unit(self, business_unit_id: str, org_id: str) -> None:
@@ -604,6 +606,8 @@ def _imports_router() -> APIRouter:
     @router.post("", status_code=201)
     async def create_import(request: Request) -> dict[str, Any]:
         state = _sim(request)
+        if state.imports_refused:
+            raise AeApiError(403, CODE_INVALID_REQUEST, "the user's role may not import prospects")
         raw, content = await _upload(request)
         try:
             spec = ImportSpec.model_validate(raw)

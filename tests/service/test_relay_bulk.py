@@ -280,3 +280,23 @@ async def test_an_import_whose_create_answer_was_lost_is_never_processed_and_sen
     assert [i["status"] for i in world.ae.imports.values()] == ["Open", "Complete"]
     assert world.owners() == {BOB_AE}
     assert await world.statuses() == {"done"}
+
+
+async def test_an_import_refused_by_ae_rests_bulk_mode_and_the_owners_go_one_by_one(
+    world: World,
+) -> None:
+    count = 15
+    await world.created(count)
+    await world.reassigned(count, BOB_SF)
+    relay = world.relay()
+    bulk = world.bulk(relay, cooldown=0.0, refused_rest=3600.0)
+    world.ae.imports_refused = True  # no Import ability: a 403, not a passing fault
+
+    refused = await bulk.run_once("acme")
+    assert refused.outcome == "put_back"
+    assert not world.ae.imports
+    assert not bulk._due("acme", count)  # resting for the hour, though above the threshold
+    await drain(relay, world)
+    assert world.patched() == count
+    assert world.owners() == {BOB_AE}
+    assert await world.statuses() == {"done"}
