@@ -227,6 +227,9 @@ class StateReader:
             # Whoever asks from here on waits for the next read: this one may have begun.
             waiting, self._waiting, self._reading = self._waiting, {}, None
             async with self.engine.connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    # One statement sees one snapshot: no BEGIN and ROLLBACK round trips.
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
                 rows = (await conn.execute(self._by_ids(conn), {"ids": list(waiting)})).all()
             self.queries += 1
             found = {row._mapping[records.c.id]: row for row in rows}
