@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -28,12 +29,12 @@ async def engine(migrated_database: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-def count_pings(engine: AsyncEngine) -> list[object]:
-    pings: list[object] = []
+def count_pings(engine: AsyncEngine) -> list[Any]:
+    pings: list[Any] = []
     dialect = engine.sync_engine.dialect
     ping = dialect.do_ping
 
-    def counted(dbapi_connection: object) -> bool:
+    def counted(dbapi_connection: Any) -> bool:
         pings.append(dbapi_connection)
         return ping(dbapi_connection)
 
