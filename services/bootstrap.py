@@ -163,7 +163,7 @@ async def running(
         raise ConfigurationError(f"unknown roles: {', '.join(sorted(unknown))}")
     async with contextlib.AsyncExitStack() as stack:
         if runtime is None:
-            runtime = build_runtime(settings)
+            runtime = build_runtime(settings, roles=roles)
             stack.push_async_callback(runtime.close)
         if isinstance(runtime.broker, MemoryBroker) and roles != set(ROLES):
             raise ConfigurationError(

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkabl
 from zoneinfo import ZoneInfo
 
 import httpx
+import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 from tenacity import (
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from services.common.sf_auth import SfToken, SfTokenSource
 
 PROSPECTS = "/api/v5/objects/prospects"
+JSON = "application/json"
 USERS = "/api/v5/objects/users"
 IMPORTS = "/api/v5/imports"
 _IMPORT_FIELDS = "id,status,isExpired,createdCount,updatedCount,errorCount"
@@ -268,12 +270,19 @@ class AeClient:
         return _parse(AeProspect, data)
 
     async def update_prospect(self, prospect_id: int, changes: AeProspectFields) -> AeProspect:
+        return _parse(AeProspect, await self._update(prospect_id, changes))
+
+    async def set_prospect(self, prospect_id: int, changes: AeProspectFields) -> None:
+        """`update_prospect` for a caller that only needs it done (the relay): AE's answer is
+        not validated into a model nobody reads."""
+        await self._update(prospect_id, changes)
+
+    async def _update(self, prospect_id: int, changes: AeProspectFields) -> dict[str, Any]:
         body = changes.model_dump(by_alias=True, exclude_unset=True)
         if not body:
             raise ValueError("update_prospect needs at least one field")
         path = f"{PROSPECTS}/{prospect_id}"
-        data = await self._request("PATCH", path, json=body, params=_prospect_fields())
-        return _parse(AeProspect, data)
+        return await self._request("PATCH", path, json=body, params=_prospect_fields())
 
     async def get_prospect(self, prospect_id: int) -> AeProspect:
         data = await self._request("GET", f"{PROSPECTS}/{prospect_id}", params=_prospect_fields())
@@ -427,13 +436,20 @@ class AeClient:
         async with self._slots, self._shared_call():
             self._spend_quota()
             try:
+                authorization = f"Bearer {token.access_token}"
+                if request.json is None:
+                    headers = {"Authorization": authorization}
+                    content = None
+                else:  # orjson: what httpx's `json=` does, without the stdlib encoder
+                    headers = {"Authorization": authorization, "Content-Type": JSON}
+                    content = orjson.dumps(request.json)
                 return await self._http.request(
                     request.method,
                     request.path,
-                    json=request.json,
+                    content=content,
                     params=request.params,
                     files=request.files,
-                    headers={"Authorization": f"Bearer {token.access_token}"},
+                    headers=headers,
                 )
             except httpx.TransportError as exc:  # timeouts, refused connections, dropped sockets
                 sent = not isinstance(exc, NOT_SENT_ERRORS)
@@ -511,8 +527,8 @@ def _import_fields() -> dict[str, str]:
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     try:
-        data = response.json()
-    except ValueError:
+        data = orjson.loads(response.content)
+    except ValueError:  # orjson.JSONDecodeError is one
         data = None
     if not isinstance(data, dict):
         raise AeError(response.status_code, None, f"expected a JSON object, got {response.text!r}")

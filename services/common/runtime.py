@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -47,9 +47,31 @@ class Runtime:
         await self.engine.dispose()
 
 
-def build_runtime(settings: Settings, *, broker: Broker | None = None) -> Runtime:
+# Connections each process keeps in its pool for its workers, receiver and loops.
+POOL_SIZE = 5
+
+
+def pool_size(settings: Settings, roles: Iterable[str] = ()) -> int:
+    """Connections the roles of one process keep open (opened as they are first needed).
+
+    The relay uses many at once: its claim, its settle, the outbox gauges, the state reads of
+    its AE and SF lanes, the pruner, and per AE call in flight a slot taken (`ae_slots`) and
+    one given back. In a pool of 5 (+5 overflow) it ran past 5 about half the time, and every
+    overflow connection was closed when returned and opened again (TLS and type introspection)
+    a few milliseconds later; sized to what it runs at once, they are kept and reused."""
+    size = POOL_SIZE
+    if "relay" in roles:
+        size += 5 + 2 * settings.ae_max_concurrency
+    return size
+
+
+def build_runtime(
+    settings: Settings, *, broker: Broker | None = None, roles: Iterable[str] = ()
+) -> Runtime:
+    """The engine (its pool sized for `roles`, see `pool_size`) and the broker of `settings`."""
     engine = make_engine(
         settings.database_url,
+        pool_size=pool_size(settings, roles),
         connect_timeout=settings.db_connect_timeout_s,
         command_timeout=settings.db_command_timeout_s,
         statement_timeout_ms=settings.db_statement_timeout_ms,

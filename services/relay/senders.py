@@ -54,7 +54,7 @@ def ae_prospect_sender(ae: AeClient) -> AeSender:
         try:
             if record.prospect_id is None:
                 return Learned(prospect_id=await _create_prospect_once(ae, effect, attempt))
-            await ae.update_prospect(record.prospect_id, _wanted_in_ae(effect))
+            await ae.set_prospect(record.prospect_id, _wanted_in_ae(effect))
             return Learned()
         except AeQuotaExhausted:
             raise  # transient: tomorrow's quota will do
@@ -109,7 +109,7 @@ async def _made_prospect(
 async def _adopt_prospect(ae: AeClient, found: AeProspect, effect: AeProspectUpsert) -> int:
     has = (found.assigned_user_id, found.assigned_queue_id, found.salesforce_id)
     if has != (effect.assigned_user_id, effect.assigned_queue_id, effect.salesforce_id):
-        await ae.update_prospect(found.id, _wanted_in_ae(effect))
+        await ae.set_prospect(found.id, _wanted_in_ae(effect))
     return found.id
 
 

@@ -135,6 +135,20 @@ async def test_assigning_a_user_clears_the_queue_owner(sim: AeSimState, ae: AeCl
     assert (updated.assigned_user_id, updated.assigned_queue_id) == (user["id"], None)
 
 
+async def test_set_prospect_applies_the_change_and_a_refusal_still_raises(
+    sim: AeSimState, ae: AeClient
+) -> None:
+    user = sim.add_user("rep@example.com")
+    seeded = sim.add_prospect("p@example.com", assigned_queue_id="00G5e000001QueueAAA")
+
+    await ae.set_prospect(seeded["id"], AeProspectFields(assigned_user_id=user["id"]))
+
+    assert sim.prospects[seeded["id"]]["assignedUserId"] == user["id"]
+    assert sim.prospects[seeded["id"]]["assignedQueueId"] is None
+    with pytest.raises(AeNotFound):
+        await ae.set_prospect(9999, AeProspectFields(assigned_user_id=user["id"]))
+
+
 async def test_seeded_prospects_sharing_an_email_are_all_found(
     sim: AeSimState, ae: AeClient
 ) -> None:

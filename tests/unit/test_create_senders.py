@@ -50,9 +50,9 @@ class FakeAe:
         self.looks += 1
         return [p for p in self.prospects if p.email == email]
 
-    async def update_prospect(self, prospect_id: int, changes: AeProspectFields) -> AeProspect:
+    async def set_prospect(self, prospect_id: int, changes: AeProspectFields) -> None:
+        assert any(p.id == prospect_id for p in self.prospects)
         self.updates.append((prospect_id, changes.model_dump(exclude_unset=True)))
-        return next(p for p in self.prospects if p.id == prospect_id)
 
     def add(self, **fields: Any) -> AeProspect:
         prospect = AeProspect(id=5001 + len(self.prospects), **fields)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
@@ -28,6 +30,37 @@ def _json_text(value: Any) -> str:
 JSON_CODEC: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
 
 
+# A pooled connection returned less than this long ago is handed out without a ping.
+PING_IDLE_S = 1.0
+_RETURNED_AT = "ownersync_returned_at"
+
+
+def _ping_when_idle(engine: AsyncEngine, idle: float) -> None:
+    """Ping a pooled connection before it is handed out, as `pool_pre_ping` does, unless it
+    was opened or returned less than `idle` seconds ago: then it just worked, and the ping
+    (BEGIN, a query, ROLLBACK on asyncpg: three round trips) would be most of the cost of a
+    short read. A connection that fails its ping is replaced; one that dies right after its
+    last use fails that use, and SQLAlchemy then replaces every pooled connection."""
+    sync = engine.sync_engine
+    dialect = sync.dialect
+
+    def stamp(_dbapi_connection: Any, record: Any, *_: Any) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    def ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get(_RETURNED_AT)
+        if returned is not None and time.monotonic() - returned < idle:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection failed its ping: {exc!r}") from exc
+
+    event.listen(sync, "connect", stamp)
+    event.listen(sync, "checkin", stamp)
+    event.listen(sync, "checkout", ping)
+
+
 def make_engine(
     database_url: str,
     *,
@@ -35,9 +68,11 @@ def make_engine(
     connect_timeout: float = 5.0,
     command_timeout: float = 30.0,
     statement_timeout_ms: int = 20000,
+    ping_idle: float = PING_IDLE_S,
 ) -> AsyncEngine:
     """An engine whose every Postgres connection has a connect timeout, a client-side command
-    timeout (a black-holed server is given up on) and a server-side statement_timeout."""
+    timeout (a black-holed server is given up on) and a server-side statement_timeout, and is
+    pinged before use when it sat in the pool longer than `ping_idle` seconds."""
     if database_url.startswith("sqlite"):
         engine = create_async_engine(database_url, **JSON_CODEC)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -47,15 +82,16 @@ def make_engine(
         "command_timeout": command_timeout,
         "server_settings": {"statement_timeout": str(statement_timeout_ms)},
     }
-    return create_async_engine(
+    engine = create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_timeout=connect_timeout + command_timeout,
         connect_args=connect_args,
         **JSON_CODEC,
     )
+    _ping_when_idle(engine, ping_idle)
+    return engine
 
 
 def alembic_config(database_url: str) -> Any:
