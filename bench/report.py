@@ -100,8 +100,14 @@ def render(r: dict[str, Any], console: Console) -> None:
         console.print(
             "Postgres autovacuum is OFF on this server: "
             + (
-                f"the bench ran ANALYZE on the busy tables every {every:g}s "
-                f"({cfg.get('analyze_runs', 0)} times), as autovacuum would."
+                f"every {every:g}s the bench ANALYZEd each busy table whose changed rows "
+                "passed autovacuum's threshold (50 + 10% of its rows), as autovacuum would: "
+                + (
+                    ", ".join(f"{t} x{n}" for t, n in sorted(cfg["analyzed"].items()))
+                    if cfg.get("analyzed")
+                    else "none was due"
+                )
+                + "."
                 if every
                 else "nothing analyzes the tables (--analyze-every 0); plans cached while "
                 "they were empty stay."

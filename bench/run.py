@@ -174,8 +174,9 @@ class Bench:
         if every > 0:
             _say(
                 self.o,
-                f"autovacuum is {'on' if autovacuum else 'off'} on this server: ANALYZE "
-                f"{', '.join(db.BUSY_TABLES)} every {every:g}s (--analyze-every 0: never)",
+                f"autovacuum is {'on' if autovacuum else 'off'} on this server: every {every:g}s "
+                f"ANALYZE whichever of {', '.join(db.BUSY_TABLES)} autovacuum would "
+                "(--analyze-every 0: never)",
             )
             self.analyzer = db.Analyzer(self.o.database_url, every)
             self.analyzer.start()
@@ -242,6 +243,7 @@ class Bench:
         if self.analyzer is not None:
             await self.analyzer.stop()
             self.results["config"]["analyze_runs"] = self.analyzer.runs
+            self.results["config"]["analyzed"] = dict(self.analyzer.tables)
         self.services.stop()
         self.results["memory_mb"] = {
             name: s.peak_mb for name, s in self.services.items.items() if s.peak_mb is not None
