@@ -125,6 +125,20 @@ class Services:
                 service.proc.kill()
         service.proc.wait()
 
+    def pause(self, name: str, timeout: float = 30.0) -> None:
+        """Stop one service gracefully (SIGTERM, then SIGKILL past `timeout`), keeping its
+        peak memory so far; `restart` starts it again."""
+        service = self.items[name]
+        if service.alive():
+            service.peak_mb = _max(service.peak_mb, peak_rss_mb(service.pid))
+            with contextlib.suppress(ProcessLookupError):
+                service.proc.send_signal(signal.SIGTERM)
+            try:
+                service.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                service.proc.kill()
+                service.proc.wait()
+
     def restart(self, name: str) -> Service:
         """Start a stopped (or killed) service again with the same command and settings; its
         log goes on in the same file."""
@@ -169,7 +183,7 @@ class Services:
         """Peak memory first (VmHWM), then SIGTERM to each of our own processes, by pid."""
         for service in self.items.values():
             if service.alive():
-                service.peak_mb = peak_rss_mb(service.pid)
+                service.peak_mb = _max(service.peak_mb, peak_rss_mb(service.pid))
                 with contextlib.suppress(ProcessLookupError):
                     service.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -180,6 +194,10 @@ class Services:
                 with contextlib.suppress(ProcessLookupError):
                     service.proc.kill()
                 service.proc.wait()
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _spawn(
