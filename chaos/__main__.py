@@ -76,7 +76,8 @@ def render(result: Result) -> None:
             print(f"      {example}")
     print(
         f"  inbox: {info['events_in_inbox']}/{info['events']} events played; "
-        f"outbox {info['outbox']}; broker {info['broker']}"
+        f"outbox {info['outbox']}; broker {info['broker']}; "
+        f"AE imports (bulk mode) by status {info.get('ae_imports') or {}}"
     )
     if info["dead_effect_reasons"]:
         print(f"  dead effects by reason: {info['dead_effect_reasons']}")

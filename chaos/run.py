@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,11 @@ class Chaos:
                 "OWNERSYNC_LOG_LEVEL": "WARNING",
                 "OWNERSYNC_METRICS_PORT": "0",
                 "OWNERSYNC_SLA_INTERVAL_MS": "200",
+                # Bulk mode from a backlog of 50 owner updates, its imports read every 200 ms:
+                # the AE outages and lost answers below then hit imports too, not only the
+                # one-by-one path.
+                "OWNERSYNC_AE_BULK_THRESHOLD": "50",
+                "OWNERSYNC_AE_BULK_POLL_MS": "200",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -374,6 +380,7 @@ class Chaos:
             "events_in_inbox": int(seen),
             "broker": depths,
             "outbox": outbox,
+            "ae_imports": dict(Counter(str(i.get("status")) for i in ae.get("imports", []))),
             "dead_effect_reasons": await self._dead_reasons(conn),
             "parked_reasons": await self._parked_reasons() if depths.get("dead-letters") else {},
             "unplanned_exits": dict(self.unplanned_exits),
