@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -97,10 +96,7 @@ def syncer() -> None:
 @roles_app.command()
 def relay() -> None:
     """Run the outbox relay: sends committed effects to AE (and SF) with retries."""
-    settings = load_settings()
-    if settings.relay_nice:
-        os.nice(settings.relay_nice)  # its own process only: `run` keeps every role equal
-    _serve(settings, ("relay",))
+    _serve(load_settings(), ("relay",))
 
 
 @roles_app.command()

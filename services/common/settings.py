@@ -170,14 +170,6 @@ class Settings(BaseSettings):
     relay_replica_id: str | None = Field(
         None, max_length=128, description="this relay's name in leases; unset = host:pid"
     )
-    relay_nice: int = Field(
-        10,
-        ge=0,
-        le=19,
-        description="niceness a process running the relay alone (`ownersync relay`) gives "
-        "itself: sharing a machine, the decisions SF and AE wait on get the CPU first and the "
-        "relay, whose sends are asynchronous anyway, takes what is left; 0 = as every role",
-    )
 
     use_simulators: bool | None = Field(
         None,
