@@ -117,10 +117,10 @@ class Chaos:
                 "OWNERSYNC_LOG_LEVEL": "WARNING",
                 "OWNERSYNC_METRICS_PORT": "0",
                 "OWNERSYNC_SLA_INTERVAL_MS": "200",
-                # Bulk mode from a backlog of 50 owner updates, its imports read every 200 ms:
+                # Bulk mode from a backlog of 10 owner updates, its imports read every 200 ms:
                 # the AE outages and lost answers below then hit imports too, not only the
                 # one-by-one path.
-                "OWNERSYNC_AE_BULK_THRESHOLD": "50",
+                "OWNERSYNC_AE_BULK_THRESHOLD": "10",
                 "OWNERSYNC_AE_BULK_POLL_MS": "200",
                 "PYTHONUNBUFFERED": "1",
             }
