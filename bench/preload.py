@@ -337,7 +337,7 @@ async def _fill(url: str, table: str, args: tuple[Any, ...], start: int, count: 
         await conn.close()
 
 
-async def preload(url: str, owners: Owners, start: int, count: int) -> dict[str, float]:
+async def preload(url: str, owners: Owners, start: int, count: int) -> dict[str, float | None]:
     """Rows `start` .. `start + count - 1` of each table (a bigger preload continues a smaller
     one); returns the seconds spent inserting, building the indexes again, vacuuming and
     analyzing, and checkpointing."""
