@@ -29,7 +29,19 @@ PRELOAD = 2000
 
 def test_quick_benchmark_completes_with_every_figure() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", "--preload", str(PRELOAD), *SERVICES],
+        # --no-relay-rate: bench.relay_rate's phases (rate, reassign, bulk burst) have their own
+        # smoke test, tests/integration/test_relay_rate_smoke.py; here they would cost ~30 s.
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--json",
+            "--no-relay-rate",
+            "--preload",
+            str(PRELOAD),
+            *SERVICES,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -87,11 +99,5 @@ def test_quick_benchmark_completes_with_every_figure() -> None:
     reference = figures["preload_reference"]
     assert reference["complete"]
     assert level["ratio_to_empty"] == pytest.approx(level["rate"] / reference["rate"])
-    relay = figures["relay_rate"]
-    assert "error" not in relay, relay
-    assert relay["rate"]["writes"] > 0 and relay["rate"]["rate"] > 0
-    assert relay["reassign"]["most_writes_of_a_record"] == 1
-    assert relay["reassign"]["final_owner_correct"] == relay["reassign"]["records"]
-    burst = relay["burst"]  # --quick: 2,000 reassignments, bulk mode on
-    assert burst["final_owner_correct"] == burst["records"] == 2000 and burst["imports"] >= 1
+    assert "relay_rate" not in figures  # skipped as asked
     assert set(figures["verdicts"]) == {"throughput", "p99", "memory", "ae_calls", "preload"}
