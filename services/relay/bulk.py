@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import distinct, exists, func, select, update
+from sqlalchemy import and_, distinct, exists, func, select, update
 
 from services.common import metrics
 from services.common.ae_client import (
@@ -71,7 +71,7 @@ from services.common.ae_client import (
     AeRequestRejected,
     AeTransientError,
 )
-from services.common.db.store import record_from_row
+from services.common.db.store import one_of, record_from_row
 from services.common.db.tables import outbox, records, relay_leases
 from services.common.domain import AeProspectUpsert, Learned, RecordState
 from services.relay.relay import SEND_WINDOW, Outcome, Relay, _Claim, db_now
@@ -87,6 +87,15 @@ OWNER_COLUMN = "assignedUserId"
 # Status reads of a running import: every `poll` seconds at first, then 1.5 times longer each
 # time, up to 30 s.
 POLL_GROWTH, POLL_MAX = 1.5, 30.0
+
+# A fresh AE owner update: the outbox row never tried, and its record (joined or in EXISTS)
+# has a prospect and a user to own it; an import can make it.
+_FRESH_ROW = (
+    outbox.c.kind == AeProspectUpsert.kind,
+    outbox.c.status == "pending",
+    outbox.c.attempts == 0,
+)
+_OWNER_UPDATE = (records.c.prospect_id.is_not(None), records.c.ae_assigned_user_id.is_not(None))
 
 # Records per statement: a lease insert binds 4 parameters per record.
 CHUNK = 2000
@@ -249,42 +258,23 @@ class BulkMode:
                     metrics.AE_BULK_RECORDS.labels(tenant, outcome).inc(count)
         return result
 
-    def leave_to_bulk(self, now: datetime) -> list[Any]:
+    def leave_to_bulk(self) -> list[Any]:
         """What the normal claim adds while tenants' backlogs go by import: it leaves alone
         their fresh owner updates (one import carries them), and takes everything else."""
         if not self.busy:
             return []
-        fresh = exists().where(
-            records.c.id == outbox.c.record_id,
-            records.c.prospect_id.is_not(None),
-            records.c.ae_assigned_user_id.is_not(None),
-        )
-        return [
-            ~(
-                outbox.c.tenant_id.in_(sorted(self.busy))
-                & (outbox.c.kind == AeProspectUpsert.kind)
-                & (outbox.c.status == "pending")
-                & (outbox.c.attempts == 0)
-                & fresh
-            )
-        ]
+        owner_update = exists().where(records.c.id == outbox.c.record_id, *_OWNER_UPDATE)
+        return [~and_(outbox.c.tenant_id.in_(sorted(self.busy)), *_FRESH_ROW, owner_update)]
 
     # --- claim ----------------------------------------------------------------------------
 
     def _fresh(self, now: datetime) -> list[Any]:
-        """Rows an import may take: AE owner updates never tried, of records not leased."""
+        """Rows an import may take (joined to their records): fresh owner updates, due, of
+        records not leased."""
         held = exists().where(
             relay_leases.c.record_id == outbox.c.record_id, relay_leases.c.expires_at > now
         )
-        return [
-            outbox.c.kind == AeProspectUpsert.kind,
-            outbox.c.status == "pending",
-            outbox.c.attempts == 0,
-            outbox.c.next_attempt_at <= now,
-            records.c.prospect_id.is_not(None),
-            records.c.ae_assigned_user_id.is_not(None),
-            ~held,
-        ]
+        return [*_FRESH_ROW, *_OWNER_UPDATE, outbox.c.next_attempt_at <= now, ~held]
 
     async def _claim(self, tenant: str) -> list[_Claim]:
         relay = self.relay
@@ -432,12 +422,9 @@ class BulkMode:
 
     async def _current(self, record_ids: list[int]) -> dict[int, RecordState]:
         """The records' latest decided states, read as the import starts."""
-        states: dict[int, RecordState] = {}
         async with self.relay.engine.connect() as conn:
-            for part in _chunks(record_ids):
-                rows = await conn.execute(select(records).where(records.c.id.in_(part)))
-                states.update((row.id, record_from_row(row)) for row in rows)
-        return states
+            rows = await conn.execute(select(records).where(one_of(conn, records.c.id, record_ids)))
+            return {row.id: record_from_row(row) for row in rows}
 
     # --- settle ---------------------------------------------------------------------------
 
@@ -482,18 +469,15 @@ class BulkMode:
                 for group in claim.groups
                 for row_id in group.row_ids
             ]
-            for part in _chunks(rows):
-                await conn.execute(
-                    update(outbox)
-                    .where(
-                        outbox.c.id.in_(part),
-                        outbox.c.status == "sending",
-                        outbox.c.lease_owner == relay.owner,
-                    )
-                    .values(
-                        status="pending", lease_owner=None, lease_version=None, last_error=reason
-                    )
+            await conn.execute(
+                update(outbox)
+                .where(
+                    one_of(conn, outbox.c.id, rows),
+                    outbox.c.status == "sending",
+                    outbox.c.lease_owner == relay.owner,
                 )
+                .values(status="pending", lease_owner=None, lease_version=None, last_error=reason)
+            )
 
     def _awake(self, tenant: str) -> bool:
         return asyncio.get_running_loop().time() >= self._resting.get(tenant, 0.0)

@@ -47,12 +47,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, assert_never
 
-from sqlalchemy import any_, bindparam, exists, func, select, text, tuple_, update
+from sqlalchemy import bindparam, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common import metrics, tracing
-from services.common.db.store import Answered, apply_relay_answers, record_from_row
+from services.common.db.store import Answered, apply_relay_answers, one_of, record_from_row
 from services.common.db.tables import outbox, records, relay_leases
 from services.common.domain import (
     AeProspectUpsert,
@@ -151,7 +151,7 @@ class RunsBeside(Protocol):
 
     async def run(self, stop: asyncio.Event) -> None: ...
 
-    def leave_to_bulk(self, now: datetime) -> list[Any]:
+    def leave_to_bulk(self) -> list[Any]:
         """Conditions the normal claim adds: it leaves alone the rows bulk mode will take."""
         ...
 
@@ -209,9 +209,8 @@ READ_AHEAD = 2
 class StateReader:
     """Reads records' current rows for the sends that ask within `window` seconds of the first
     (0: the same loop turn), in ONE query: a send asks once it holds its lane, just before its
-    call, so a burst of sends costs one connection and one round trip, not one each. The
-    statement is built once (on Postgres `id = ANY(:ids)`, one prepared statement whatever
-    the count)."""
+    call, so a burst of sends costs one connection and one round trip, not one each
+    (`store.one_of`: on Postgres `id = ANY(:ids)`, one prepared statement whatever the count)."""
 
     def __init__(self, engine: AsyncEngine, *, window: float = 0.001) -> None:
         self.engine = engine
@@ -219,7 +218,6 @@ class StateReader:
         self.queries = 0  # for tests and benches: how many reads were made
         self._waiting: dict[int, list[asyncio.Future[Any]]] = {}
         self._reading: asyncio.Task[None] | None = None
-        self._statement: Any = None
 
     async def read(self, record_id: int) -> Any:
         """The `records` row of `record_id` as it is now (read after this call), or None."""
@@ -240,7 +238,8 @@ class StateReader:
                 if conn.dialect.name == "postgresql":
                     # One statement sees one snapshot: no BEGIN and ROLLBACK round trips.
                     await conn.execution_options(isolation_level="AUTOCOMMIT")
-                rows = (await conn.execute(self._by_ids(conn), {"ids": list(waiting)})).all()
+                query = select(records).where(one_of(conn, records.c.id, waiting))
+                rows = (await conn.execute(query)).all()
             self.queries += 1
             found = {row._mapping[records.c.id]: row for row in rows}
         except BaseException as exc:
@@ -262,16 +261,6 @@ class StateReader:
             for waiter in waiters:
                 if not waiter.done():  # its send was cancelled meanwhile
                     waiter.set_result(found.get(record_id))
-
-    def _by_ids(self, conn: AsyncConnection) -> Any:
-        if self._statement is None:
-            if conn.dialect.name == "postgresql":
-                ids = bindparam("ids", type_=postgresql.ARRAY(records.c.id.type))
-                self._statement = select(records).where(records.c.id == any_(ids))
-            else:
-                ids = bindparam("ids", expanding=True)
-                self._statement = select(records).where(records.c.id.in_(ids))
-        return self._statement
 
 
 class Relay:
@@ -491,7 +480,7 @@ class Relay:
                 outbox.c.created_at <= now - self.coalesce,
                 outbox.c.kind.in_(self.senders.kinds),
                 ~held,
-                *(self.bulk.leave_to_bulk(now) if self.bulk is not None else ()),
+                *(self.bulk.leave_to_bulk() if self.bulk is not None else ()),
             )
             if conn.dialect.name == "postgresql":
                 due = due.with_for_update(of=outbox, skip_locked=True)
