@@ -22,9 +22,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.ae_client import AeQuotaExhausted
+from services.common.db.engine import single_statements
 
 log = logging.getLogger("ownersync.relay")
 
@@ -156,7 +157,7 @@ class SharedAeLimits:
         if self.daily_quota is None:
             return
         params = {"unit": self.unit, "zone": self.timezone, "quota": self.daily_quota}
-        async with self._statement() as conn:
+        async with single_statements(self.engine) as conn:
             calls = (await conn.execute(_SPEND, params)).scalar_one_or_none()
         if calls is None:
             self._remaining = 0
@@ -174,7 +175,7 @@ class SharedAeLimits:
             "lease": self.slot_lease,
         }
         while True:
-            async with self._statement() as conn:
+            async with single_statements(self.engine) as conn:
                 if not self._ready:
                     await conn.execute(_SLOTS, {"unit": self.unit, "n": self.max_concurrency})
                     self._ready = True
@@ -183,18 +184,10 @@ class SharedAeLimits:
                 return _Slot(int(slot), holder, asyncio.get_running_loop().time())
             await asyncio.sleep(random.uniform(self.poll / 2, self.poll))
 
-    @asynccontextmanager
-    async def _statement(self) -> AsyncIterator[AsyncConnection]:
-        """A connection in autocommit: each statement here is a transaction of its own (one
-        round trip per call, where BEGIN and COMMIT made three)."""
-        async with self.engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            yield conn
-
     async def _give_back(self, slot: _Slot) -> None:
         params = {"unit": self.unit, "slot": slot.number, "holder": slot.holder}
         try:
-            async with self._statement() as conn:
+            async with single_statements(self.engine) as conn:
                 await conn.execute(_GIVE_BACK, params)
         except Exception:
             # Not fatal: the slot's lease ends it.

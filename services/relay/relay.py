@@ -52,6 +52,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common import metrics, tracing
+from services.common.db.engine import single_statements
 from services.common.db.store import Answered, apply_relay_answers, one_of, record_from_row
 from services.common.db.tables import outbox, records, relay_leases
 from services.common.domain import (
@@ -234,10 +235,7 @@ class StateReader:
             await asyncio.sleep(self.window)
             # Whoever asks from here on waits for the next read: this one may have begun.
             waiting, self._waiting, self._reading = self._waiting, {}, None
-            async with self.engine.connect() as conn:
-                if conn.dialect.name == "postgresql":
-                    # One statement sees one snapshot: no BEGIN and ROLLBACK round trips.
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+            async with single_statements(self.engine) as conn:  # one statement, one snapshot
                 query = select(records).where(one_of(conn, records.c.id, waiting))
                 rows = (await conn.execute(query)).all()
             self.queries += 1
