@@ -151,7 +151,7 @@ async def relay_phase(
         await services.wait_ready()
         _say(quiet, f"rate: {relays} relay process(es) sending, AE answers in {latency_ms} ms")
         await _until_sent(engine, services, settle_timeout, "rate")
-        calls = await _ae_calls(ae_url)
+        calls = _ae_calls(await _sim_state(ae_url))
         writes = [c for c in calls if c["write"]]
         span = max(c["end"] for c in writes) - min(c["start"] for c in writes)
         mean_latency = sum(c["end"] - c["start"] for c in writes) / len(writes)
@@ -174,8 +174,8 @@ async def relay_phase(
         before = len(calls)
         received, final = await _reassign(engine, count, times)
         await _until_sent(engine, services, settle_timeout, "reassign")
-        calls = (await _ae_calls(ae_url))[before:]
-        prospects = await _prospects(ae_url)
+        state = await _sim_state(ae_url)
+        calls, prospects = _ae_calls(state)[before:], _prospects(state)
         by_prospect = await _prospect_records(engine, count)
         figures["reassign"] = _reassign_figures(
             calls, prospects, by_prospect, received, final, count, times
@@ -214,35 +214,20 @@ async def _burst(
         # An import takes AE a while: the relay reads its status more than once.
         answer = await client.post(f"{ae_url}/_sim/faults", json={"import_seconds": IMPORT_SECONDS})
         answer.raise_for_status()
-    before = len(await _ae_calls(ae_url))
+    before = len((await _sim_state(ae_url))["timedCalls"])
     leads = [_lead(BURST_LEAD + n) for n in range(count)]
     stamp = CREATED + timedelta(days=1)
     started = time.monotonic()
     for start in range(0, count, BATCH):
         now = datetime.now(UTC)
-        batch = []
-        for lead in leads[start : start + BATCH]:
-            source = uuid.uuid4().hex
-            batch.append(
-                SfRecordEvent(
-                    type=SF_RECORD_REASSIGNED,
-                    tenant=TENANT,
-                    event_id=event_id_for(TENANT, "sf", source),
-                    source_id=source,
-                    occurred_at=stamp,
-                    received_at=now,
-                    payload=SfRecord(
-                        object="Lead", record_id=lead, owner_id=BOB_SF, system_modstamp=stamp
-                    ),
-                )
-            )
+        batch = [_reassignment(lead, BOB_SF, stamp, now) for lead in leads[start : start + BATCH]]
         async with engine.begin() as conn:
             await apply_sf_events(conn, batch, now)
     decided = time.monotonic() - started
     await _until_sent(engine, services, within, "burst")
     drained = time.monotonic() - started
-    calls = (await _ae_calls(ae_url))[before:]
-    prospects = await _prospects(ae_url)
+    state = await _sim_state(ae_url)
+    calls, prospects = _ae_calls(state)[before:], _prospects(state)
     burst_ids = range(BURST_PROSPECT, BURST_PROSPECT + count)
     correct = sum(prospects[p]["assignedUserId"] == AE_USER[BOB_SF] for p in burst_ids)
     imports = [c for c in calls if c["path"].startswith(IMPORTS)]
@@ -387,23 +372,8 @@ async def _reassign(engine: Any, count: int, times: int) -> tuple[dict[str, floa
         stamp = CREATED + timedelta(minutes=round_no)
         for lead in owner:
             owner[lead] = BOB_SF if owner[lead] == ALICE_SF else ALICE_SF
-            source = uuid.uuid4().hex
-            events.append(
-                SfRecordEvent(
-                    type=SF_RECORD_REASSIGNED,
-                    tenant=TENANT,
-                    event_id=event_id_for(TENANT, "sf", source),
-                    source_id=source,
-                    occurred_at=stamp,
-                    received_at=stamp,  # set as each batch is received, below
-                    payload=SfRecord(
-                        object="Lead",
-                        record_id=lead,
-                        owner_id=owner[lead],
-                        system_modstamp=stamp,
-                    ),
-                )
-            )
+            # received_at is set as each batch is received, below
+            events.append(_reassignment(lead, owner[lead], stamp, stamp))
     for start in range(0, len(events), BATCH):
         now = datetime.now(UTC)
         batch = [e.model_copy(update={"received_at": now}) for e in events[start : start + BATCH]]
@@ -412,6 +382,20 @@ async def _reassign(engine: Any, count: int, times: int) -> tuple[dict[str, floa
         for event in batch:
             received[event.payload.record_id] = now.timestamp()
     return received, owner
+
+
+def _reassignment(lead: str, owner: str, stamp: datetime, received: datetime) -> SfRecordEvent:
+    """SF's notification that `lead` now belongs to `owner`, as of `stamp`."""
+    source = uuid.uuid4().hex
+    return SfRecordEvent(
+        type=SF_RECORD_REASSIGNED,
+        tenant=TENANT,
+        event_id=event_id_for(TENANT, "sf", source),
+        source_id=source,
+        occurred_at=stamp,
+        received_at=received,
+        payload=SfRecord(object="Lead", record_id=lead, owner_id=owner, system_modstamp=stamp),
+    )
 
 
 async def _until_sent(engine: Any, services: Services, within: float, phase: str) -> None:
@@ -428,9 +412,15 @@ async def _until_sent(engine: Any, services: Services, within: float, phase: str
         await asyncio.sleep(0.2)
 
 
-async def _ae_calls(ae_url: str) -> list[dict[str, Any]]:
+async def _sim_state(ae_url: str) -> dict[str, Any]:
+    """The AE simulator's state: its timed calls and its prospects, read once per measurement
+    (with tens of thousands of prospects it is megabytes of JSON)."""
     async with httpx.AsyncClient(timeout=120.0) as client:
-        state = (await client.get(f"{ae_url}/_sim/state")).json()
+        state: dict[str, Any] = (await client.get(f"{ae_url}/_sim/state")).json()
+    return state
+
+
+def _ae_calls(state: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {
             "start": start,
@@ -444,9 +434,7 @@ async def _ae_calls(ae_url: str) -> list[dict[str, Any]]:
     ]
 
 
-async def _prospects(ae_url: str) -> dict[int, dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=120.0) as client:
-        state = (await client.get(f"{ae_url}/_sim/state")).json()
+def _prospects(state: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {p["id"]: p for p in state["prospects"]}
 
 
