@@ -34,7 +34,6 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from json import dumps as json_dumps
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 from zoneinfo import ZoneInfo
@@ -221,7 +220,7 @@ class AeClient:
         self._http = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout,
-            headers={"Pardot-Business-Unit-Id": business_unit_id, "Accept": "application/json"},
+            headers={"Pardot-Business-Unit-Id": business_unit_id, "Accept": JSON},
             limits=httpx.Limits(max_keepalive_connections=max_concurrency),
         )
         self._tokens = tokens
@@ -318,7 +317,7 @@ class AeClient:
         exist all the same (it stays Open, never processed)."""
         spec = {"operation": "Upsert", "object": "Prospect", "createOnNoMatch": False}
         files = {
-            "input": (None, json_dumps(spec), "application/json"),
+            "input": (None, orjson.dumps(spec), JSON),
             "importFile": (filename, csv_text.encode(), "text/csv"),
         }
         data = await self._request("POST", IMPORTS, files=files, repeatable=False)

@@ -686,6 +686,16 @@ def _imports_router() -> APIRouter:
     return router
 
 
+def _seed(state: AeSimState, seed: SeedProspect) -> dict[str, Any]:
+    return state.add_prospect(
+        seed.email,
+        assigned_user_id=seed.assignedUserId,
+        assigned_queue_id=seed.assignedQueueId,
+        salesforce_id=seed.salesforceId,
+        prospect_id=seed.id,
+    )
+
+
 def _control_router() -> APIRouter:
     router = APIRouter(prefix="/_sim")
 
@@ -714,26 +724,14 @@ def _control_router() -> APIRouter:
     @router.post("/prospects", status_code=201)
     async def seed_prospect(request: Request, body: SeedProspect) -> dict[str, Any]:
         """A prospect made in AE itself (by a form, an import), outside the API and its log."""
-        return _sim(request).add_prospect(
-            body.email,
-            assigned_user_id=body.assignedUserId,
-            assigned_queue_id=body.assignedQueueId,
-            salesforce_id=body.salesforceId,
-            prospect_id=body.id,
-        )
+        return _seed(_sim(request), body)
 
     @router.post("/prospects/many", status_code=201)
     async def seed_prospects(request: Request, body: list[SeedProspect]) -> dict[str, int]:
         """Many prospects made in AE itself at once (a benchmark's starting point)."""
         state = _sim(request)
         for seed in body:
-            state.add_prospect(
-                seed.email,
-                assigned_user_id=seed.assignedUserId,
-                assigned_queue_id=seed.assignedQueueId,
-                salesforce_id=seed.salesforceId,
-                prospect_id=seed.id,
-            )
+            _seed(state, seed)
         return {"count": len(body)}
 
     @router.get("/state")

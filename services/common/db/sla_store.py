@@ -151,13 +151,14 @@ async def add_timers_by_prospect(
 async def _record_ids(
     conn: AsyncConnection, keys: set[tuple[str, int]]
 ) -> dict[tuple[str, int], int]:
-    """The record id of each (tenant, prospect), in one query."""
+    """The record id of each (tenant, prospect), in one query (one prepared statement
+    whatever the number of keys, see `store.one_of`)."""
     if not keys:
         return {}
     rows = await conn.execute(
         select(records.c.tenant_id, records.c.prospect_id, records.c.id).where(
-            records.c.tenant_id.in_({k[0] for k in keys}),
-            records.c.prospect_id.in_({k[1] for k in keys}),
+            store.one_of(conn, records.c.tenant_id, {k[0] for k in keys}),
+            store.one_of(conn, records.c.prospect_id, {k[1] for k in keys}),
         )
     )
     return {
