@@ -129,7 +129,10 @@ class Settings(BaseSettings):
     )
     ae_bulk_size: int = Field(10_000, ge=1, description="records per AE import")
     ae_bulk_lease_seconds: float = Field(
-        600.0, gt=0, description="how long records sent by import are leased (the import's limit)"
+        600.0,
+        gt=0,
+        description="the longest an AE import may take before its records go one by one "
+        "(their leases, the relay's own, are renewed while it runs)",
     )
     ae_bulk_poll_ms: int = Field(2000, ge=10, description="how often an import's status is read")
 

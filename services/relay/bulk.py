@@ -20,7 +20,8 @@ When. Every `interval` bulk mode counts, per tenant, the records with a fresh AE
 waiting: never tried (attempts 0: a row that failed once, in an import or alone, goes one by
 one), the prospect exists (not a create) and the owner is a user (not an un-assign, not a queue).
 Above `threshold` up to `size` of them are leased (like the normal claim, fenced by the same
-`relay_leases` versions, but for `lease` seconds: an import takes longer than a call) and
+`relay_leases` versions and the relay's own lease, renewed every third of it while the import
+runs: an import takes longer than a call) and
 their rows marked `sending`. While a tenant's backlog goes by import the normal claim leaves
 those fresh owner updates alone (`leave_to_bulk`) and sends everything else; a tenant whose
 import could not be made rests for `cooldown`, its rows going one by one meanwhile. A tenant
@@ -43,10 +44,11 @@ normal send settles them (done, older rows superseded, `relay_leases.sent` recor
 batches. An error CSV whose rows cannot all be matched to prospects fails the whole import back
 to the one-by-one path: nothing is settled done that may not be.
 
-Killed or stopped mid-import: nothing is settled; the rows stay `sending` under their lease and
-the normal claim sends them once it expires (the import has had the whole lease to finish by
-then). An import still unfinished at `SEND_WINDOW` of the lease is given up: its records go one
-by one, which may race with AE finishing the import late (same owners, unless they changed).
+Killed or stopped mid-import: nothing is settled and nothing renews the leases; the rows stay
+`sending` until their lease ends (within one relay lease, 60 s) and the normal claim sends them.
+An import still unfinished at `SEND_WINDOW` of `lease` (the longest an import may take) is given
+up: its records go one by one, which may race with AE finishing the import late (same owners,
+unless they changed).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import contextlib
 import csv
 import io
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -177,7 +179,8 @@ class BulkMode:
         refused_rest: float = 3600.0,
     ) -> None:
         """`threshold`: records waiting in one tenant above which an import starts (0: off);
-        `size`: records per import; `lease`: seconds the records are leased for;
+        `size`: records per import; `lease`: the longest an import may take (the records'
+        leases are the relay's own, renewed meanwhile);
         `poll`: seconds before the first status read (then longer); `cooldown`: seconds a
         tenant's bulk mode rests after an import that failed as a whole; `refused_rest`: after
         AE refused to create one (4xx: no Import API, or the user may not import or assign)."""
@@ -293,7 +296,7 @@ class BulkMode:
                 return []
             claims = []
             for part in _chunks(wanted):
-                taken = await relay._take_leases(conn, part, now, lease=self.lease)
+                taken = await relay._take_leases(conn, part, now)
                 claims += await relay._gather(conn, taken, [AeProspectUpsert.kind])
         deadline = asyncio.get_running_loop().time() + self.lease.total_seconds() * SEND_WINDOW
         for claim in claims:
@@ -330,7 +333,8 @@ class BulkMode:
                 owners.append((prospect, user))
         if owners:
             log.info("bulk import of %d owners for %s", len(owners), tenant)
-            imported = await self._run_import(tenant, client, owners, claims, result)
+            async with self._renewing(claims):
+                imported = await self._run_import(tenant, client, owners, claims, result)
             if imported is None:
                 return  # put back, or left to the leases
             failures, all_failed = imported
@@ -355,6 +359,40 @@ class BulkMode:
             result.unchanged,
             result.not_bulk,
         )
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self, claims: list[_Claim]) -> AsyncIterator[None]:
+        """Keep the claims' leases (the relay's own, 60 s) alive while the import runs, renewed
+        every third of a lease: a relay that dies mid-import stops renewing, and its records go
+        to another relay within one lease, as after any send. Only a lease still held is
+        renewed, never one that ran out (another relay may hold it by now)."""
+        relay = self.relay
+        ids = [claim.record_id for claim in claims]
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(relay.lease.total_seconds() / 3)
+                try:
+                    async with relay.engine.begin() as conn:
+                        now = await db_now(conn)
+                        await conn.execute(
+                            update(relay_leases)
+                            .where(
+                                one_of(conn, relay_leases.c.record_id, ids),
+                                relay_leases.c.owner == relay.owner,
+                                relay_leases.c.expires_at > now,
+                            )
+                            .values(expires_at=now + relay.lease)
+                        )
+                except Exception:
+                    log.warning("bulk mode could not renew the leases of %d records", len(ids))
+
+        renewer = asyncio.create_task(renew(), name="relay-bulk-renew")
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
 
     async def _run_import(
         self,

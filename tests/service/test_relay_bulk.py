@@ -238,8 +238,8 @@ async def test_a_relay_killed_mid_import_loses_nothing(world: World) -> None:
     await world.created(count)
     world.ae.import_seconds = 0.6
     await world.reassigned(count, BOB_SF)
-    relay = world.relay(owner="killed")
-    task = asyncio.create_task(world.bulk(relay, lease=0.8).run_once("acme"))
+    relay = world.relay(owner="killed", lease=0.8)
+    task = asyncio.create_task(world.bulk(relay).run_once("acme"))
     async with asyncio.timeout(10):
         while not world.import_calls("PATCH"):  # submitted: the import is under way
             await asyncio.sleep(0.01)
@@ -298,5 +298,28 @@ async def test_an_import_refused_by_ae_rests_bulk_mode_and_the_owners_go_one_by_
     assert not bulk._due("acme", count)  # resting for the hour, though above the threshold
     await drain(relay, world)
     assert world.patched() == count
+    assert world.owners() == {BOB_AE}
+    assert await world.statuses() == {"done"}
+
+
+async def test_an_import_longer_than_a_lease_keeps_its_records_leased_by_renewing(
+    world: World,
+) -> None:
+    count = 20
+    await world.created(count)
+    world.ae.import_seconds = 2.0  # more than three of the relay's leases
+    await world.reassigned(count, BOB_SF)
+    relay = world.relay(owner="importer", lease=0.6)
+    importing = asyncio.create_task(world.bulk(relay).run_once("acme"))
+    async with asyncio.timeout(10):
+        while not world.import_calls("PATCH"):  # submitted: the import is under way
+            await asyncio.sleep(0.01)
+    other = world.relay(owner="other")
+    for _ in range(6):  # 1.8 s: three leases would have run out without renewals
+        await asyncio.sleep(0.3)
+        assert await other.run_once() == 0
+    result = await importing
+    assert (result.outcome, result.imported) == ("complete", count)
+    assert world.patched() == 0  # nobody sent them one by one meanwhile
     assert world.owners() == {BOB_AE}
     assert await world.statuses() == {"done"}
