@@ -109,7 +109,9 @@ class Workload:
     rng: random.Random = field(init=False)
     clock: datetime = field(init=False)
     pool: list[_Record] = field(default_factory=list)  # records the mixed load may reassign
-    _ids: itertools.count[int] = field(default_factory=itertools.count)
+    # SF serials grow with time: the run's ids come after those of `--preload` (whose 9 digits
+    # are decimal, so below 62**8), as a tenant's new notifications come after its old ones.
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(62**8))
     _salt: str = field(init=False)
     _next_index: int = 0  # messages are numbered across workloads, for the reassignment lag
 

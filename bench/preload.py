@@ -12,7 +12,7 @@ rows a statement, two tables at a time on their own connections): nothing crosse
 so 10 million rows each take minutes, not the better part of an hour. The indexes and the
 constraints that need an index or a per-row check (primary keys, unique and foreign keys) are
 dropped first and built again once the rows are in, as a bulk load does: one sort per index
-instead of a random B-tree insert per row (the inbox's event ids are random). They are built
+instead of a B-tree insert per row. They are built
 from their own definitions, read from the catalog before the drop, and the schema afterwards
 is compared with the one before: a difference fails the preload. The outbox's partial indexes
 stay (see below). The roles are running but idle meanwhile (the bench drains them first).
@@ -36,8 +36,8 @@ from typing import Any
 import asyncpg
 
 from bench.db import asyncpg_url
-from services.common.messages import EVENT_NAMESPACE
-from services.common.sfid import to18
+from services.common.messages import EVENT_NAMESPACE, with_serial
+from services.common.sfid import serial, to18
 
 TABLES = ("records", "inbox", "audit_log", "outbox")
 STATEMENT_ROWS = 1_000_000  # rows per INSERT: large, yet each commits and shows progress
@@ -62,10 +62,20 @@ def sf_id(prefix: str, i: int) -> str:
 
 
 def event_id(tenant: str, i: int) -> str:
-    """Preloaded notification i's event id: the uuid3 (md5, which Postgres has) of the name
-    whose uuid5 the roles would use."""
-    name = f"{tenant}/sf/{sf_id(NOTIFICATION_PREFIX, i)}"
-    return str(uuid.uuid3(EVENT_NAMESPACE, name))
+    """Preloaded notification i's event id: shaped as the roles shape it (`event_id_for`: the
+    notification's serial, then bits of a hash), with the uuid3 (md5, which Postgres has) of
+    the name for the hash."""
+    notification = sf_id(NOTIFICATION_PREFIX, i)
+    number = serial(notification)
+    assert number is not None
+    return str(with_serial(number, uuid.uuid3(EVENT_NAMESPACE, f"{tenant}/sf/{notification}")))
+
+
+# The serial (`services.common.sfid.serial`) of the preloaded id i: its 9 decimal digits read
+# in base 62.
+_SERIAL_SQL = " + ".join(
+    f"substr(lpad(i::text, 9, '0'), {k + 1}, 1)::bigint * {62 ** (8 - k)}" for k in range(9)
+)
 
 
 def _sf_id_sql(prefix: str) -> str:
@@ -81,11 +91,15 @@ create function pg_temp.record_sf_id(i bigint) returns text
   language sql immutable as $$ select {_sf_id_sql(RECORD_PREFIX)} $$;
 create function pg_temp.notification_id(i bigint) returns text
   language sql immutable as $$ select {_sf_id_sql(NOTIFICATION_PREFIX)} $$;
-create function pg_temp.uuid3(h text) returns text
+create function pg_temp.serial(i bigint) returns bigint
+  language sql immutable as $$ select {_SERIAL_SQL} $$;
+create function pg_temp.event_id(n bigint, h text) returns text
   language sql immutable as $$
-    select substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-3' || substr(h, 14, 3) || '-'
-      || substr('89ab', ('x' || substr(h, 17, 1))::bit(4)::int % 4 + 1, 1)
-      || substr(h, 18, 3) || '-' || substr(h, 21, 12) $$;
+    select substr(a, 1, 8) || '-' || substr(a, 9, 4) || '-8'
+      || lpad(to_hex(((n & 63) << 6) | (('x' || substr(h, 15, 2))::bit(8)::int & 63)), 3, '0')
+      || '-' || substr('89ab', ('x' || substr(h, 17, 1))::bit(4)::int % 4 + 1, 1)
+      || substr(h, 18, 3) || '-' || substr(h, 21, 12)
+    from (select lpad(to_hex(n >> 6), 12, '0') as a) as x $$;
 create function pg_temp.owner(i bigint, sf_id text, ae_user bigint, sf_owner text,
                               at timestamptz) returns json
   language sql stable as $$
@@ -113,7 +127,7 @@ from (select $1::text as tenant, $2::text[] as sf_users, $3::bigint[] as ae_user
                        + '{span}'::interval * (i::float8 / $6::bigint) as at) as g
 """
 # The md5 of the notification's event name (the name of its uuid5 in the roles): a subquery of
-# its own (OFFSET 0 keeps it one), so that uuid3() is inlined on a column, not on md5(...).
+# its own (OFFSET 0 keeps it one), so that event_id() is inlined on a column, not on md5(...).
 _EVENT = f"""
 cross join lateral (
   select md5(decode('{EVENT_NAMESPACE.hex}', 'hex')
@@ -134,7 +148,7 @@ select p.first_id + i, p.tenant, {PROSPECT_BASE} + i, pg_temp.record_sf_id(i), '
 {_HISTORY}""",
     "inbox": f"""
 insert into inbox (event_id, tenant_id, type, source_id, processed_at)
-select pg_temp.uuid3(event_md5), p.tenant,
+select pg_temp.event_id(pg_temp.serial(i), event_md5), p.tenant,
        case when i % 3 = 0 then 'sf.record.created' else 'sf.record.reassigned' end,
        pg_temp.notification_id(i), at
 {_RECENT}{_EVENT}""",
@@ -142,7 +156,7 @@ select pg_temp.uuid3(event_md5), p.tenant,
 insert into audit_log (id, tenant_id, record_id, event_id, source_id, event_type, rule,
                        before, after, reason, created_at)
 select p.first_id + i, p.tenant, p.first_record + i,
-       pg_temp.uuid3(event_md5), pg_temp.notification_id(i),
+       pg_temp.event_id(pg_temp.serial(i), event_md5), pg_temp.notification_id(i),
        'sf.record.reassigned', (array{list(RULES)!r})[1 + i % {len(RULES)}],
        pg_temp.owner(i, pg_temp.record_sf_id(i), p.ae_users[{_BEFORE}],
                      p.sf_users[{_BEFORE}], at),
@@ -156,7 +170,7 @@ insert into outbox (id, tenant_id, record_id, target, kind, payload, event_id, s
                     attempts, next_attempt_at, created_at, done_at)
 select p.first_id + i, p.tenant, p.first_record + i, 'ae', 'ae.prospect.upsert',
        pg_temp.upsert(p.ae_users[k], pg_temp.record_sf_id(i)),
-       pg_temp.uuid3(event_md5),
+       pg_temp.event_id(pg_temp.serial(i), event_md5),
        case when i % 4 = 0 then 'superseded' else 'done' end, 1, at, at,
        at + interval '350 milliseconds'
 {_RECENT}{_EVENT}""",

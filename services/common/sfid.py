@@ -6,6 +6,7 @@ Everything inside ownersync stores and compares the 18-character form.
 from __future__ import annotations
 
 import re
+import string
 from functools import lru_cache
 from typing import Annotated
 
@@ -13,6 +14,11 @@ from pydantic import AfterValidator, StringConstraints
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _SHAPE = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-5]{3})?$")
+
+
+# The digits of an id's serial, in the order of their values.
+_DIGITS = string.digits + string.ascii_uppercase + string.ascii_lowercase
+_BASE62 = {c: v for v, c in enumerate(_DIGITS)}
 
 
 class InvalidSalesforceId(ValueError):
@@ -88,3 +94,15 @@ KEY_PREFIX_CONTACT = "003"
 
 def is_queue(sf_id: str) -> bool:
     return sf_id.startswith(KEY_PREFIX_QUEUE)
+
+
+def serial(value: str) -> int | None:
+    """The serial of a 15- or 18-character id (its characters 7 to 15, base 62) as a number, or
+    None for anything else. SF hands serials out in increasing order, so an id's serial orders
+    it by age (roughly: each server takes a block of serials at a time)."""
+    if not _SHAPE.match(value):
+        return None
+    number = 0
+    for char in value[6:15]:
+        number = number * 62 + _BASE62[char]
+    return number

@@ -16,6 +16,7 @@ import pytest
 from bench import preload
 from bench.db import asyncpg_url
 from services.bootstrap import Running
+from services.common.messages import event_id_for
 from services.common.settings import Settings
 from services.common.sfid import to18
 from services.demo.replay import FIXTURES
@@ -117,7 +118,13 @@ async def test_preloaded_ids_are_in_the_form_the_roles_store_and_derive(
         await conn.close()
     assert all(to18(r[0]) == r[0] for r in sf_ids)  # found by the roles' look-ups
     assert event_ids == {preload.event_id("acme", i) for i in range(1000)}
-    assert all(uuid.UUID(e).version == 3 for e in event_ids)
+    # Ordered as the roles order theirs: by the notification's serial (the top 58 bits, with
+    # the version), so that the inbox's key takes a newer notification at its right edge.
+    assert all(uuid.UUID(e).version == 8 for e in event_ids)
+    notifications = (preload.sf_id(preload.NOTIFICATION_PREFIX, i) for i in range(1000))
+    roles = [event_id_for("acme", "sf", n) for n in notifications]
+    assert {uuid.UUID(e).int >> 70 for e in event_ids} == {e.int >> 70 for e in roles}
+    assert sorted(event_ids) == [preload.event_id("acme", i) for i in range(1000)]
     assert audited == 1000  # each audit row names its notification's inbox entry
 
 

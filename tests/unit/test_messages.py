@@ -22,6 +22,23 @@ def test_event_ids_are_deterministic_per_tenant_and_source_notification() -> Non
     assert event_id_for("acme", "sf", "04l1") != event_id_for("other", "sf", "04l1")
 
 
+def test_sf_event_ids_sort_as_their_notification_serials_and_stay_distinct() -> None:
+    # A SF id: key prefix, pod, a reserved character, then a 9-character base-62 serial.
+    serials = ["000000009", "00000000A", "00000000z", "000000010", "0000001Zz", "zzzzzzzzz"]
+    ids = [event_id_for("acme", "sf", f"04l5g0{s}") for s in serials]
+    assert all(i.version == 8 and i.variant == uuid.RFC_4122 for i in ids)
+    assert ids == sorted(ids) and [str(i) for i in ids] == sorted(str(i) for i in ids)
+    same_serial = {
+        event_id_for(t, "sf", f"04l{pod}0000000042") for t in ("a", "b") for pod in ("5g", "6h")
+    }
+    assert len(same_serial) == 4  # the hash bits tell apart notifications of one serial
+
+
+def test_event_ids_of_other_sources_and_shapes_are_uuid5() -> None:
+    assert event_id_for("acme", "ae", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W").version == 5
+    assert event_id_for("acme", "sf", "04l-not-an-id").version == 5
+
+
 def test_events_round_trip_through_json() -> None:
     now = datetime(2026, 11, 2, 9, tzinfo=UTC)
     event = SfRecordEvent(
