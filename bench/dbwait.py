@@ -92,7 +92,7 @@ class DbSampler:
         try:
             while True:
                 rows = await conn.fetch(
-                    "select client_port, state, query from pg_stat_activity "
+                    "select client_port, state, wait_event_type, query from pg_stat_activity "
                     "where datname = current_database() and pid <> pg_backend_pid() "
                     "and backend_type = 'client backend'"
                 )
@@ -107,7 +107,12 @@ class DbSampler:
                     state = r["state"] or ""
                     if state == "idle":
                         continue
-                    where = "in Postgres" if state == "active" else "in Python"
+                    where = "in Python"
+                    if state == "active":
+                        # Blocked by another transaction's lock (a row another role holds),
+                        # not working: told apart, they call for different cures.
+                        locked = r["wait_event_type"] == "Lock"
+                        where = "waiting for a lock" if locked else "in Postgres"
                     self.counts[(role, where, _statement(r["query"] or ""))] += 1
                 await asyncio.sleep(self.every)
         finally:

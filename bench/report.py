@@ -356,7 +356,8 @@ def _db_table(r: dict[str, Any], console: Console, top: int = 5) -> None:
     ]
     table = Table(
         title="Inside Postgres transactions, % of wall time (pg_stat_activity every 50 ms; "
-        "'in Python' = Postgres waits for the role between statements, after the one named)",
+        "'in Python' = Postgres waits for the role between statements, after the one named; "
+        "'waiting for a lock' = blocked by a row another transaction holds)",
         title_justify="left",
     )
     table.add_column("role")

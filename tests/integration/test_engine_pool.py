@@ -1,6 +1,7 @@
 """The Postgres engine's pool: a connection returned a moment ago is handed out again without a
 ping (three round trips on asyncpg), one that sat idle is pinged, and one that died while idle is
-replaced before anyone uses it; the relay's process keeps as many connections as it uses at once.
+replaced before anyone uses it; the relay's process keeps as many connections as it uses at
+once; every statement is planned for its own values.
 """
 
 from __future__ import annotations
@@ -87,3 +88,21 @@ async def test_the_relay_keeps_a_connection_for_each_thing_it_runs_at_once(
         assert runtime.engine.pool.size() == relay  # type: ignore[attr-defined]
     finally:
         await runtime.close()
+
+
+async def test_a_statement_run_many_times_is_planned_for_each_run_never_generically(
+    engine: AsyncEngine,
+) -> None:
+    # A generic plan made while `inbox` is empty (a sequential scan) would outlive its growth.
+    async with engine.connect() as conn:
+        for n in range(8):
+            ids = [f"no-such-event-{n}-{i}" for i in range(n + 1)]
+            lookup = text("SELECT event_id FROM inbox WHERE event_id = ANY(:ids)")
+            assert (await conn.execute(lookup, {"ids": ids})).all() == []
+        plans = await conn.execute(
+            text(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE 'SELECT event_id FROM inbox%'"
+            )
+        )
+        assert plans.one() == (0, 8)

@@ -73,8 +73,9 @@ def make_engine(
     ping_idle: float = PING_IDLE_S,
 ) -> AsyncEngine:
     """An engine whose every Postgres connection has a connect timeout, a client-side command
-    timeout (a black-holed server is given up on) and a server-side statement_timeout, and is
-    pinged before use when it sat in the pool longer than `ping_idle` seconds."""
+    timeout (a black-holed server is given up on), a server-side statement_timeout and plans
+    made for each statement's values, and is pinged before use when it sat in the pool longer
+    than `ping_idle` seconds."""
     if database_url.startswith("sqlite"):
         engine = create_async_engine(database_url, **JSON_CODEC)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -82,7 +83,15 @@ def make_engine(
     connect_args: dict[str, Any] = {
         "timeout": connect_timeout,
         "command_timeout": command_timeout,
-        "server_settings": {"statement_timeout": str(statement_timeout_ms)},
+        "server_settings": {
+            "statement_timeout": str(statement_timeout_ms),
+            # asyncpg prepares every statement, and after 5 runs Postgres may keep one generic
+            # plan for it. Chosen while a table is small (a fresh tenant, a new install), that
+            # plan is a sequential scan that stays until the next ANALYZE: the bench saw the
+            # syncer's inbox look-up at 21% of its time in the first seconds. The roles run a
+            # few statements per batch, so planning each one for its own values costs little.
+            "plan_cache_mode": "force_custom_plan",
+        },
     }
     engine = create_async_engine(
         database_url,
