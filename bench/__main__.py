@@ -93,6 +93,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the relay's sustained-rate phase (bench/relay_rate.py)",
     )
     p.add_argument(
+        "--ae-latency-ms",
+        metavar="MS[-MS]",
+        help="the AE simulator of the phases answers in this many ms (a range: uniformly "
+        "within it), as AE does (100-300); the relay is then held to AE's 5 calls at once "
+        "and takes the CPU it would beside the roles in production [at once]",
+    )
+    p.add_argument(
+        "--again-with-ae-latency-ms",
+        metavar="MS[-MS]",
+        default="100-300",
+        help="after the latency phases, the highest fraction again with the AE simulator "
+        "answering in this many ms, as AE does: the relay is then held to AE's pace instead of "
+        "taking a core (with the simulator's) beside the roles; '' skips it [100-300]",
+    )
+    p.add_argument(
         "--bulk-burst",
         type=int,
         help="reassignments of the relay phase's burst, bulk mode on: AE calls per 1,000 "
@@ -159,6 +174,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--notifications >= 100, --reassign-records and --reassign-times >= 1")
     if args.webhooks < 0:
         p.error("--webhooks >= 0")
+    from services.sim.ae import latency_range
+
+    for flag, value in (
+        ("--ae-latency-ms", args.ae_latency_ms),
+        ("--again-with-ae-latency-ms", args.again_with_ae_latency_ms),
+    ):
+        try:
+            if value:
+                latency_range(value)
+        except ValueError as exc:
+            p.error(f"{flag}: {exc}")
     return args
 
 
@@ -182,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         relay_rate=not args.no_relay_rate,
         bulk_burst=max(args.bulk_burst, 0),
         drain_timeout=args.drain_timeout,
+        ae_latency_ms=args.ae_latency_ms,
+        again_with_ae_latency_ms=args.again_with_ae_latency_ms or None,
     )
     console = Console(emoji=False, highlight=False)
     if not console.is_terminal:

@@ -93,7 +93,8 @@ def render(r: dict[str, Any], console: Console) -> None:
         f"{cfg['concurrency']} concurrent clients; syncer batch {s['batch_size']} / "
         f"wait {s['batch_wait_ms']} ms / prefetch {s['prefetch']}; relay coalesce "
         f"{s['relay_coalesce_ms']} ms, interval {s['relay_interval_ms']} ms, "
-        f"AE concurrency {s['ae_max_concurrency']}"
+        f"AE concurrency {s['ae_max_concurrency']}; AE simulator answers "
+        + (f"in {cfg['ae_latency_ms']} ms" if cfg.get("ae_latency_ms") else "at once")
     )
     if not cfg.get("autovacuum", True):
         every = cfg.get("analyze_every") or 0
@@ -140,10 +141,13 @@ def render(r: dict[str, Any], console: Console) -> None:
         f">= {TARGET_RATIO:.1f}x",
         _verdict(v["throughput"]),
     )
-    for run in r.get("latency_runs", [lat]):
+    again = [r["latency_ae_like"]] if r.get("latency_ae_like") else []
+    for run in [*r.get("latency_runs", [lat]), *again]:
         last = run is lat
         lo, hi = run["p99_bucket"]
         of = "" if run.get("fraction") is None else f"{run['fraction']:.0%} of capacity, "
+        if run.get("ae_latency_ms"):
+            of = f"{of}AE sim answering in {run['ae_latency_ms']} ms as AE does, "
         table.add_row(
             f"Receipt -> decision at {of}{run['offered_rate']:,.0f}/s offered "
             f"({run['achieved_rate'] or 0:,.0f}/s sent, {run['notifications']:,}): p50 / p95",

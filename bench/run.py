@@ -10,7 +10,8 @@ Phases, in this order (the figures are printed in the issue's order):
   4. throughput as fast as the receiver acks: notifications/s received and applied end to end
                 (the capacity the next phase takes fractions of)
   5. latency    25% and 50% of that capacity (or --rate): receipt-to-decision, and receipt to
-                the AE call
+                the AE call; then 50% again with the AE simulator answering in 100-300 ms, as AE
+                does (--again-with-ae-latency-ms), instead of at once
   6. preload    (--preload) the tables filled with N rows each, then throughput again
   7. relay      the relay's sustained AE rate (bench/relay_rate.py)
 Between phases the relay is left to empty the outbox (for at most --drain-timeout), so a phase
@@ -75,6 +76,9 @@ class Options:
     relay_rate: bool = True  # run bench/relay_rate.py's phase when it exists
     bulk_burst: int = 0  # reassignments of the relay phase's bulk-mode burst (0: none)
     drain_timeout: float | None = None  # None: settle_timeout
+    ae_latency_ms: str | None = None  # the AE simulator's answer time ("100-300"); None: at once
+    # The highest fraction again, the AE simulator answering in this many ms (None: not run).
+    again_with_ae_latency_ms: str | None = None
 
 
 _STARTED = time.monotonic()
@@ -148,6 +152,7 @@ class Bench:
                 "reassign_times": options.reassign_times,
                 "concurrency": options.concurrency,
                 "baseline_notifications": options.baseline_notifications,
+                "ae_latency_ms": options.ae_latency_ms,
                 "cores": _cores(),
                 "settings": _tuning(),
                 "run": self.run_id,
@@ -187,9 +192,19 @@ class Bench:
             self.o,
             f"starting sim, receiver, assigner, syncer, relay (queues bench-{self.run_id}.*)",
         )
+        latency = ["--ae-latency-ms", self.o.ae_latency_ms] if self.o.ae_latency_ms else []
         self.services.start(
             "sim",
-            ["sim", "--tenant", str(TENANT_FILE), "--port", str(ae), "--sf-port", str(sf)],
+            [
+                "sim",
+                "--tenant",
+                str(TENANT_FILE),
+                "--port",
+                str(ae),
+                "--sf-port",
+                str(sf),
+                *latency,
+            ],
             health_url=f"http://127.0.0.1:{ae}/_sim/state",
         )
         self.services.start(
@@ -449,6 +464,33 @@ class Bench:
             runs.append(await self.phase_latency(rate, fraction))
         self.results["latency_runs"] = runs
         self.results["latency"] = runs[-1]  # the highest fraction: the one the target is at
+        again = self.o.again_with_ae_latency_ms
+        if again and not self.o.ae_latency_ms:
+            # The sim answering at once lets the relay send as fast as its CPU allows (a core
+            # with the sim's, beside the roles); AE itself holds it to 5 calls of 100-300 ms.
+            fraction, rate = plan[-1]
+            sim = await self._ae_latency(again)
+            try:
+                run = await self.phase_latency(rate, fraction)
+            finally:
+                await self._ae_latency(None)
+            run["ae_latency_ms"] = again
+            run["ae_sim_latency"] = [sim["latency_ms"], sim["latency_max_ms"]]
+            self.results["latency_ae_like"] = run
+
+    async def _ae_latency(self, latency: str | None) -> dict[str, Any]:
+        """Set how long the AE simulator takes to answer ("100-300"; None: at once); returns
+        its fault settings as it took them."""
+        from services.sim.ae import latency_range
+
+        low, high = latency_range(latency) if latency else (0.0, None)
+        async with httpx.AsyncClient(timeout=10) as client:
+            answer = await client.post(
+                f"{self.ae_url}/_sim/faults", json={"latency_ms": low, "latency_max_ms": high}
+            )
+            answer.raise_for_status()
+            taken: dict[str, Any] = answer.json()
+            return taken
 
     async def phase_latency(self, rate: float, fraction: float | None) -> dict[str, Any]:
         seconds = self.o.latency_seconds

@@ -71,6 +71,10 @@ def test_quick_benchmark_completes_with_every_figure() -> None:
         to_ae = run["receipt_to_ae_ms"]  # the relay may still be sending: not_in_ae
         assert to_ae["records"] + to_ae["not_in_ae"] + to_ae["no_call_needed"] > 0
     assert figures["latency"] == runs[-1]
+    again = figures["latency_ae_like"]  # 50% again, the AE sim answering as AE does
+    assert again["fraction"] == 0.5 and again["ae_latency_ms"] == "100-300"
+    assert again["ae_sim_latency"] == [100, 300]
+    assert again["p50"] <= again["p95"] <= again["p99"]
 
     assert figures["baseline"]["rate"] > 0
     assert figures["ratio_to_baseline"] > 0
