@@ -70,7 +70,11 @@ def event_id_for(tenant: str, source: str, source_id: str) -> uuid.UUID:
     the inbox's primary key takes them at its right edge and a duplicate check reads the few
     index pages that are hot, where a uuid5 is a random page of an index that, at 10 million
     entries, is several times larger than Postgres' buffers. Other sources (AE webhook ids, API
-    request ids) carry no order that we know of: theirs is the uuid5."""
+    request ids) carry no order that we know of: theirs is the uuid5.
+
+    SF event ids were uuid5s before: SF retrying, after an upgrade, a notification applied
+    before it gives a new id, and the syncer refuses it as stale (S7: its SystemModstamp is not
+    newer than the one applied): audited, nothing changed, nothing sent."""
     name = uuid.uuid5(EVENT_NAMESPACE, f"{tenant}/{source}/{source_id}")
     number = serial(source_id) if source == "sf" else None
     return name if number is None else with_serial(number, name)

@@ -127,7 +127,13 @@ class Settings(BaseSettings):
         description="AE owner updates waiting in one tenant above which they go by AE import "
         "(bulk mode, services/relay/bulk.py); 0 = off",
     )
-    ae_bulk_size: int = Field(10_000, ge=1, description="records per AE import")
+    ae_bulk_size: int = Field(
+        5_000,
+        ge=1,
+        description="records per AE import (the relay holds an import's records in memory: at "
+        "10,000 its peak RSS in a 50,000-record burst was 155 MB, at 5,000 143 MB, for 4.9 AE "
+        "calls per 1,000 records instead of 4.5)",
+    )
     ae_bulk_lease_seconds: float = Field(
         600.0,
         gt=0,

@@ -171,7 +171,7 @@ class BulkMode:
         clients: AeClients,
         *,
         threshold: int = 1000,
-        size: int = 10_000,
+        size: int = 5_000,
         lease: float = 600.0,
         poll: float = 2.0,
         interval: float = 1.0,
