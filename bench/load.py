@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import string
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,11 +23,10 @@ import httpx
 from services.admin.tenant_file import TenantFile
 from services.common.endpoints import SfAction, sf_outbound_url
 from services.common.messages import event_id_for
-from services.common.sfid import to18
+from services.common.sfid import SERIAL_DIGITS, to18
 from services.sim.sf import OutboundNotification, build_outbound_message, format_sf_datetime
 
 NOTIFICATIONS_PER_MESSAGE = 100
-_DIGITS = string.digits + string.ascii_uppercase + string.ascii_lowercase
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,7 @@ class Workload:
         self.rng = random.Random(self.seed)
         # SystemModstamps start in the past and advance 1 ms per notification.
         self.clock = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
-        self._salt = "".join(self.rng.choice(_DIGITS) for _ in range(3))
+        self._salt = "".join(self.rng.choice(SERIAL_DIGITS) for _ in range(3))
 
     # ---- ids, times, one notification
 
@@ -128,7 +126,7 @@ class Workload:
         digits = []
         for _ in range(9):
             n, d = divmod(n, 62)
-            digits.append(_DIGITS[d])
+            digits.append(SERIAL_DIGITS[d])
         return to18(prefix + self._salt + "".join(reversed(digits)))  # 3 + 3 + 9 = 15
 
     def tick(self, ms: int = 1) -> datetime:

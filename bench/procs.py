@@ -129,15 +129,8 @@ class Services:
         """Stop one service gracefully (SIGTERM, then SIGKILL past `timeout`), keeping its
         peak memory so far; `restart` starts it again."""
         service = self.items[name]
-        if service.alive():
-            service.peak_mb = _max(service.peak_mb, peak_rss_mb(service.pid))
-            with contextlib.suppress(ProcessLookupError):
-                service.proc.send_signal(signal.SIGTERM)
-            try:
-                service.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                service.proc.kill()
-                service.proc.wait()
+        _terminate(service)
+        _reap(service, timeout)
 
     def restart(self, name: str) -> Service:
         """Start a stopped (or killed) service again with the same command and settings; its
@@ -182,22 +175,32 @@ class Services:
     def stop(self, timeout: float = 20.0) -> None:
         """Peak memory first (VmHWM), then SIGTERM to each of our own processes, by pid."""
         for service in self.items.values():
-            if service.alive():
-                service.peak_mb = _max(service.peak_mb, peak_rss_mb(service.pid))
-                with contextlib.suppress(ProcessLookupError):
-                    service.proc.send_signal(signal.SIGTERM)
+            _terminate(service)
         deadline = time.monotonic() + timeout
         for service in self.items.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                service.proc.wait(max(0.1, deadline - time.monotonic()))
-            if service.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    service.proc.kill()
-                service.proc.wait()
+            _reap(service, max(0.1, deadline - time.monotonic()))
+
+
+def _terminate(service: Service) -> None:
+    """Peak memory so far (VmHWM), then SIGTERM, if the service still runs."""
+    if service.alive():
+        service.peak_mb = _max(service.peak_mb, peak_rss_mb(service.pid))
+        with contextlib.suppress(ProcessLookupError):
+            service.proc.send_signal(signal.SIGTERM)
 
 
 def _max(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
+
+
+def _reap(service: Service, timeout: float) -> None:
+    """Wait up to `timeout` for the service to exit, then SIGKILL it."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        service.proc.wait(timeout)
+    if service.alive():
+        with contextlib.suppress(ProcessLookupError):
+            service.proc.kill()
+    service.proc.wait()
 
 
 def _spawn(

@@ -192,19 +192,9 @@ class Bench:
             self.o,
             f"starting sim, receiver, assigner, syncer, relay (queues bench-{self.run_id}.*)",
         )
-        latency = ["--ae-latency-ms", self.o.ae_latency_ms] if self.o.ae_latency_ms else []
         self.services.start(
             "sim",
-            [
-                "sim",
-                "--tenant",
-                str(TENANT_FILE),
-                "--port",
-                str(ae),
-                "--sf-port",
-                str(sf),
-                *latency,
-            ],
+            ["sim", "--tenant", str(TENANT_FILE), "--port", str(ae), "--sf-port", str(sf)],
             health_url=f"http://127.0.0.1:{ae}/_sim/state",
         )
         self.services.start(
@@ -237,6 +227,8 @@ class Bench:
             },
         )
         await self.services.wait_ready()
+        if self.o.ae_latency_ms:  # the same setting the AE-like latency phase makes for itself
+            await self._ae_latency(self.o.ae_latency_ms)
 
     @property
     def receiver_url(self) -> str:

@@ -17,8 +17,8 @@ _SHAPE = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-5]{3})?$")
 
 
 # The digits of an id's serial, in the order of their values.
-_DIGITS = string.digits + string.ascii_uppercase + string.ascii_lowercase
-_BASE62 = {c: v for v, c in enumerate(_DIGITS)}
+SERIAL_DIGITS = string.digits + string.ascii_uppercase + string.ascii_lowercase
+_BASE62 = {c: v for v, c in enumerate(SERIAL_DIGITS)}
 
 
 class InvalidSalesforceId(ValueError):

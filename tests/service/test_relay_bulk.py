@@ -22,7 +22,7 @@ from services.common.db.tables import outbox, relay_leases
 from services.common.runtime import Runtime
 from services.common.settings import Settings
 from services.common.sfid import to18
-from services.relay.bulk import BulkMode
+from services.relay.bulk import BulkMode, BulkResult
 from services.relay.relay import Relay, Senders
 from services.relay.senders import ae_prospect_sender
 from services.sim.ae import AeSimState
@@ -102,6 +102,14 @@ class World:
 
     def import_calls(self, method: str) -> list[str]:
         return [path for m, path, _ in self.ae.call_log if m == method and path.startswith(IMPORTS)]
+
+    async def importing(self, relay: Relay) -> asyncio.Task[BulkResult]:
+        """An import of the waiting owners by `relay`, returned once AE has it (submitted)."""
+        task = asyncio.create_task(self.bulk(relay).run_once("acme"))
+        async with asyncio.timeout(10):
+            while not self.import_calls("PATCH"):
+                await asyncio.sleep(0.01)
+        return task
 
 
 @pytest.fixture
@@ -238,11 +246,7 @@ async def test_a_relay_killed_mid_import_loses_nothing(world: World) -> None:
     await world.created(count)
     world.ae.import_seconds = 0.6
     await world.reassigned(count, BOB_SF)
-    relay = world.relay(owner="killed", lease=0.8)
-    task = asyncio.create_task(world.bulk(relay).run_once("acme"))
-    async with asyncio.timeout(10):
-        while not world.import_calls("PATCH"):  # submitted: the import is under way
-            await asyncio.sleep(0.01)
+    task = await world.importing(world.relay(owner="killed", lease=0.8))
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -309,11 +313,7 @@ async def test_an_import_longer_than_a_lease_keeps_its_records_leased_by_renewin
     await world.created(count)
     world.ae.import_seconds = 2.0  # more than three of the relay's leases
     await world.reassigned(count, BOB_SF)
-    relay = world.relay(owner="importer", lease=0.6)
-    importing = asyncio.create_task(world.bulk(relay).run_once("acme"))
-    async with asyncio.timeout(10):
-        while not world.import_calls("PATCH"):  # submitted: the import is under way
-            await asyncio.sleep(0.01)
+    importing = await world.importing(world.relay(owner="importer", lease=0.6))
     other = world.relay(owner="other")
     for _ in range(6):  # 1.8 s: three leases would have run out without renewals
         await asyncio.sleep(0.3)
