@@ -269,6 +269,7 @@ async def _start_relay(
         coalesce=settings.relay_coalesce_ms / 1000,
         lease=settings.relay_lease_seconds,
         quota_timezone=settings.ae_quota_timezone,
+        settle_wait=settings.relay_settle_wait_ms / 1000,
     )
     BulkMode(
         live.relay,

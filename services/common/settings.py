@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         1000, ge=10, description="how often each assigner looks for due follow-up SLA timers"
     )
     relay_batch_size: int = Field(200, ge=1)
+    relay_settle_wait_ms: int = Field(
+        100,
+        ge=0,
+        description="how long an answered record waits for others in flight to be settled in "
+        "the same transaction",
+    )
     relay_coalesce_ms: int = Field(
         300,
         ge=0,

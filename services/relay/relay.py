@@ -277,9 +277,12 @@ class Relay:
         quota_timezone: str = "UTC",
         concurrency: int = 5,
         settle_batch: int = 100,
+        settle_wait: float = 0.05,
     ) -> None:
         """`batch_size`: records claimed and not settled yet, at most; `concurrency`: calls
-        in flight per tenant and target; `settle_batch`: records settled per transaction."""
+        in flight per tenant and target; `settle_batch`: records settled per transaction;
+        `settle_wait`: how long an answer waits for others still in flight to share its
+        settle transaction."""
         self.engine = engine
         self.senders = senders
         self.owner = owner or replica_id()
@@ -292,6 +295,7 @@ class Relay:
         self.quota_timezone = quota_timezone
         self.concurrency = concurrency
         self.settle_batch = settle_batch
+        self.settle_wait = settle_wait
         self.sent = 0
         self.unchanged = 0  # effects superseded without a call: the state sent last is current
         self.fenced = 0  # settles refused because another relay took the lease over
@@ -396,15 +400,32 @@ class Relay:
     async def _settle_answered(
         self, answered: asyncio.Queue[tuple[_Claim, list[Outcome]] | None]
     ) -> None:
-        """Settle answered records as they come, as many as are waiting per transaction."""
+        """Settle answered records as they come, as many per transaction as arrive within
+        `settle_wait` of the first while others are in flight.
+
+        Why wait: against AE (5 calls at once, 100-300 ms each) answers come one at a time,
+        every 20-60 ms, and a transaction per answer (about eight statements) was a third of
+        the relay's CPU there. A record that waits 100 ms more to be settled costs nothing: its
+        call is made and its lease runs for a minute. Nothing else in flight: settled at once."""
+        loop = asyncio.get_running_loop()
         done = False
         while not done:
             first = await answered.get()
             if first is None:
                 break
             batch = [first]
-            while len(batch) < self.settle_batch and not answered.empty():
-                item = answered.get_nowait()
+            deadline = loop.time() + self.settle_wait
+            while len(batch) < self.settle_batch:
+                if answered.empty():
+                    left = deadline - loop.time()
+                    if left <= 0 or self._outstanding <= len(batch):
+                        break
+                    try:
+                        item = await asyncio.wait_for(answered.get(), left)
+                    except TimeoutError:
+                        break
+                else:
+                    item = answered.get_nowait()
                 if item is None:
                     done = True
                     break

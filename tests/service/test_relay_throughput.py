@@ -227,3 +227,46 @@ async def test_batch_settle_fences_each_record_a_taken_over_lease_settles_nothin
         record_ids[2]: ("done", None),
     }
     assert leases == {record_ids[0]: None, taken: "relay-b", record_ids[2]: None}
+
+
+def settles_of(relay: Relay) -> list[int]:
+    """Records per settle transaction, as the relay makes them from here on."""
+    sizes: list[int] = []
+    settle = relay._settle
+
+    async def counted(items: list[Any]) -> None:
+        sizes.append(len(items))
+        await settle(items)
+
+    relay._settle = counted  # type: ignore[method-assign]
+    return sizes
+
+
+async def test_answers_coming_one_at_a_time_share_a_settle_transaction(world: World) -> None:
+    count = 30
+    await world.created(count)
+    # As AE answers: five calls at once, each 50-450 ms, so answers come one by one.
+    world.ae.faults.configure(latency_ms=50, latency_max_ms=450, seed=5)
+    relay = world.relay(settle_wait=0.3)
+    sizes = settles_of(relay)
+    await world.reassigned(count, BOB_SF, CREATED + timedelta(hours=1))
+    async with running(relay):
+        await until_sent(world)
+
+    assert sum(sizes) == count
+    # A transaction per answer (the wait removed) measures 1.0-1.3 records each here.
+    assert count / len(sizes) >= 3, sizes
+    assert {p["assignedUserId"] for p in world.ae.prospects.values()} == {BOB_AE}
+
+
+async def test_an_answer_with_nothing_else_in_flight_is_settled_without_waiting(
+    world: World,
+) -> None:
+    await world.created(1)
+    relay = world.relay(settle_wait=30.0)
+    sizes = settles_of(relay)
+    await world.reassigned(1, BOB_SF, CREATED + timedelta(hours=1))
+    async with running(relay):
+        await until_sent(world, within=10.0)  # well inside the 30 s it could wait
+
+    assert sizes == [1]
