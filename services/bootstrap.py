@@ -270,6 +270,7 @@ async def _start_relay(
         lease=settings.relay_lease_seconds,
         quota_timezone=settings.ae_quota_timezone,
         settle_wait=settings.relay_settle_wait_ms / 1000,
+        observe_every=settings.relay_metrics_interval_ms / 1000,
     )
     BulkMode(
         live.relay,

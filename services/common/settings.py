@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         1000, ge=10, description="how often each assigner looks for due follow-up SLA timers"
     )
     relay_batch_size: int = Field(200, ge=1)
+    relay_metrics_interval_ms: int = Field(
+        10_000,
+        ge=100,
+        description="how often each relay counts the outbox for /metrics (effects waiting, "
+        "oldest age): a read of every unsettled row",
+    )
     relay_settle_wait_ms: int = Field(
         100,
         ge=0,

@@ -98,6 +98,7 @@ async def relay_of(
             backoff_base=0.02,
             backoff_max=0.1,
             lease=lease,
+            observe_every=1.0,
         )
 
 

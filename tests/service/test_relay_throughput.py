@@ -270,3 +270,18 @@ async def test_an_answer_with_nothing_else_in_flight_is_settled_without_waiting(
         await until_sent(world, within=10.0)  # well inside the 30 s it could wait
 
     assert sizes == [1]
+
+
+async def test_the_outbox_is_counted_for_metrics_once_per_interval_not_on_every_pass(
+    world: World,
+) -> None:
+    # The relay passes every 20 ms; the count reads every unsettled row.
+    rarely = world.relay(observe_every=30.0)
+    async with running(rarely):
+        await asyncio.sleep(1.0)
+    often = world.relay(observe_every=0.1)
+    async with running(often):
+        await asyncio.sleep(1.0)
+
+    assert rarely.observed == 1  # at the start, then not before 30 s
+    assert often.observed >= 4
