@@ -279,6 +279,7 @@ async def _start_relay(
         size=settings.ae_bulk_size,
         lease=settings.ae_bulk_lease_seconds,
         poll=settings.ae_bulk_poll_ms / 1000,
+        interval=settings.ae_bulk_check_ms / 1000,
     )
     live.tasks.append(asyncio.create_task(live.relay.run(stop), name="relay"))
     pruner = Pruner(

@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         "(their leases, the relay's own, are renewed while it runs)",
     )
     ae_bulk_poll_ms: int = Field(2000, ge=10, description="how often an import's status is read")
+    ae_bulk_check_ms: int = Field(
+        5000,
+        ge=10,
+        description="how often each relay counts each tenant's waiting owner updates against "
+        "AE_BULK_THRESHOLD (the count reads every unsettled row)",
+    )
 
     sf_base_url: str | None = Field(None, description="SF instance URL; unset = in-process sim")
     sf_client_id: str | None = None

@@ -323,3 +323,24 @@ async def test_an_import_longer_than_a_lease_keeps_its_records_leased_by_renewin
     assert world.patched() == 0  # nobody sent them one by one meanwhile
     assert world.owners() == {BOB_AE}
     assert await world.statuses() == {"done"}
+
+
+async def test_backlogs_are_counted_once_per_interval(world: World) -> None:
+    # The count joins every unsettled row to its record: not on every pass of the relay.
+    bulk = world.bulk(world.relay(), interval=30.0)
+    counts = 0
+    count = bulk.backlogs
+
+    async def counted() -> dict[str, int]:
+        nonlocal counts
+        counts += 1
+        return await count()
+
+    bulk.backlogs = counted  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(bulk.run(stop))
+    await asyncio.sleep(1.0)
+    stop.set()
+    await running
+
+    assert counts == 1
