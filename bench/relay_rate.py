@@ -86,9 +86,11 @@ async def relay_phase(
     settle_timeout: float = 300.0,
     quiet: bool = False,
     bulk_burst: int = 0,
+    bulk_check_ms: int | None = None,
 ) -> dict[str, Any]:
     """Both phases on `database_url` (reset: its schema is dropped and migrated). The figures
-    as a dict (see `render`)."""
+    as a dict (see `render`). `bulk_check_ms`: the relays' AE_BULK_CHECK_MS (None: their
+    default), for a simulator answering so fast that a small burst drains between checks."""
     low, high = latency_range(latency_ms)
     configured_mean = (low + (high if high is not None else low)) / 2
     if reassign_records > effects:
@@ -96,6 +98,8 @@ async def relay_phase(
     log_dir = Path(tempfile.mkdtemp(prefix="ownersync-relay-rate-"))
     run = uuid.uuid4().hex[:8]
     env = _env(database_url, amqp_url, run, coalesce_ms)
+    if bulk_check_ms is not None:
+        env["OWNERSYNC_AE_BULK_CHECK_MS"] = str(bulk_check_ms)
     services = Services(log_dir, env)
     ok = False
     _say(quiet, f"database {db.asyncpg_url(database_url)}: reset and migrate")

@@ -28,6 +28,9 @@ async def test_relay_rate_phase_reports_every_figure_and_one_write_per_changed_r
         settle_timeout=60,
         quiet=True,
         bulk_burst=1500,  # above the relays' default bulk threshold (1000)
+        # At 20-40 ms a call the relay sends 1,500 one by one in seconds: it looks for a
+        # backlog every 0.5 s, not every 5 s (AE_BULK_CHECK_MS), or the burst may drain first.
+        bulk_check_ms=500,
     )
 
     rate = figures["rate"]
