@@ -97,9 +97,7 @@ async def relay_phase(
         raise ValueError("--reassign-records must not exceed --effects")
     log_dir = Path(tempfile.mkdtemp(prefix="ownersync-relay-rate-"))
     run = uuid.uuid4().hex[:8]
-    env = _env(database_url, amqp_url, run, coalesce_ms)
-    if bulk_check_ms is not None:
-        env["OWNERSYNC_AE_BULK_CHECK_MS"] = str(bulk_check_ms)
+    env = _env(database_url, amqp_url, run, coalesce_ms, bulk_check_ms)
     services = Services(log_dir, env)
     ok = False
     _say(quiet, f"database {db.asyncpg_url(database_url)}: reset and migrate")
@@ -303,7 +301,9 @@ async def _delete_topology(env: dict[str, str]) -> None:
             await broker.close()
 
 
-def _env(database_url: str, amqp_url: str, run: str, coalesce_ms: int) -> dict[str, str]:
+def _env(
+    database_url: str, amqp_url: str, run: str, coalesce_ms: int, bulk_check_ms: int | None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OWNERSYNC_")}
     env.update(
         {
@@ -320,6 +320,8 @@ def _env(database_url: str, amqp_url: str, run: str, coalesce_ms: int) -> dict[s
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if bulk_check_ms is not None:
+        env["OWNERSYNC_AE_BULK_CHECK_MS"] = str(bulk_check_ms)
     return env
 
 

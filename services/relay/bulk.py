@@ -174,7 +174,7 @@ class BulkMode:
         size: int = 5_000,
         lease: float = 600.0,
         poll: float = 2.0,
-        interval: float = 1.0,
+        interval: float = 5.0,
         cooldown: float = 60.0,
         refused_rest: float = 3600.0,
     ) -> None:

@@ -277,7 +277,7 @@ class Relay:
         quota_timezone: str = "UTC",
         concurrency: int = 5,
         settle_batch: int = 100,
-        settle_wait: float = 0.05,
+        settle_wait: float = 0.1,
         observe_every: float = 10.0,
     ) -> None:
         """`batch_size`: records claimed and not settled yet, at most; `concurrency`: calls

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from services.bootstrap import ROLES
+from services.bootstrap import running as roles_running
 from services.common.ae_client import AeClient
 from services.common.db.tables import outbox, relay_leases
 from services.common.runtime import Runtime
@@ -325,22 +327,17 @@ async def test_an_import_longer_than_a_lease_keeps_its_records_leased_by_renewin
     assert await world.statuses() == {"done"}
 
 
-async def test_backlogs_are_counted_once_per_interval(world: World) -> None:
-    # The count joins every unsettled row to its record: not on every pass of the relay.
-    bulk = world.bulk(world.relay(), interval=30.0)
-    counts = 0
-    count = bulk.backlogs
-
-    async def counted() -> dict[str, int]:
-        nonlocal counts
-        counts += 1
-        return await count()
-
-    bulk.backlogs = counted  # type: ignore[method-assign]
-    stop = asyncio.Event()
-    running = asyncio.create_task(bulk.run(stop))
-    await asyncio.sleep(1.0)
-    stop.set()
-    await running
-
-    assert counts == 1
+async def test_the_relay_role_counts_backlogs_and_settles_as_its_settings_say(
+    service_settings: Settings,
+) -> None:
+    settings = service_settings.model_copy(
+        update={
+            "ae_bulk_check_ms": 3000,
+            "relay_metrics_interval_ms": 7000,
+            "relay_settle_wait_ms": 250,
+        }
+    )
+    async with roles_running(settings, ROLES, asyncio.Event()) as live:
+        assert live.relay is not None and isinstance(live.relay.bulk, BulkMode)
+        assert live.relay.bulk.interval == 3.0  # the backlog count: not every second
+        assert (live.relay.observe_every, live.relay.settle_wait) == (7.0, 0.25)
