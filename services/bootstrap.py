@@ -26,6 +26,7 @@ from services.common.broker.base import QueueRole
 from services.common.broker.memory import MemoryBroker
 from services.common.db.prune import Pruner
 from services.common.metrics import API_CALLS, HEARTBEATS, worker_app
+from services.common.priority import yield_cpu
 from services.common.runtime import Runtime, build_runtime
 from services.common.settings import Settings
 from services.common.sf_auth import SfTokenSource
@@ -173,6 +174,9 @@ async def running(
         await runtime.broker.connect()
         live = Running(runtime, heartbeat_timeout=settings.heartbeat_timeout_s)
         if "relay" in roles:
+            if roles == {"relay"} and settings.relay_nice:
+                nice = yield_cpu(settings.relay_nice)
+                log.info("relay at CPU priority nice %s (OWNERSYNC_RELAY_NICE)", nice)
             await _start_relay(live, settings, stack, stop)
         for role, queue, handle in WORKERS:
             if role in roles:

@@ -169,6 +169,14 @@ class Settings(BaseSettings):
         description="how long an answered record waits for others in flight to be settled in "
         "the same transaction",
     )
+    relay_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="the CPU priority (nice) of a process that runs the relay alone: its work "
+        "waits in the outbox, so on a shared host acking SF and deciding go first (0 = normal; "
+        "services/common/priority.py)",
+    )
     relay_coalesce_ms: int = Field(
         300,
         ge=0,
