@@ -95,7 +95,9 @@ def syncer() -> None:
 
 @roles_app.command()
 def relay() -> None:
-    """Run the outbox relay: sends committed effects to AE (and SF) with retries."""
+    """Run the outbox relay: sends committed effects to AE (and SF) with retries.
+
+    Runs at CPU priority OWNERSYNC_RELAY_NICE (10; 0 = normal): SF's acks and decisions go first."""
     _serve(load_settings(), ("relay",))
 
 
