@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
@@ -304,7 +305,7 @@ class Relay:
         self.unchanged = 0  # effects superseded without a call: the state sent last is current
         self.fenced = 0  # settles refused because another relay took the lease over
         self.wake = asyncio.Event()
-        self._observed_at = 0.0
+        self._observed_at = -math.inf  # the first count is at start
         self._lanes: dict[tuple[str, Target], asyncio.Semaphore] = {}
         self._outstanding = 0
         self._freed = asyncio.Event()
@@ -455,7 +456,7 @@ class Relay:
         Postgres's time in the bench while AE held the backlog; Prometheus scrapes every
         15-30 s."""
         loop = asyncio.get_running_loop()
-        if self.observed and loop.time() - self._observed_at < self.observe_every:
+        if loop.time() - self._observed_at < self.observe_every:
             return
         self._observed_at = loop.time()
         self.observed += 1

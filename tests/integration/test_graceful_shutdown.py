@@ -4,7 +4,6 @@ nothing is applied twice (checked in the inbox and the audit rows)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import uuid
@@ -22,6 +21,7 @@ from services.common.settings import Settings
 from services.common.sfid import to18
 from services.common.worker import run_worker
 from services.syncer.worker import apply_sf_events
+from tests.integration.processes import role_env
 
 pytestmark = pytest.mark.integration
 
@@ -65,16 +65,7 @@ async def test_sigterm_mid_stream_loses_nothing_and_applies_nothing_twice(
     events = _events(EVENTS)
     for start in range(0, EVENTS, 500):
         await runtime.broker.publish(events[start : start + 500])
-    env = {
-        **os.environ,
-        "OWNERSYNC_DATABASE_URL": base_settings.database_url,
-        "OWNERSYNC_AMQP_URL": base_settings.amqp_url or "",
-        "OWNERSYNC_EXCHANGE": base_settings.exchange,
-        "OWNERSYNC_QUEUE_PREFIX": base_settings.queue_prefix,
-        "OWNERSYNC_DELIVERY_LIMIT": str(base_settings.delivery_limit),
-        "OWNERSYNC_BATCH_SIZE": "50",
-        "OWNERSYNC_METRICS_PORT": "0",
-    }
+    env = role_env(base_settings, BATCH_SIZE="50", METRICS_PORT="0")
     worker = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

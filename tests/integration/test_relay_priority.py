@@ -5,7 +5,6 @@ other roles keeps its priority."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from services.common.priority import AUTOGROUP
 from services.common.settings import Settings
 from services.common.web import free_port
+from tests.integration.processes import role_env
 
 pytestmark = pytest.mark.integration
 
@@ -24,18 +24,7 @@ async def _priority_once_up(
 ) -> tuple[int, str | None]:
     """The nice value of a `role` process (and of its CPU group) once its /healthz answers."""
     port = free_port()
-    env = {
-        **os.environ,
-        "OWNERSYNC_DATABASE_URL": settings.database_url,
-        "OWNERSYNC_AMQP_URL": settings.amqp_url or "",
-        "OWNERSYNC_EXCHANGE": settings.exchange,
-        "OWNERSYNC_QUEUE_PREFIX": settings.queue_prefix,
-        "OWNERSYNC_DELIVERY_LIMIT": str(settings.delivery_limit),
-        "OWNERSYNC_RETRY_DELAY_MS": str(settings.retry_delay_ms),
-        "OWNERSYNC_RETRY_LIMIT": str(settings.retry_limit),
-        "OWNERSYNC_METRICS_PORT": str(port),
-        "OWNERSYNC_RELAY_NICE": str(nice),
-    }
+    env = role_env(settings, METRICS_PORT=str(port), RELAY_NICE=str(nice))
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -68,25 +57,23 @@ async def _priority_once_up(
             await proc.wait()
 
 
-async def test_a_relay_process_runs_at_the_configured_lower_priority(
-    base_settings: Settings, clean: None, tmp_path: Path
+@pytest.mark.parametrize(
+    ("role", "relay_nice", "expected"),
+    [
+        ("relay", 9, 9),  # lowered, and its CPU group with it
+        ("relay", 0, 0),  # RELAY_NICE=0: left at normal priority
+        ("syncer", 9, 0),  # not the relay: keeps its priority
+    ],
+)
+async def test_only_a_relay_process_takes_the_configured_priority(
+    base_settings: Settings,
+    clean: None,
+    tmp_path: Path,
+    role: str,
+    relay_nice: int,
+    expected: int,
 ) -> None:
-    nice, group = await _priority_once_up(base_settings, "relay", 9, tmp_path / "role.log")
-    assert nice == 9
-    if AUTOGROUP.exists():
-        assert group == "9"
-
-
-async def test_relay_nice_0_leaves_the_relay_at_normal_priority(
-    base_settings: Settings, clean: None, tmp_path: Path
-) -> None:
-    assert (await _priority_once_up(base_settings, "relay", 0, tmp_path / "role.log"))[0] == 0
-
-
-async def test_a_worker_process_keeps_its_priority(
-    base_settings: Settings, clean: None, tmp_path: Path
-) -> None:
-    nice, group = await _priority_once_up(base_settings, "syncer", 9, tmp_path / "role.log")
-    assert nice == 0
-    if AUTOGROUP.exists():
-        assert group == "0"
+    nice, group = await _priority_once_up(base_settings, role, relay_nice, tmp_path / "role.log")
+    assert nice == expected
+    if AUTOGROUP.exists():  # Linux with autogroups: the group's value is what counts
+        assert group == str(expected)
