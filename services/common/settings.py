@@ -106,7 +106,9 @@ class Settings(BaseSettings):
         500, ge=1, description="/v1 requests an API key may make at once before the rate applies"
     )
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(
+        8000, ge=0, le=65535, description="the receiver's port (0 = any free one, logged at start)"
+    )
     metrics_port: int = Field(
         9100, ge=0, description="/healthz and /metrics of a worker-only process (0 = off)"
     )

@@ -17,9 +17,15 @@ from services.common.runtime import Runtime
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now. Another process may take it before the caller does: to
+    serve, pass port 0 to `serve_app` instead, which keeps the socket it is given."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+class ServeError(RuntimeError):
+    """An embedded server could not listen or start its app."""
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -31,25 +37,41 @@ class _EmbeddedServer(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def serve_app(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Serve `app` until the block exits; yields its base URL (http://host:port)."""
-    port = port or free_port(host)
+    """Serve `app` until the block exits; yields its base URL (http://host:port).
+
+    Port 0 takes a free port, held from the moment it is chosen: processes started side by
+    side (test workers, replicas) never race for one. The socket is bound here, not by
+    uvicorn, which would end the whole process with SystemExit when a port is taken."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    url = f"http://{host}:{sock.getsockname()[1]}"
     # log_config=None: uvicorn's own lines go through the root handler, so they come out in
     # OWNERSYNC_LOG_FORMAT with control characters escaped, like every other line.
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", lifespan="on", log_config=None
-    )
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", log_config=None)
     server = _EmbeddedServer(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError(f"server on {host}:{port} stopped before it started")
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        await task
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        except SystemExit as exc:  # uvicorn's answer to an app whose startup failed
+            failed = f"the app on {url} failed to start (uvicorn exit {exc.code})"
+            raise ServeError(failed) from None
+
+    with sock:
+        task = asyncio.create_task(serve())
+        while not server.started:
+            if task.done():
+                task.result()
+                raise ServeError(f"the server on {url} stopped before it started")
+            await asyncio.sleep(0.01)
+        try:
+            yield url
+        finally:
+            server.should_exit = True
+            await task
 
 
 def get_runtime(request: Request) -> Runtime:

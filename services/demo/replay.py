@@ -43,7 +43,6 @@ from services.common.endpoints import SfAction, sf_outbound_url
 from services.common.messages import event_id_for
 from services.common.settings import Settings
 from services.common.sla import OPEN_STATES
-from services.common.web import free_port
 from services.receiver.signatures import signed_headers
 from services.receiver.soap import parse_outbound_message
 from services.sim.ae import AeSimState
@@ -182,7 +181,7 @@ async def run_demo(console: Console) -> None:
             amqp_url=None,
             ae_base_url=None,
             sf_base_url=None,
-            port=free_port(),
+            port=0,
             relay_interval_ms=20,
             relay_coalesce_ms=0,
             sla_interval_ms=100,

@@ -18,7 +18,6 @@ from services.common.db.engine import make_engine, migrate
 from services.common.db.tables import metadata
 from services.common.runtime import build_runtime
 from services.common.settings import Settings
-from services.common.web import free_port
 from services.demo.replay import demo_tenant
 from tests.endpoints import ACME_ENDPOINT_KEY
 
@@ -127,7 +126,7 @@ async def clean(base_settings: Settings, topology: None) -> AsyncIterator[None]:
 @pytest.fixture
 async def stack(base_settings: Settings, clean: None) -> AsyncIterator[Running]:
     """Receiver, syncer and relay on the real Postgres and RabbitMQ, AE simulator over HTTP."""
-    settings = base_settings.model_copy(update={"port": free_port()})
+    settings = base_settings.model_copy(update={"port": 0})
     stop = asyncio.Event()
     keys = {"acme": ACME_ENDPOINT_KEY} if ACME_ENDPOINT_KEY else {}
     async with running(settings, ROLES, stop, sf_endpoint_keys=keys) as live:

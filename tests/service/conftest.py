@@ -20,7 +20,6 @@ from services.bootstrap import ROLES, Running, running
 from services.common.db.engine import make_engine, migrate
 from services.common.runtime import Runtime, build_runtime
 from services.common.settings import Settings
-from services.common.web import free_port
 from services.demo.replay import demo_tenant
 from tests.endpoints import ACME_ENDPOINT_KEY
 
@@ -65,7 +64,7 @@ def service_settings(store_url: str) -> Settings:
         ae_base_url=None,
         sf_base_url=None,
         use_simulators=True,
-        port=free_port(),
+        port=0,  # any free port, held from the start: test workers run side by side
         metrics_port=0,
     )
 

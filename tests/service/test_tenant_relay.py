@@ -32,7 +32,7 @@ from services.common.endpoints import sf_outbound_url
 from services.common.runtime import build_runtime
 from services.common.settings import Settings
 from services.common.sfid import to18
-from services.common.web import free_port, serve_app
+from services.common.web import serve_app
 from services.demo.replay import demo_tenant
 from services.sim.ae import AeSimState, create_ae_app
 from services.sim.sf import SfSimState, create_sf_app
@@ -129,7 +129,7 @@ async def world(database: str) -> AsyncIterator[World]:
         batch_wait_ms=5,
         relay_interval_ms=20,
         relay_coalesce_ms=0,
-        port=free_port(),  # not the default 8000: tests run side by side
+        port=0,  # any free port: tests run side by side
     )
     async with contextlib.AsyncExitStack() as stack:
         for org in (north, south):

@@ -34,12 +34,12 @@ def _child(nice: int, *, own_session: bool, start_at: int = 0) -> dict[str, Any]
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(nice), str(start_at)],
         capture_output=True,
-        check=True,
         text=True,
         start_new_session=own_session,
         cwd=Path(__file__).resolve().parents[2],
         timeout=30,
     )
+    assert done.returncode == 0, f"the child failed ({done.returncode}):\n{done.stderr}"
     answer: dict[str, Any] = json.loads(done.stdout)
     return answer
 
