@@ -17,7 +17,11 @@ from services.cli.common import console, err, load_settings, migrate_embedded
 from services.cli.tenants import load_tenant_file
 from services.common.db.engine import migrate
 from services.common.logs import configure_logging
-from services.common.runtime import freeze_startup_objects, run_event_loop
+from services.common.runtime import (
+    collect_garbage_every,
+    freeze_startup_objects,
+    run_event_loop,
+)
 from services.common.settings import Settings
 
 roles_app = typer.Typer()
@@ -44,7 +48,15 @@ def _serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with running(settings, roles, stop, sf_endpoint_keys=endpoint_keys) as live:
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.gc_interval_ms:
+                collector = asyncio.create_task(
+                    collect_garbage_every(settings.gc_interval_ms / 1000), name="gc"
+                )
+                stack.callback(collector.cancel)
+            live = await stack.enter_async_context(
+                running(settings, roles, stop, sf_endpoint_keys=endpoint_keys)
+            )
             if live.receiver_url:
                 err.print(
                     f"[green]ownersync {', '.join(roles)} up[/green]: {live.receiver_url}"

@@ -61,6 +61,8 @@ def _canonical(value: str) -> str:
         raise InvalidSalesforceId(f"not a Salesforce id (15 or 18 letters and digits): {value!r}")
     if len(value) == 15:
         return value + _suffix(value)
+    if _suffix(value[:15]) == value[15:]:
+        return value  # already canonical, as SF and ownersync's own messages send it
     suffix = value[15:].upper()
     chars = list(value[:15])
     for chunk, code in enumerate(suffix):

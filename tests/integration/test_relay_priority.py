@@ -4,17 +4,13 @@ other roles keeps its priority."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from services.common.priority import AUTOGROUP
 from services.common.settings import Settings
-from services.common.web import free_port
-from tests.integration.processes import role_env
+from tests.integration.processes import worker_role
 
 pytestmark = pytest.mark.integration
 
@@ -23,38 +19,11 @@ async def _priority_once_up(
     settings: Settings, role: str, nice: int, log: Path
 ) -> tuple[int, str | None]:
     """The nice value of a `role` process (and of its CPU group) once its /healthz answers."""
-    port = free_port()
-    env = role_env(settings, METRICS_PORT=str(port), RELAY_NICE=str(nice))
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            role,
-            env=env,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # its own CPU group, as under systemd or the benchmark
-        )
-    try:
-        async with httpx.AsyncClient() as client, asyncio.timeout(60):
-            while True:
-                assert proc.returncode is None, log.read_text()[-2000:]
-                try:
-                    if (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code < 500:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+    async with worker_role(settings, role, log, RELAY_NICE=str(nice)) as (proc, _):
         # /proc/PID/stat: the 19th field is the nice value (the 2nd, "(comm)", has no spaces)
         nice_now = int(Path(f"/proc/{proc.pid}/stat").read_text().split()[18])
         group = Path(f"/proc/{proc.pid}/autogroup")
         return nice_now, group.read_text().split()[-1] if group.exists() else None
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        async with asyncio.timeout(30):
-            await proc.wait()
 
 
 @pytest.mark.parametrize(

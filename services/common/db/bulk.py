@@ -10,6 +10,7 @@ connection of the worker's transaction; SQLite keeps the portable SQLAlchemy pat
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -61,10 +62,12 @@ def rows_json(rows: Iterable[dict[str, Any]]) -> str:
     return orjson.dumps(list(rows)).decode()
 
 
+_POSTGRES = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
 def columns_of(table: Table, row: dict[str, Any]) -> list[tuple[str, str]]:
     """The (column, Postgres type) of the table that the row gives, in the table's order."""
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    return [(c.name, c.type.compile(dialect=dialect)) for c in table.columns if c.name in row]
+    return [(c.name, c.type.compile(dialect=_POSTGRES)) for c in table.columns if c.name in row]
 
 
 def insert_sql(table: str, columns: Sequence[tuple[str, str]]) -> str:
@@ -72,9 +75,16 @@ def insert_sql(table: str, columns: Sequence[tuple[str, str]]) -> str:
     return f"INSERT INTO {table} ({names}) SELECT {names} FROM {recordset(columns, 'r')}"
 
 
+@lru_cache(maxsize=64)
+def _insert_rows_sql(table: Table, given: frozenset[str]) -> str:
+    # Once per table and set of columns: building the statement made a dialect, and garbage
+    # in reference cycles, each time (what the full collections of a worker then freed).
+    return insert_sql(table.name, columns_of(table, dict.fromkeys(given)))
+
+
 async def insert_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
     """Insert rows that all give the same columns (what the first row gives is written)."""
-    sql = insert_sql(table.name, columns_of(table, rows[0]))
+    sql = _insert_rows_sql(table, frozenset(rows[0]))
     await (await driver(conn)).execute(sql, rows_json(rows))
 
 
