@@ -15,12 +15,13 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 LATENCY = "ownersync_receipt_to_decision_seconds"
+GC_PAUSE = "ownersync_gc_pause_seconds"
 
 # (type label, le) -> cumulative count
 Scrape = dict[tuple[str, float], float]
 
 
-async def scrape(metrics_url: str, name: str = LATENCY) -> Scrape:
+async def scrape(metrics_url: str, name: str = LATENCY, label: str = "type") -> Scrape:
     async with httpx.AsyncClient(timeout=10.0) as client:
         answer = await client.get(metrics_url)
         answer.raise_for_status()
@@ -30,9 +31,29 @@ async def scrape(metrics_url: str, name: str = LATENCY) -> Scrape:
             continue
         for sample in family.samples:
             if sample.name == f"{name}_bucket":
-                key = (sample.labels.get("type", ""), float(sample.labels["le"]))
+                key = (sample.labels.get(label, ""), float(sample.labels["le"]))
                 buckets[key] = sample.value
     return buckets
+
+
+async def gc_pauses(metrics_url: str) -> Scrape:
+    """The role's garbage collection pauses (label: the generation collected, "2" = full)."""
+    return await scrape(metrics_url, GC_PAUSE, label="generation")
+
+
+def pause_summary(before: Scrape, after: Scrape) -> dict[str, object]:
+    """A phase's collection pauses: full collections, pauses over 10 ms, the longest's bucket."""
+    full = Buckets.difference(before, after, ["2"])
+    every = Buckets.difference(before, after, ["0", "1", "2"])
+    longest = next(
+        (b for b, c in zip(every.bounds, every.counts, strict=True) if c >= every.total), None
+    )
+    return {
+        "full_collections": full.total,
+        "collections": every.total,
+        "over_10ms": every.total - every.counts[every.bounds.index(0.01)] if every.total else 0.0,
+        "longest_at_most_ms": None if longest is None else longest * 1000,
+    }
 
 
 @dataclass(frozen=True)

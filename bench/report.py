@@ -462,6 +462,17 @@ def _notes(r: dict[str, Any], console: Console) -> None:
         f"{lat['drain_seconds']:.1f}s.",
         f"  CPU: {limits(lat['cpu'], cores)}.",
     ]
+    if pauses := lat.get("gc_pauses"):
+        lines.append(
+            "  Garbage collection: "
+            + "; ".join(
+                f"{role} {p['collections']:,.0f} pauses ({p['full_collections']:,.0f} full), "
+                f"{p['over_10ms']:,.0f} over 10 ms, the longest <= {p['longest_at_most_ms']:g} ms"
+                for role, p in pauses.items()
+                if p["longest_at_most_ms"] is not None
+            )
+            + "."
+        )
     if e2e and lat["offered_rate"] >= 0.8 * e2e:
         lines.append(
             f"  What limits it: {lat['offered_rate']:,.0f}/s offered is "

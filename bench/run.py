@@ -34,7 +34,7 @@ import httpx
 
 from bench import baseline, db, engagement, load, preload
 from bench.dbwait import DbSampler
-from bench.histogram import Buckets, exact_quantile, scrape
+from bench.histogram import Buckets, exact_quantile, gc_pauses, pause_summary, scrape
 from bench.procs import REPO, CpuMeter, Services, free_port
 
 TENANT_FILE = REPO / "services" / "demo" / "fixtures" / "salesforce" / "tenant.json"
@@ -497,6 +497,8 @@ class Bench:
         )
         inbox = await self.db.inbox_count() + load.unique_notifications(messages)
         hist_before = await scrape(self.syncer_metrics)
+        gc_metrics = {"syncer": self.syncer_metrics, "receiver": f"{self.receiver_url}/metrics"}
+        gc_before = {role: await gc_pauses(url) for role, url in gc_metrics.items()}
         cpu_before = self.meter.sample()
         sampler = self._sampler()
         run = await load.post_paced(self.receiver_url, messages, per_second)
@@ -508,6 +510,10 @@ class Bench:
         if seen is None:
             raise RuntimeError(f"latency: inbox has {count_now}/{inbox} after the phase")
         hist_after = await scrape(self.syncer_metrics)
+        pauses = {
+            role: pause_summary(gc_before[role], await gc_pauses(url))
+            for role, url in gc_metrics.items()
+        }
         buckets = Buckets.difference(hist_before, hist_after, LATENCY_TYPES)
         share, exact = buckets.share_at_most(0.1)
         sent = [p.sent_at for p in run.posted]
@@ -551,6 +557,7 @@ class Bench:
             "retries": run.retries,
             "cpu": CpuMeter.share(cpu_before, cpu_after),
             "db_time": db_time,
+            "gc_pauses": pauses,
         }
         _say(self.o, "latency: letting the relay drain the effects of the phase")
         result.update(await self._drain(inbox, "latency"))

@@ -17,11 +17,8 @@ from services.cli.common import console, err, load_settings, migrate_embedded
 from services.cli.tenants import load_tenant_file
 from services.common.db.engine import migrate
 from services.common.logs import configure_logging
-from services.common.runtime import (
-    collect_garbage_every,
-    freeze_startup_objects,
-    run_event_loop,
-)
+from services.common.metrics import GC_PAUSES
+from services.common.runtime import freeze_startup_objects, run_event_loop
 from services.common.settings import Settings
 
 roles_app = typer.Typer()
@@ -48,15 +45,7 @@ def _serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with contextlib.AsyncExitStack() as stack:
-            if settings.gc_interval_ms:
-                collector = asyncio.create_task(
-                    collect_garbage_every(settings.gc_interval_ms / 1000), name="gc"
-                )
-                stack.callback(collector.cancel)
-            live = await stack.enter_async_context(
-                running(settings, roles, stop, sf_endpoint_keys=endpoint_keys)
-            )
+        async with running(settings, roles, stop, sf_endpoint_keys=endpoint_keys) as live:
             if live.receiver_url:
                 err.print(
                     f"[green]ownersync {', '.join(roles)} up[/green]: {live.receiver_url}"
@@ -65,6 +54,7 @@ def _serve(
             await stop.wait()
 
     freeze_startup_objects()  # full collections would traverse every import-time object
+    GC_PAUSES.watch()  # each collection's pause on /metrics: the stalls a latency tail is made of
     try:
         run_event_loop(main(), uvloop=settings.uvloop)
     except ConfigurationError as exc:

@@ -93,29 +93,6 @@ def freeze_startup_objects() -> int:
     return gc.get_freeze_count()
 
 
-# No full collection of Python's own: the count of young collections it waits for.
-_NEVER = 2**30
-
-
-async def collect_garbage_every(interval: float) -> None:
-    """Full collections at a steady pace, in place of Python's own, until cancelled.
-
-    Python starts a full collection once objects promoted since the last one pass a quarter of
-    those it kept then; with the import-time objects frozen (`freeze_startup_objects`), that
-    is every ~10 s in a busy worker, and each freed ~28,000 objects of the batches since in
-    one go: the syncer's loop stood still 24-154 ms each time (measured in the benchmark's 50%
-    phase), where the target is 100 ms from receipt to decision. Collected every second, the
-    same garbage goes in pauses of a few milliseconds. Young collections stay Python's."""
-    young, middle, old = gc.get_threshold()
-    gc.set_threshold(young, middle, _NEVER)
-    try:
-        while True:
-            await asyncio.sleep(interval)
-            gc.collect()
-    finally:
-        gc.set_threshold(young, middle, old)
-
-
 def run_event_loop(main: Coroutine[Any, Any, T], *, uvloop: bool = True) -> T:
     """`asyncio.run(main)` on uvloop when it is installed and wanted: its loop and transports
     cost a fraction of asyncio's per message and per socket write. Else asyncio's own loop."""

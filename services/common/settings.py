@@ -58,12 +58,6 @@ class Settings(BaseSettings):
     uvloop: bool = Field(
         True, description="run the roles on uvloop when it is installed (else asyncio's loop)"
     )
-    gc_interval_ms: int = Field(
-        1000,
-        ge=0,
-        description="a role process collects its garbage in full this often, in short pauses, "
-        "in place of Python's own rarer and longer full collections (0 = Python's schedule)",
-    )
     hold_backoff_ms: int = Field(
         200,
         ge=1,

@@ -68,6 +68,9 @@ def test_quick_benchmark_completes_with_every_figure() -> None:
         assert run["offered_rate"] == pytest.approx(run["fraction"] * throughput["rate"])
         assert run["observations"] >= run["notifications"] * 0.9
         assert run["p50"] <= run["p95"] <= run["p99"]
+        for role in ("syncer", "receiver"):  # their garbage collections during the phase
+            pauses = run["gc_pauses"][role]
+            assert pauses["collections"] >= 1 and pauses["longest_at_most_ms"] is not None
         to_ae = run["receipt_to_ae_ms"]  # the relay may still be sending: not_in_ae
         assert to_ae["records"] + to_ae["not_in_ae"] + to_ae["no_call_needed"] > 0
     assert figures["latency"] == runs[-1]
