@@ -43,16 +43,13 @@ async def gc_pauses(metrics_url: str) -> Scrape:
 
 def pause_summary(before: Scrape, after: Scrape) -> dict[str, object]:
     """A phase's collection pauses: full collections, pauses over 10 ms, the longest's bucket."""
-    full = Buckets.difference(before, after, ["2"])
     every = Buckets.difference(before, after, ["0", "1", "2"])
-    longest = next(
-        (b for b, c in zip(every.bounds, every.counts, strict=True) if c >= every.total), None
-    )
+    has_any = every.total > 0
     return {
-        "full_collections": full.total,
+        "full_collections": Buckets.difference(before, after, ["2"]).total,
         "collections": every.total,
-        "over_10ms": every.total - every.counts[every.bounds.index(0.01)] if every.total else 0.0,
-        "longest_at_most_ms": None if longest is None else longest * 1000,
+        "over_10ms": every.total - every.counts[every.bounds.index(0.01)] if has_any else 0.0,
+        "longest_at_most_ms": every.bucket_of(1.0)[1] * 1000 if has_any else None,
     }
 
 

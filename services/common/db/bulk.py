@@ -9,7 +9,7 @@ connection of the worker's transaction; SQLite keeps the portable SQLAlchemy pat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -65,7 +65,7 @@ def rows_json(rows: Iterable[dict[str, Any]]) -> str:
 _POSTGRES = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
-def columns_of(table: Table, row: dict[str, Any]) -> list[tuple[str, str]]:
+def columns_of(table: Table, row: Container[str]) -> list[tuple[str, str]]:
     """The (column, Postgres type) of the table that the row gives, in the table's order."""
     return [(c.name, c.type.compile(dialect=_POSTGRES)) for c in table.columns if c.name in row]
 
@@ -79,7 +79,7 @@ def insert_sql(table: str, columns: Sequence[tuple[str, str]]) -> str:
 def _insert_rows_sql(table: Table, given: frozenset[str]) -> str:
     # Once per table and set of columns: building the statement made a dialect, and garbage
     # in reference cycles, each time (what the full collections of a worker then freed).
-    return insert_sql(table.name, columns_of(table, dict.fromkeys(given)))
+    return insert_sql(table.name, columns_of(table, given))
 
 
 async def insert_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
