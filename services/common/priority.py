@@ -13,7 +13,9 @@ and shares the CPU between groups before it looks at a process's nice value: a p
 leads its own session (systemd services, the benchmark's roles, `setsid`) is its own group, so
 its group's nice value (`/proc/self/autogroup`) is what counts, and it is set too. A process
 sharing its session (started from a shell) does not touch the group: it would lower the shell's
-other processes with it.
+other processes with it. A session in the kernel's default group (the session of init, as
+in some containers) has no nice value of its own: `/proc/self/autogroup` reads empty there, and
+the group is left alone.
 """
 
 from __future__ import annotations
@@ -27,6 +29,22 @@ log = logging.getLogger(__name__)
 AUTOGROUP = Path("/proc/self/autogroup")
 
 
+def group_nice(path: Path | None = None) -> int | None:
+    """The nice value of a process's CPU group ("/autogroup-123 nice 0" in `path`, this
+    process's by default), or None where there is none: no autogroups, or the kernel's default
+    group, whose file reads empty."""
+    try:
+        fields = (path or AUTOGROUP).read_text().split()
+    except OSError:
+        return None
+    if len(fields) < 3 or fields[-2] != "nice":
+        return None
+    try:
+        return int(fields[-1])
+    except ValueError:
+        return None
+
+
 def yield_cpu(nice: int) -> int | None:
     """Lower this process's CPU priority to `nice` (never raise it); the nice value now in
     force, or None where the platform has none."""
@@ -36,11 +54,10 @@ def yield_cpu(nice: int) -> int | None:
     current = os.getpriority(os.PRIO_PROCESS, 0)
     if nice > current:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
-    if os.getsid(0) == os.getpid() and AUTOGROUP.exists():
+    group = group_nice() if os.getsid(0) == os.getpid() else None
+    if group is not None and nice > group:
         try:
-            # "/autogroup-123 nice 0"
-            if nice > int(AUTOGROUP.read_text().split()[-1]):
-                AUTOGROUP.write_text(str(nice))
-        except (OSError, ValueError) as exc:
+            AUTOGROUP.write_text(str(nice))
+        except OSError as exc:
             log.warning("could not set the nice value of this session's CPU group: %s", exc)
     return os.getpriority(os.PRIO_PROCESS, 0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.priority import AUTOGROUP
+from services.common.priority import AUTOGROUP, group_nice
 from services.common.settings import Settings
 from tests.integration.processes import worker_role
 
@@ -17,13 +17,12 @@ pytestmark = pytest.mark.integration
 
 async def _priority_once_up(
     settings: Settings, role: str, nice: int, log: Path
-) -> tuple[int, str | None]:
+) -> tuple[int, int | None]:
     """The nice value of a `role` process (and of its CPU group) once its /healthz answers."""
     async with worker_role(settings, role, log, RELAY_NICE=str(nice)) as (proc, _):
         # /proc/PID/stat: the 19th field is the nice value (the 2nd, "(comm)", has no spaces)
         nice_now = int(Path(f"/proc/{proc.pid}/stat").read_text().split()[18])
-        group = Path(f"/proc/{proc.pid}/autogroup")
-        return nice_now, group.read_text().split()[-1] if group.exists() else None
+        return nice_now, group_nice(Path(f"/proc/{proc.pid}/autogroup"))
 
 
 @pytest.mark.parametrize(
@@ -45,4 +44,4 @@ async def test_only_a_relay_process_takes_the_configured_priority(
     nice, group = await _priority_once_up(base_settings, role, relay_nice, tmp_path / "role.log")
     assert nice == expected
     if AUTOGROUP.exists():  # Linux with autogroups: the group's value is what counts
-        assert group == str(expected)
+        assert group == expected  # the role leads its own session, so its own group
