@@ -1,5 +1,7 @@
-"""The store's batch path on Postgres: one locked query for a batch's records, one statement per
-table for its writes (its rows as one JSON parameter: the same statement for any batch size)."""
+"""The store's batch path on Postgres: one locked query for a batch's records, and two statements
+for its writes (the new records, whose ids come back, then the updates and the inbox, audit and
+outbox rows together), each table's rows as one JSON parameter: the same statements for any
+batch size."""
 
 from __future__ import annotations
 
@@ -160,16 +162,27 @@ async def test_a_stored_record_is_updated_in_the_same_batch_statement(engine: As
         writer = store.BatchWriter(conn, NOW + timedelta(hours=1))
         for n, record in enumerate(sorted(known.values(), key=lambda r: r.id or 0)):
             moved = record.evolve(ae_assigned_user_id=100 + n, sf_owner_id=None)
-            await writer.apply(TENANT, sf_event(10 + n), Decision(Rule.S5, "moved", record, moved))
-        await writer.flush()
+            effect = AeProspectUpsert.of(moved)
+            await writer.apply(
+                TENANT, sf_event(10 + n), Decision(Rule.S5, "moved", record, moved, (effect,))
+            )
+        async with statements(conn) as seen:
+            await writer.flush()
+    assert len(seen) == 1 and seen[0].startswith("WITH ")  # one round trip for all four
     async with engine.connect() as conn:
         rows = sorted(await conn.execute(select(records)), key=lambda r: r.id)
+        processed = {r.event_id for r in await conn.execute(select(inbox))}
+        audit = list(await conn.execute(select(audit_log).where(audit_log.c.reason == "moved")))
+        effects = list(await conn.execute(select(outbox)))
     assert [(r.ae_assigned_user_id, r.sf_owner_id) for r in rows] == [(100, None), (101, None)]
     assert all(r.updated_at == NOW + timedelta(hours=1) and r.created_at == NOW for r in rows)
+    assert {str(sf_event(10 + n).event_id) for n in range(2)} <= processed
+    assert sorted(r.after["ae_assigned_user_id"] for r in audit) == [100, 101]
+    assert sorted(e.payload["assigned_user_id"] for e in effects) == [0, 1, 100, 101]
 
 
-async def test_batches_of_any_size_send_the_same_four_statements(engine: AsyncEngine) -> None:
+async def test_batches_of_any_size_send_the_same_two_statements(engine: AsyncEngine) -> None:
     await write_batch(engine, 100, 1)  # asyncpg learns the array types on first use
     sent = [await write_batch(engine, first, size) for first, size in ((0, 1), (1, 7), (8, 40))]
-    assert len(sent[0]) == 4  # records, inbox, audit_log, outbox
+    assert len(sent[0]) == 2  # records; then inbox, audit_log and outbox in one
     assert sent[0] == sent[1] == sent[2]

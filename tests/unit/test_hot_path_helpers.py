@@ -53,6 +53,18 @@ def test_a_batch_statement_writes_the_columns_its_rows_give_whatever_their_numbe
     ]
 
 
+def test_a_batch_writes_its_updates_and_rows_in_one_statement_of_ctes() -> None:
+    """One round trip: every part but the last is a data-modifying WITH, each its own parameter."""
+    sql = bulk.write_sql(True, ((inbox, frozenset({"event_id"})), (outbox, frozenset({"id"}))))
+    assert sql.startswith("WITH w1 AS (UPDATE records AS r SET ")
+    assert "json_to_recordset($1::json) AS u(id bigint" in sql
+    assert ", w2 AS (INSERT INTO inbox (event_id) SELECT event_id FROM json_to_recordset($2" in sql
+    last = ") INSERT INTO outbox (id) SELECT id FROM json_to_recordset($3::json) AS r(id BIGINT)"
+    assert sql.endswith(last)
+    alone = bulk.write_sql(False, ((inbox, frozenset({"event_id"})),))
+    assert alone == bulk.insert_sql("inbox", bulk.columns_of(inbox, {"event_id"}))
+
+
 class _Consumer:
     """Stands in for the RabbitMQ consumer: 'decodes' a message into a delivery of n events."""
 

@@ -51,9 +51,9 @@ def _definitions(columns: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"{name} {kind}" for name, kind in columns)
 
 
-def recordset(columns: Sequence[tuple[str, str]], alias: str) -> str:
-    """The rows of the statement's one parameter (a JSON array of objects) as a table."""
-    return f"json_to_recordset($1::json) AS {alias}({_definitions(columns)})"
+def recordset(columns: Sequence[tuple[str, str]], alias: str, param: int = 1) -> str:
+    """The rows of the statement's parameter `param` (a JSON array of objects) as a table."""
+    return f"json_to_recordset(${param}::json) AS {alias}({_definitions(columns)})"
 
 
 def rows_json(rows: Iterable[dict[str, Any]]) -> str:
@@ -70,22 +70,9 @@ def columns_of(table: Table, row: Container[str]) -> list[tuple[str, str]]:
     return [(c.name, c.type.compile(dialect=_POSTGRES)) for c in table.columns if c.name in row]
 
 
-def insert_sql(table: str, columns: Sequence[tuple[str, str]]) -> str:
+def insert_sql(table: str, columns: Sequence[tuple[str, str]], param: int = 1) -> str:
     names = ", ".join(name for name, _ in columns)
-    return f"INSERT INTO {table} ({names}) SELECT {names} FROM {recordset(columns, 'r')}"
-
-
-@lru_cache(maxsize=64)
-def _insert_rows_sql(table: Table, given: frozenset[str]) -> str:
-    # Once per table and set of columns: building the statement made a dialect, and garbage
-    # in reference cycles, each time (what the full collections of a worker then freed).
-    return insert_sql(table.name, columns_of(table, given))
-
-
-async def insert_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Insert rows that all give the same columns (what the first row gives is written)."""
-    sql = _insert_rows_sql(table, frozenset(rows[0]))
-    await (await driver(conn)).execute(sql, rows_json(rows))
+    return f"INSERT INTO {table} ({names}) SELECT {names} FROM {recordset(columns, 'r', param)}"
 
 
 _RECORD_NAMES = ", ".join(name for name, _ in RECORD)
@@ -106,13 +93,42 @@ async def insert_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> l
     return sorted(row["id"] for row in found)
 
 
-_UPDATE_RECORDS = (
-    "UPDATE records AS r SET "
-    + ", ".join(f"{name} = u.{name}" for name, _ in RECORD_CHANGE[1:])
-    + f" FROM {recordset(RECORD_CHANGE, 'u')} WHERE r.id = u.id"
-)
+def _update_records_sql(param: int = 1) -> str:
+    return (
+        "UPDATE records AS r SET "
+        + ", ".join(f"{name} = u.{name}" for name, _ in RECORD_CHANGE[1:])
+        + f" FROM {recordset(RECORD_CHANGE, 'u', param)} WHERE r.id = u.id"
+    )
 
 
-async def update_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Set every column of each record (by its `id`), in one statement."""
-    await (await driver(conn)).execute(_UPDATE_RECORDS, rows_json(rows))
+@lru_cache(maxsize=64)
+def write_sql(updates: bool, inserts: tuple[tuple[Table, frozenset[str]], ...]) -> str:
+    """The one statement of `write`. Built once per shape: building it makes a SQLAlchemy
+    dialect's type names, garbage in reference cycles (what a worker's full collections freed)."""
+    parts = [_update_records_sql(1)] if updates else []
+    for table, given in inserts:
+        parts.append(insert_sql(table.name, columns_of(table, given), len(parts) + 1))
+    *first, last = parts
+    if not first:
+        return last
+    # Data-modifying statements in WITH all run, referenced or not, on one snapshot: none of
+    # these reads what another writes.
+    ctes = ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(first, start=1))
+    return f"WITH {ctes} {last}"
+
+
+async def write(
+    conn: AsyncConnection,
+    updates: list[dict[str, Any]],
+    inserts: Sequence[tuple[Table, list[dict[str, Any]]]],
+) -> None:
+    """Set every column of each record in `updates` (by its `id`) and insert the rows of each
+    table (the columns the first row gives), all in one statement: one round trip to Postgres
+    instead of one per table. The parts must not depend on each other's writes (they see the
+    same snapshot)."""
+    given = [(table, rows) for table, rows in inserts if rows]
+    if not updates and not given:
+        return
+    sql = write_sql(bool(updates), tuple((table, frozenset(rows[0])) for table, rows in given))
+    params = ([rows_json(updates)] if updates else []) + [rows_json(rows) for _, rows in given]
+    await (await driver(conn)).execute(sql, *params)

@@ -407,7 +407,8 @@ class BatchWriter:
                     row["record_id"] = real_id[row["record_id"]]
 
     async def _flush_postgres(self) -> None:
-        """`flush` on Postgres: one statement per table whatever the batch size."""
+        """`flush` on Postgres: the new records in one statement whatever the batch size (their
+        ids come back), then the updates and the inbox, audit and outbox rows in one more."""
         conn, now = self.conn, self.now
         real_id: dict[int, int] = {}
         if self._new:
@@ -420,18 +421,12 @@ class BatchWriter:
                 ],
             )
             real_id = {tmp: new for (tmp, _), new in zip(staged, ids, strict=True)}
-        if self._updates:
-            await bulk.update_records(
-                conn, [{"updated_at": now, **vars(s)} for s in self._updates.values()]
-            )
         self._resolve(real_id)
-        for table, rows in (
-            (inbox, self._inbox),
-            (audit_log, self._audit),
-            (outbox, self._outbox),
-        ):
-            if rows:
-                await bulk.insert_rows(conn, table, rows)
+        await bulk.write(
+            conn,
+            [{"updated_at": now, **vars(s)} for s in self._updates.values()],
+            ((inbox, self._inbox), (audit_log, self._audit), (outbox, self._outbox)),
+        )
 
 
 def _record_values(state: RecordState) -> dict[str, Any]:
