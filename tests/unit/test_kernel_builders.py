@@ -8,27 +8,31 @@ from types import SimpleNamespace
 import pytest
 
 from services.admin.records import ae_owner_in
-from services.common.db.store import policy_from_row
+from services.common.db.store import policy_from_row, policy_of
 from services.common.domain import Rule, TenantPolicy, describe_ae_owner
 
 
 def test_policy_is_built_from_every_decision_setting_of_the_tenant_row() -> None:
-    row = SimpleNamespace(
-        id="acme",
-        salesforce_org_id="00D5g000004xAbCEAU",
-        connector_user_id="0055g00000ePONxAAO",
-        sync_mode="contacts",
-        auto_create_prospects=False,
-        connector_verified=False,
-        webhook_secret="not read",
-    )
+    row = {
+        "id": "acme",
+        "salesforce_org_id": "00D5g000004xAbCEAU",
+        "connector_user_id": "0055g00000ePONxAAO",
+        "sync_mode": "contacts",
+        "auto_create_prospects": False,
+        "connector_verified": False,
+        "webhook_secret": "not read",
+    }
 
-    assert policy_from_row(row) == TenantPolicy(
-        tenant_id="acme",
-        connector_user_id="0055g00000ePONxAAO",
-        sync_mode="contacts",
-        auto_create_prospects=False,
-        connector_verified=False,
+    assert (
+        policy_of(row)
+        == policy_from_row(SimpleNamespace(_mapping=row))
+        == TenantPolicy(
+            tenant_id="acme",
+            connector_user_id="0055g00000ePONxAAO",
+            sync_mode="contacts",
+            auto_create_prospects=False,
+            connector_verified=False,
+        )
     )
 
 

@@ -73,14 +73,24 @@ def record_from_row(row: Any) -> RecordState:
     return RecordState(**{name: m[records.c[name]] for name in _RECORD_FIELDS})
 
 
+def _record_of(values: Any) -> RecordState:
+    """The record of values indexed by column name (an asyncpg row of `bulk`)."""
+    return RecordState(**{name: values[name] for name in _RECORD_FIELDS})
+
+
 def policy_from_row(row: Any) -> TenantPolicy:
     """The policy the decisions read, from a row that selected the `tenants` table."""
+    return policy_of(row._mapping)
+
+
+def policy_of(values: Any) -> TenantPolicy:
+    """The policy of values indexed by column name (a SQLAlchemy row's mapping, an asyncpg row)."""
     return TenantPolicy(
-        tenant_id=row.id,
-        connector_user_id=row.connector_user_id,
-        sync_mode=row.sync_mode,
-        auto_create_prospects=row.auto_create_prospects,
-        connector_verified=row.connector_verified,
+        tenant_id=values["id"],
+        connector_user_id=values["connector_user_id"],
+        sync_mode=values["sync_mode"],
+        auto_create_prospects=values["auto_create_prospects"],
+        connector_verified=values["connector_verified"],
     )
 
 
@@ -98,11 +108,15 @@ def one_of(
 async def load_policies(
     conn: AsyncConnection, tenant_ids: Iterable[str]
 ) -> dict[str, TenantPolicy]:
+    if bulk.applies(conn):
+        return {r["id"]: policy_of(r) for r in await bulk.policy_rows(conn, tenant_ids)}
     rows = await conn.execute(select(tenants).where(one_of(conn, tenants.c.id, tenant_ids)))
     return {r.id: policy_from_row(r) for r in rows}
 
 
 async def processed_event_ids(conn: AsyncConnection, event_ids: Iterable[str]) -> set[str]:
+    if bulk.applies(conn):
+        return await bulk.processed_event_ids(conn, event_ids)
     rows = await conn.execute(
         select(inbox.c.event_id).where(one_of(conn, inbox.c.event_id, event_ids))
     )
@@ -170,6 +184,8 @@ async def records_of_sf_events(
     wanted = {e.lower() for e in emails if e}
     if not sf_ids and not wanted:
         return {}, {}
+    if bulk.applies(conn):
+        return _known_and_oldest(await bulk.records_of_sf_events(conn, tenant_id, sf_ids, wanted))
     wheres = []
     if sf_ids:
         wheres.append(one_of(conn, records.c.sf_record_id, sf_ids))
@@ -177,16 +193,24 @@ async def records_of_sf_events(
         unlinked = and_(records.c.sf_record_id.is_(None), records.c.prospect_id.is_not(None))
         wheres.append(and_(one_of(conn, records.c.email, wanted), unlinked))
     query = _locked_records(conn, tenant_id, wheres)
+    return _known_and_oldest([row._mapping for row in await conn.execute(query)])
+
+
+def _known_and_oldest(
+    rows: Iterable[Any],
+) -> tuple[dict[str, RecordState], dict[str, RecordState]]:
+    """The records by SF id, and the oldest unlinked record of each email (rows indexed by
+    column name, `created_at` included)."""
     known: dict[str, RecordState] = {}
     oldest: dict[str, tuple[tuple[datetime, int], RecordState]] = {}
-    for row in await conn.execute(query):
-        record = record_from_row(row)
+    for row in rows:
+        record = _record_of(row)
         if record.sf_record_id is not None:
             known[record.sf_record_id] = record
-        elif row.email is not None:
-            age = (row.created_at, row.id)
-            if row.email not in oldest or age < oldest[row.email][0]:
-                oldest[row.email] = (age, record)
+        elif record.email is not None:
+            age = (row["created_at"], row["id"])
+            if record.email not in oldest or age < oldest[record.email][0]:
+                oldest[record.email] = (age, record)
     return known, {email: record for email, (_, record) in oldest.items()}
 
 
@@ -259,6 +283,8 @@ async def merge_records(
 async def ae_users_connected_to(
     conn: AsyncConnection, tenant_id: str, sf_user_ids: Iterable[str]
 ) -> dict[str, int]:
+    if bulk.applies(conn):
+        return await bulk.ae_users_connected_to(conn, tenant_id, sf_user_ids)
     rows = await conn.execute(
         select(connected_users.c.sf_user_id, connected_users.c.ae_user_id).where(
             connected_users.c.tenant_id == tenant_id,
