@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.common.db import store
+from services.common.db import bulk, store
 from services.common.db.engine import make_engine
-from services.common.db.tables import audit_log, inbox, outbox, records
+from services.common.db.tables import audit_log, connected_users, inbox, outbox, records
 from services.common.domain import AeProspectUpsert, Decision, RecordState, Rule
 from services.common.messages import SfRecord, SfRecordEvent, event_id_for
 from services.common.settings import Settings
@@ -186,3 +186,35 @@ async def test_batches_of_any_size_send_the_same_two_statements(engine: AsyncEng
     sent = [await write_batch(engine, first, size) for first, size in ((0, 1), (1, 7), (8, 40))]
     assert len(sent[0]) == 2  # records; then inbox, audit_log and outbox in one
     assert sent[0] == sent[1] == sent[2]
+
+
+async def test_the_asyncpg_look_ups_answer_what_the_portable_path_answers(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Policies, processed ids, connected users, records and S9 candidates: the same answers
+    straight through asyncpg as through SQLAlchemy Core (the path SQLite takes)."""
+    await write_batch(engine, 0, 3)
+    await insert_record(engine, 9, prospect_id=7, email="kim@example.com")
+    async with engine.connect() as conn:
+        users = [r.sf_user_id for r in await conn.execute(select(connected_users))]
+    assert users, "the demo tenant has connected users"
+    sf_ids = [sf_event(n).payload.record_id for n in (0, 2, 9)]
+    event_ids = [str(sf_event(n).event_id) for n in (1, 5)]
+
+    async def look_up() -> tuple[Any, ...]:
+        async with engine.begin() as conn:
+            return (
+                await store.load_policies(conn, [TENANT, "nobody"]),
+                await store.processed_event_ids(conn, event_ids),
+                await store.ae_users_connected_to(conn, TENANT, [*users, "0055g0000Zzzzzzzzz"]),
+                await store.records_of_sf_events(conn, TENANT, sf_ids, ["KIM@example.com", None]),
+            )
+
+    direct = await look_up()
+    monkeypatch.setattr(bulk, "applies", lambda _conn: False)
+    portable = await look_up()
+    assert direct == portable
+    policies, processed, connected, (known, unlinked) = direct
+    assert list(policies) == [TENANT] and processed == {event_ids[0]}
+    assert set(connected) == set(users)
+    assert set(known) == set(sf_ids[:2]) and unlinked["kim@example.com"].prospect_id == 7
