@@ -1,9 +1,11 @@
 """The helpers of the fast decision path: the event loop the roles run on, the JSON rows the
-Postgres batch statements take, and the decoding of a worker's messages ahead of its batch."""
+Postgres batch statements take, the decoding of a worker's messages ahead of its batch, and the
+copies of a record's state."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +17,7 @@ from services.common.broker.base import Delivery, Outcome, QueueRole
 from services.common.broker.rabbit import ConsumerLost, RabbitBroker, _DecodeAhead
 from services.common.db import bulk
 from services.common.db.tables import inbox, outbox
+from services.common.domain import RecordState
 from services.common.runtime import freeze_startup_objects, run_event_loop
 
 
@@ -63,6 +66,18 @@ def test_a_batch_writes_its_updates_and_rows_in_one_statement_of_ctes() -> None:
     assert sql.endswith(last)
     alone = bulk.write_sql(False, ((inbox, frozenset({"event_id"})),))
     assert alone == bulk.insert_sql("inbox", bulk.columns_of(inbox, {"event_id"}))
+
+
+def test_an_evolved_record_state_is_the_copy_replace_makes_and_refuses_unknown_fields() -> None:
+    before = RecordState(id=1, prospect_id=2, sf_record_id="00Q5g0000ZW0001AAA", email="a@b.c")
+    after = before.evolve(id=7, sf_owner_id="0055g0000Zti3ElAQI")
+    assert after == dataclasses.replace(before, id=7, sf_owner_id="0055g0000Zti3ElAQI")
+    assert type(after) is RecordState and hash(after) == hash(after.evolve())
+    assert before.id == 1 and before.sf_owner_id is None  # the original is left alone
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        after.id = 8  # type: ignore[misc]
+    with pytest.raises(TypeError, match="no field \\['owner'\\]"):
+        before.evolve(owner="x")
 
 
 class _Consumer:
