@@ -177,9 +177,10 @@ async def test_relay_keeps_five_calls_in_flight_per_business_unit_and_never_more
     assert len(world.ae.calls("PATCH")) == count
     assert 429 not in world.ae.calls()
     assert world.ae.max_in_flight_by_unit[world.unit] == 5
-    # 5 when every slot is always busy: 4.1-4.3 measured on a machine loaded 4x over, where
-    # the relay of lockstep passes (each batch sent, then settled) measured 3.2-3.3.
-    assert world.ae.mean_in_flight() >= 3.8, world.ae.mean_in_flight()
+    # 5 when every slot is always busy: 4.1-4.3 measured on a machine loaded 4x over, 3.81-3.94
+    # with 4 copies of this test side by side on 2 cores, 3.76 once in CI; the relay of lockstep
+    # passes (each batch sent, then settled) measured 3.2-3.3.
+    assert world.ae.mean_in_flight() >= 3.6, world.ae.mean_in_flight()
     # Kept-alive connections: no more than the calls ever in flight at once.
     assert len(world.ae.connections) <= 5
 
