@@ -28,6 +28,22 @@ class ServeError(RuntimeError):
     """An embedded server could not listen or start its app."""
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (0: a free port), TCP_NODELAY set.
+
+    The option is for the connections it accepts, which inherit it (Linux): uvicorn serving a
+    socket it is handed (uvloop's accept) leaves Nagle's algorithm on, and each answer's last
+    segment then waited for the client's delayed ACK, about 40 ms a call. The relay against
+    the AE simulator fell from 4.8 to 4.0 calls in flight of 5 (23.8 to 19.8 writes/s)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class _EmbeddedServer(uvicorn.Server):
     # The process owner (CLI or test) handles signals; servers inside it must not steal them.
     @contextlib.contextmanager
@@ -42,11 +58,7 @@ async def serve_app(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Asy
     Port 0 takes a free port, held from the moment it is chosen: processes started side by
     side (test workers, replicas) never race for one. The socket is bound here, not by
     uvicorn, which would end the whole process with SystemExit when a port is taken."""
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock = listen(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
     # log_config=None: uvicorn's own lines go through the root handler, so they come out in
     # OWNERSYNC_LOG_FORMAT with control characters escaped, like every other line.

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.common.web import ServeError, serve_app
+from services.common.web import ServeError, listen, serve_app
 
 
 def _hello() -> FastAPI:
@@ -61,3 +61,12 @@ async def test_an_app_whose_startup_fails_is_a_clear_error_not_an_exit() -> None
     with pytest.raises(ServeError, match="failed to start"):
         async with serve_app(FastAPI(lifespan=broken)):
             pass  # pragma: no cover: never reached
+
+
+def test_connections_the_server_accepts_send_at_once_without_nagle() -> None:
+    """Nagle's algorithm held each answer's last segment for the client's delayed ACK (40 ms
+    a call, a fifth of the relay's AE rate): accepted connections inherit TCP_NODELAY."""
+    with listen("127.0.0.1", 0) as server, socket.create_connection(server.getsockname()):
+        accepted, _ = server.accept()
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
