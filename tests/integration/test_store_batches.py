@@ -201,18 +201,28 @@ async def test_the_asyncpg_look_ups_answer_what_the_portable_path_answers(
     sf_ids = [sf_event(n).payload.record_id for n in (0, 2, 9)]
     event_ids = [str(sf_event(n).event_id) for n in (1, 5)]
 
-    async def look_up() -> tuple[Any, ...]:
+    async def look_up() -> tuple[tuple[Any, ...], list[str]]:
+        """The four answers, and the statements that went through SQLAlchemy for them."""
+        through_core: list[str] = []
         async with engine.begin() as conn:
-            return (
+            event.listen(
+                conn.sync_connection,
+                "before_cursor_execute",
+                lambda _c, _cur, statement, *_: through_core.append(statement),
+            )
+            answers = (
                 await store.load_policies(conn, [TENANT, "nobody"]),
                 await store.processed_event_ids(conn, event_ids),
                 await store.ae_users_connected_to(conn, TENANT, [*users, "0055g0000Zzzzzzzzz"]),
                 await store.records_of_sf_events(conn, TENANT, sf_ids, ["KIM@example.com", None]),
             )
+        return answers, through_core
 
-    direct = await look_up()
+    direct, core_statements = await look_up()
+    assert core_statements == []  # all four straight through asyncpg
     monkeypatch.setattr(bulk, "applies", lambda _conn: False)
-    portable = await look_up()
+    portable, core_statements = await look_up()
+    assert len(core_statements) == 4
     assert direct == portable
     policies, processed, connected, (known, unlinked) = direct
     assert list(policies) == [TENANT] and processed == {event_ids[0]}

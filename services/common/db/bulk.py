@@ -101,19 +101,19 @@ async def insert_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> l
     return sorted(row["id"] for row in found)
 
 
-def _update_records_sql(param: int = 1) -> str:
-    return (
-        "UPDATE records AS r SET "
-        + ", ".join(f"{name} = u.{name}" for name, _ in RECORD_CHANGE[1:])
-        + f" FROM {recordset(RECORD_CHANGE, 'u', param)} WHERE r.id = u.id"
-    )
+# Always the first part of `write_sql`: its rows are parameter $1.
+_UPDATE_RECORDS = (
+    "UPDATE records AS r SET "
+    + ", ".join(f"{name} = u.{name}" for name, _ in RECORD_CHANGE[1:])
+    + f" FROM {recordset(RECORD_CHANGE, 'u')} WHERE r.id = u.id"
+)
 
 
 @lru_cache(maxsize=64)
 def write_sql(updates: bool, inserts: tuple[tuple[Table, frozenset[str]], ...]) -> str:
     """The one statement of `write`. Built once per shape: building it makes a SQLAlchemy
     dialect's type names, garbage in reference cycles (what a worker's full collections freed)."""
-    parts = [_update_records_sql(1)] if updates else []
+    parts = [_UPDATE_RECORDS] if updates else []
     for table, given in inserts:
         parts.append(insert_sql(table.name, columns_of(table, given), len(parts) + 1))
     *first, last = parts
@@ -150,7 +150,7 @@ _POLICIES = (
 
 async def policy_rows(conn: AsyncConnection, tenant_ids: Iterable[str]) -> list[Any]:
     """The policy columns of the tenants (rows indexed by column name)."""
-    rows: list[Any] = await (await driver(conn)).fetch(_POLICIES, _values(tenant_ids))
+    rows: list[Any] = await (await driver(conn)).fetch(_POLICIES, array_of(tenant_ids))
     return rows
 
 
@@ -158,7 +158,7 @@ _PROCESSED = "SELECT event_id FROM inbox WHERE event_id = ANY($1::varchar[])"
 
 
 async def processed_event_ids(conn: AsyncConnection, event_ids: Iterable[str]) -> set[str]:
-    rows = await (await driver(conn)).fetch(_PROCESSED, _values(event_ids))
+    rows = await (await driver(conn)).fetch(_PROCESSED, array_of(event_ids))
     return {row[0] for row in rows}
 
 
@@ -171,7 +171,7 @@ _CONNECTED = (
 async def ae_users_connected_to(
     conn: AsyncConnection, tenant_id: str, sf_user_ids: Iterable[str]
 ) -> dict[str, int]:
-    rows = await (await driver(conn)).fetch(_CONNECTED, tenant_id, _values(sf_user_ids))
+    rows = await (await driver(conn)).fetch(_CONNECTED, tenant_id, array_of(sf_user_ids))
     return {row[0]: row[1] for row in rows}
 
 
@@ -200,6 +200,7 @@ async def records_of_sf_events(
     return rows
 
 
-def _values(values: Iterable[Any]) -> list[Any]:
-    """An array parameter: each value once, NULL left out (it equals nothing)."""
+def array_of(values: Iterable[Any]) -> list[Any]:
+    """An `= ANY` array parameter: each value once, in order, NULL left out (it equals
+    nothing, in `= ANY` as in IN)."""
     return sorted({v for v in values if v is not None})

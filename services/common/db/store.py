@@ -99,9 +99,9 @@ def one_of(
 ) -> ColumnElement[bool]:
     """`column IN (values)`; on Postgres `column = ANY(array)`, one statement (prepared and
     planned once) whatever the number of values, where IN makes one per count."""
-    values = {v for v in values if v is not None}  # NULL equals nothing, in both forms
+    values = bulk.array_of(values)
     if conn.dialect.name == "postgresql":
-        return column == any_(bindparam(None, sorted(values), type_=ARRAY(column.type)))
+        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
     return column.in_(values)
 
 
