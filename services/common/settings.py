@@ -52,9 +52,15 @@ class Settings(BaseSettings):
         500,
         ge=1,
         description="most events applied in one transaction (a backlog drains in batches this "
-        "large; at a low rate a batch holds what came within batch_wait_ms)",
+        "large; otherwise a batch holds what arrived while the one before was applied)",
     )
-    batch_wait_ms: int = Field(5, ge=0, description="how long a worker waits to fill a batch")
+    batch_wait_ms: int = Field(
+        0,
+        ge=0,
+        description="how long a worker waits for more messages once one has come (0: none, a "
+        "lone message is applied at once; a wait trades that much latency for fewer "
+        "transactions at a low rate)",
+    )
     uvloop: bool = Field(
         True, description="run the roles on uvloop when it is installed (else asyncio's loop)"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fnmatch
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,34 @@ def topic_matches(pattern: str, routing_key: str) -> bool:
     if pattern.endswith(".#"):
         return routing_key == pattern[:-2] or routing_key.startswith(pattern[:-1])
     return fnmatch.fnmatchcase(routing_key, pattern.replace("*", "[!.]*"))
+
+
+async def fill_batch(
+    take: Callable[[], Awaitable[Delivery]],
+    waiting: Callable[[], bool],
+    *,
+    batch_size: int,
+    batch_wait: float,
+) -> list[Delivery]:
+    """The next batch: the first delivery to come, then those already waiting, until the batch
+    holds `batch_size` events (the last message may take it past).
+
+    With `batch_wait` 0 (the default setting) no timer runs: a worker that comes back from a
+    batch takes what arrived meanwhile, so a backlog drains in full batches and a lone message
+    is applied at once. A wait > 0 also takes what comes within it: fewer transactions at a low
+    rate, each message later by up to that wait."""
+    batch = [await take()]
+    size = batch[0].size
+    if batch_wait > 0:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(batch_wait):
+                while size < batch_size:
+                    batch.append(await take())
+                    size += batch[-1].size
+    while size < batch_size and waiting():
+        batch.append(await take())
+        size += batch[-1].size
+    return batch
 
 
 class Outcome(StrEnum):

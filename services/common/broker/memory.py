@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
@@ -15,6 +14,7 @@ from services.common.broker.base import (
     Delivery,
     Outcome,
     QueueRole,
+    fill_batch,
     group_by_type,
     topic_matches,
 )
@@ -54,18 +54,15 @@ class MemoryBroker:
     ) -> AsyncGenerator[list[Delivery], None]:
         await self.connect()
         queue = self._queues[role]
+
+        async def take() -> Delivery:
+            return self._delivery(role, *await queue.get())
+
+        def waiting() -> bool:
+            return not queue.empty()
+
         while True:
-            batch = [self._delivery(role, *await queue.get())]
-            size = batch[0].size
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(batch_wait):
-                    while size < batch_size:
-                        batch.append(self._delivery(role, *await queue.get()))
-                        size += batch[-1].size
-            while size < batch_size and not queue.empty():
-                batch.append(self._delivery(role, *queue.get_nowait()))
-                size += batch[-1].size
-            yield batch
+            yield await fill_batch(take, waiting, batch_size=batch_size, batch_wait=batch_wait)
 
     def _delivery(
         self, role: QueueRole, body: bytes, count: int, retries: int, trace: Mapping[str, str]

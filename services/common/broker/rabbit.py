@@ -43,6 +43,7 @@ from services.common.broker.base import (
     Delivery,
     Outcome,
     QueueRole,
+    fill_batch,
     fresh_headers,
     group_by_type,
 )
@@ -211,17 +212,9 @@ class RabbitBroker:
         try:
             while True:
                 consumer.check()
-                batch = [await ahead.get()]
-                size = batch[0].size
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(batch_wait):
-                        while size < batch_size:
-                            batch.append(await ahead.get())
-                            size += batch[-1].size
-                while size < batch_size and ahead.has_ready():
-                    batch.append(await ahead.get())
-                    size += batch[-1].size
-                yield batch
+                yield await fill_batch(
+                    ahead.get, ahead.has_ready, batch_size=batch_size, batch_wait=batch_wait
+                )
         finally:
             ahead.decoding.cancel()
             with contextlib.suppress(Exception):
