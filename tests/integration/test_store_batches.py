@@ -14,9 +14,16 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.common.db import bulk, store
+from services.common.db import bulk, sla_store, store
 from services.common.db.engine import make_engine
-from services.common.db.tables import audit_log, connected_users, inbox, outbox, records
+from services.common.db.tables import (
+    audit_log,
+    connected_users,
+    inbox,
+    outbox,
+    records,
+    sla_timers,
+)
 from services.common.domain import AeProspectUpsert, Decision, RecordState, Rule
 from services.common.messages import SfRecord, SfRecordEvent, event_id_for
 from services.common.settings import Settings
@@ -43,6 +50,25 @@ async def insert_record(engine: AsyncEngine, age_minutes: int, **values: Any) ->
             [{"tenant_id": TENANT, "created_at": created, "updated_at": created, **values}],
         )
         return int(inserted.scalar_one())
+
+
+def timer_row(record_id: int, state: str, **values: Any) -> dict[str, Any]:
+    return {
+        "tenant_id": TENANT,
+        "record_id": record_id,
+        "group_id": 1,
+        "ae_user_id": 5,
+        "sf_owner_id": OWNER,
+        "state": state,
+        "escalations": 0,
+        "seconds": 3600,
+        "business_hours": False,
+        "started_at": NOW,
+        "due_at": None,
+        "ended_at": None,
+        "created_at": NOW,
+        **values,
+    }
 
 
 @contextlib.asynccontextmanager
@@ -191,10 +217,21 @@ async def test_batches_of_any_size_send_the_same_two_statements(engine: AsyncEng
 async def test_the_asyncpg_look_ups_answer_what_the_portable_path_answers(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Policies, processed ids, connected users, records and S9 candidates: the same answers
-    straight through asyncpg as through SQLAlchemy Core (the path SQLite takes)."""
+    """Policies, processed ids, connected users, records and S9 candidates, open SLA timers:
+    the same answers straight through asyncpg as through SQLAlchemy Core (the path SQLite
+    takes)."""
     await write_batch(engine, 0, 3)
     await insert_record(engine, 9, prospect_id=7, email="kim@example.com")
+    timed = [await insert_record(engine, 1, prospect_id=p) for p in (11, 12, 13)]
+    async with engine.begin() as conn:
+        await conn.execute(
+            sla_timers.insert(),
+            [
+                timer_row(timed[0], "running", due_at=NOW + timedelta(hours=1)),
+                timer_row(timed[1], "met", ended_at=NOW),  # ended: not an open timer
+                timer_row(timed[2], "pending"),
+            ],
+        )
     async with engine.connect() as conn:
         users = [r.sf_user_id for r in await conn.execute(select(connected_users))]
     assert users, "the demo tenant has connected users"
@@ -215,16 +252,24 @@ async def test_the_asyncpg_look_ups_answer_what_the_portable_path_answers(
                 await store.processed_event_ids(conn, event_ids),
                 await store.ae_users_connected_to(conn, TENANT, [*users, "0055g0000Zzzzzzzzz"]),
                 await store.records_of_sf_events(conn, TENANT, sf_ids, ["KIM@example.com", None]),
+                await sla_store.open_timers_of(conn, TENANT, [*timed, -1]),
+                await sla_store.open_timers_of(conn, "nobody", timed),
             )
         return answers, through_core
 
     direct, core_statements = await look_up()
-    assert core_statements == []  # all four straight through asyncpg
+    assert core_statements == []  # all six straight through asyncpg
     monkeypatch.setattr(bulk, "applies", lambda _conn: False)
     portable, core_statements = await look_up()
-    assert len(core_statements) == 4
+    assert len(core_statements) == 6
     assert direct == portable
-    policies, processed, connected, (known, unlinked) = direct
+    policies, processed, connected, (known, unlinked), timers, none = direct
+    assert [(t.record_id, t.state) for t in sorted(timers, key=lambda t: t.record_id)] == [
+        (timed[0], "running"),
+        (timed[2], "pending"),
+    ]
+    assert timers[0].due_at is None or timers[0].due_at.tzinfo is not None
+    assert none == []
     assert list(policies) == [TENANT] and processed == {event_ids[0]}
     assert set(connected) == set(users)
     assert set(known) == set(sf_ids[:2]) and unlinked["kim@example.com"].prospect_id == 7

@@ -7,7 +7,8 @@ SQLAlchemy's multi-row VALUES and expanding IN lists make a new statement (one m
 round trip, one more plan) for every batch size.
 
 Reads: the look-ups every batch makes (the tenants' policies, the inbox's processed ids, the
-records and S9 candidates, the connected users) as fixed statements with `= ANY(array)`: through
+records and S9 candidates, the connected users, the open SLA timers of the records SF changed) as
+fixed statements with `= ANY(array)`: through
 SQLAlchemy Core each cost about 0.5 ms of CPU more than the query itself (compiling its cache
 key, the result's rows), three to five times the asyncpg call.
 
@@ -25,6 +26,8 @@ import orjson
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.db.tables import SLA_OPEN
 
 # (column, Postgres type) of the records' rows.
 RECORD = (
@@ -196,6 +199,27 @@ async def records_of_sf_events(
     record yet, locked in id order (rows indexed by column name, `created_at` included)."""
     rows: list[Any] = await (await driver(conn)).fetch(
         _RECORDS_OF_SF, tenant_id, sorted(sf_record_ids), sorted(emails)
+    )
+    return rows
+
+
+_TIMER = (
+    "id, tenant_id, record_id, group_id, ae_user_id, sf_owner_id, state, escalations, seconds, "
+    "business_hours, started_at, due_at"
+)
+# The open states as the partial index of open timers names them, so that the index serves.
+_OPEN_TIMERS = (
+    f"SELECT {_TIMER} FROM sla_timers "
+    f"WHERE tenant_id = $1 AND record_id = ANY($2::bigint[]) AND {SLA_OPEN}"
+)
+
+
+async def open_timer_rows(
+    conn: AsyncConnection, tenant_id: str, record_ids: Iterable[int]
+) -> list[Any]:
+    """The open SLA timers of the records (rows indexed by `SlaTimer`'s field names)."""
+    rows: list[Any] = await (await driver(conn)).fetch(
+        _OPEN_TIMERS, tenant_id, array_of(record_ids)
     )
     return rows
 

@@ -17,7 +17,7 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common import metrics
-from services.common.db import store
+from services.common.db import bulk, store
 from services.common.db.tables import (
     audit_log,
     deferred_assignments,
@@ -199,6 +199,23 @@ async def start_confirmed(conn: AsyncConnection, owners: Mapping[int, str], now:
     await conn.execute(insert(audit_log), audit)
 
 
+async def open_timers_of(
+    conn: AsyncConnection, tenant_id: str, record_ids: Iterable[int]
+) -> list[SlaTimer]:
+    """The open timers of the records: a look-up every syncer batch makes, straight through
+    asyncpg on Postgres (`bulk`), through Core elsewhere."""
+    if bulk.applies(conn):
+        return [SlaTimer(**row) for row in await bulk.open_timer_rows(conn, tenant_id, record_ids)]
+    rows = await conn.execute(
+        select(sla_timers).where(
+            sla_timers.c.tenant_id == tenant_id,
+            store.one_of(conn, sla_timers.c.record_id, record_ids),
+            sla_timers.c.state.in_(OPEN_STATES),
+        )
+    )
+    return [timer_from_row(r) for r in rows]
+
+
 async def observe_sf_updates(
     conn: AsyncConnection,
     tenant_id: str,
@@ -209,16 +226,7 @@ async def observe_sf_updates(
     by_record = dict(updates)  # the newest update of a record is the last one
     if not by_record:
         return
-    rows = await conn.execute(
-        select(sla_timers).where(
-            sla_timers.c.tenant_id == tenant_id,
-            # = ANY(array) on Postgres: one prepared statement whatever the batch's count (an
-            # IN list is a new statement, prepared and cached, for every count).
-            store.one_of(conn, sla_timers.c.record_id, by_record),
-            sla_timers.c.state.in_(OPEN_STATES),
-        )
-    )
-    timers = [timer_from_row(r) for r in rows]
+    timers = await open_timers_of(conn, tenant_id, by_record)
     if not timers:
         return
     untouched = await untouched_statuses(conn, tenant_id)
