@@ -27,6 +27,7 @@ from services.common.db.tables import (
 from services.common.domain import AeProspectUpsert, Decision, RecordState, Rule
 from services.common.messages import SfRecord, SfRecordEvent, event_id_for
 from services.common.settings import Settings
+from services.common.sla import SlaPolicy, SlaTimer
 
 pytestmark = pytest.mark.integration
 
@@ -53,22 +54,9 @@ async def insert_record(engine: AsyncEngine, age_minutes: int, **values: Any) ->
 
 
 def timer_row(record_id: int, state: str, **values: Any) -> dict[str, Any]:
-    return {
-        "tenant_id": TENANT,
-        "record_id": record_id,
-        "group_id": 1,
-        "ae_user_id": 5,
-        "sf_owner_id": OWNER,
-        "state": state,
-        "escalations": 0,
-        "seconds": 3600,
-        "business_hours": False,
-        "started_at": NOW,
-        "due_at": None,
-        "ended_at": None,
-        "created_at": NOW,
-        **values,
-    }
+    """A timer row as the assigner writes it, moved on to `state`."""
+    row = sla_store.new_timer(TENANT, record_id, 1, 5, OWNER, SlaPolicy(seconds=3600), 0, NOW)
+    return {**row, "state": state, "started_at": NOW, "due_at": None, "ended_at": None, **values}
 
 
 @contextlib.asynccontextmanager
@@ -238,6 +226,9 @@ async def test_the_asyncpg_look_ups_answer_what_the_portable_path_answers(
     sf_ids = [sf_event(n).payload.record_id for n in (0, 2, 9)]
     event_ids = [str(sf_event(n).event_id) for n in (1, 5)]
 
+    def by_id(timer: SlaTimer) -> int:
+        return timer.id
+
     async def look_up() -> tuple[tuple[Any, ...], list[str]]:
         """The four answers, and the statements that went through SQLAlchemy for them."""
         through_core: list[str] = []
@@ -252,7 +243,8 @@ async def test_the_asyncpg_look_ups_answer_what_the_portable_path_answers(
                 await store.processed_event_ids(conn, event_ids),
                 await store.ae_users_connected_to(conn, TENANT, [*users, "0055g0000Zzzzzzzzz"]),
                 await store.records_of_sf_events(conn, TENANT, sf_ids, ["KIM@example.com", None]),
-                await sla_store.open_timers_of(conn, TENANT, [*timed, -1]),
+                # Neither path orders the timers: compared by id.
+                sorted(await sla_store.open_timers_of(conn, TENANT, [*timed, -1]), key=by_id),
                 await sla_store.open_timers_of(conn, "nobody", timed),
             )
         return answers, through_core
@@ -264,11 +256,11 @@ async def test_the_asyncpg_look_ups_answer_what_the_portable_path_answers(
     assert len(core_statements) == 6
     assert direct == portable
     policies, processed, connected, (known, unlinked), timers, none = direct
-    assert [(t.record_id, t.state) for t in sorted(timers, key=lambda t: t.record_id)] == [
+    assert [(t.record_id, t.state) for t in timers] == [
         (timed[0], "running"),
         (timed[2], "pending"),
     ]
-    assert timers[0].due_at is None or timers[0].due_at.tzinfo is not None
+    assert timers[0].due_at == NOW + timedelta(hours=1)
     assert none == []
     assert list(policies) == [TENANT] and processed == {event_ids[0]}
     assert set(connected) == set(users)

@@ -7,10 +7,10 @@ SQLAlchemy's multi-row VALUES and expanding IN lists make a new statement (one m
 round trip, one more plan) for every batch size.
 
 Reads: the look-ups every batch makes (the tenants' policies, the inbox's processed ids, the
-records and S9 candidates, the connected users, the open SLA timers of the records SF changed) as
-fixed statements with `= ANY(array)`: through
-SQLAlchemy Core each cost about 0.5 ms of CPU more than the query itself (compiling its cache
-key, the result's rows), three to five times the asyncpg call.
+records and S9 candidates, the connected users, the open SLA timers of the records SF changed)
+as fixed statements with `= ANY(array)`: through SQLAlchemy Core each cost about 0.5 ms of CPU
+more than the query itself (compiling its cache key, the result's rows), three to five times
+the asyncpg call.
 
 All of it runs on the connection of the worker's transaction; SQLite keeps the portable
 SQLAlchemy path in `store`.
@@ -18,6 +18,7 @@ SQLAlchemy path in `store`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Container, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -28,6 +29,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.db.tables import SLA_OPEN
+from services.common.sla import SlaTimer
 
 # (column, Postgres type) of the records' rows.
 RECORD = (
@@ -203,10 +205,8 @@ async def records_of_sf_events(
     return rows
 
 
-_TIMER = (
-    "id, tenant_id, record_id, group_id, ae_user_id, sf_owner_id, state, escalations, seconds, "
-    "business_hours, started_at, due_at"
-)
+# The columns `SlaTimer` is made of, by the same names.
+_TIMER = ", ".join(f.name for f in dataclasses.fields(SlaTimer))
 # The open states as the partial index of open timers names them, so that the index serves.
 _OPEN_TIMERS = (
     f"SELECT {_TIMER} FROM sla_timers "
