@@ -108,6 +108,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "taking a core (with the simulator's) beside the roles; '' skips it [100-300]",
     )
     p.add_argument(
+        "--again-without-relay",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after those, the highest fraction again with the relay stopped for the phase "
+        "(started again before the drain): the decision path's latency with nothing sent "
+        "beside it, to tell its own share from the relay's [on]",
+    )
+    p.add_argument(
         "--bulk-burst",
         type=int,
         help="reassignments of the relay phase's burst, bulk mode on: AE calls per 1,000 "
@@ -210,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         ae_latency_ms=args.ae_latency_ms,
         again_with_ae_latency_ms=args.again_with_ae_latency_ms or None,
+        again_without_relay=args.again_without_relay,
     )
     console = Console(emoji=False, highlight=False)
     if not console.is_terminal:

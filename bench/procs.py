@@ -165,9 +165,10 @@ class Services:
                         )
                     await asyncio.sleep(0.1)
 
-    def check_alive(self) -> None:
+    def check_alive(self, stopped: Iterable[str] = ()) -> None:
+        """Raise if one of the services died (except those `stopped` on purpose)."""
         for service in self.items.values():
-            if not service.alive():
+            if service.name not in stopped and not service.alive():
                 raise RuntimeError(
                     f"{service.name} died (exit {service.proc.returncode}):\n" + service.log_tail()
                 )

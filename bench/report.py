@@ -141,13 +141,15 @@ def render(r: dict[str, Any], console: Console) -> None:
         f">= {TARGET_RATIO:.1f}x",
         _verdict(v["throughput"]),
     )
-    again = [r["latency_ae_like"]] if r.get("latency_ae_like") else []
+    again = [r[k] for k in ("latency_ae_like", "latency_without_relay") if r.get(k)]
     for run in [*r.get("latency_runs", [lat]), *again]:
         last = run is lat
         lo, hi = run["p99_bucket"]
         of = "" if run.get("fraction") is None else f"{run['fraction']:.0%} of capacity, "
         if run.get("ae_latency_ms"):
             of = f"{of}AE sim answering in {run['ae_latency_ms']} ms as AE does, "
+        if run.get("relay_stopped"):
+            of = f"{of}relay stopped (the decision path alone), "
         table.add_row(
             f"Receipt -> decision at {of}{run['offered_rate']:,.0f}/s offered "
             f"({run['achieved_rate'] or 0:,.0f}/s sent, {run['notifications']:,}): p50 / p95",
@@ -329,10 +331,19 @@ def _relay_rate(r: dict[str, Any], console: Console) -> None:
 
 
 def _cpu_table(r: dict[str, Any], console: Console) -> None:
+    latencies = [
+        (name, r[key]["cpu"])
+        for key, name in (
+            ("latency", "latency"),
+            ("latency_ae_like", "latency, AE-like"),
+            ("latency_without_relay", "latency, no relay"),
+        )
+        if r.get(key)
+    ]
     phases = [
         ("baseline", r["baseline"]["cpu"]),
         ("ae-calls", r["ae_calls"]["cpu"]),
-        ("latency", r["latency"]["cpu"]),
+        *latencies,
         ("throughput: receiving", r["throughput"]["cpu_receiving"]),
         ("throughput: to last decision", r["throughput"]["cpu"]),
     ]

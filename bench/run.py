@@ -11,7 +11,8 @@ Phases, in this order (the figures are printed in the issue's order):
                 (the capacity the next phase takes fractions of)
   5. latency    25% and 50% of that capacity (or --rate): receipt-to-decision, and receipt to
                 the AE call; then 50% again with the AE simulator answering in 100-300 ms, as AE
-                does (--again-with-ae-latency-ms), instead of at once
+                does (--again-with-ae-latency-ms), instead of at once; then 50% again with the
+                relay stopped (--again-without-relay): the decision path alone, no effect sent
   6. preload    (--preload) the tables filled with N rows each, then throughput again
   7. relay      the relay's sustained AE rate (bench/relay_rate.py)
 Between phases the relay is left to empty the outbox (for at most --drain-timeout), so a phase
@@ -79,6 +80,8 @@ class Options:
     ae_latency_ms: str | None = None  # the AE simulator's answer time ("100-300"); None: at once
     # The highest fraction again, the AE simulator answering in this many ms (None: not run).
     again_with_ae_latency_ms: str | None = None
+    # The highest fraction again with the relay stopped for the phase.
+    again_without_relay: bool = False
 
 
 _STARTED = time.monotonic()
@@ -469,6 +472,13 @@ class Bench:
             run["ae_latency_ms"] = again
             run["ae_sim_latency"] = [sim["latency_ms"], sim["latency_max_ms"]]
             self.results["latency_ae_like"] = run
+        if self.o.again_without_relay:
+            # What the relay's draining costs the decision path: the same rate with no relay
+            # (and so no AE or SF call) beside the roles; it starts again before the drain.
+            fraction, rate = plan[-1]
+            run = await self.phase_latency(rate, fraction, relay_stopped=True)
+            run["relay_stopped"] = True
+            self.results["latency_without_relay"] = run
 
     async def _ae_latency(self, latency: str | None) -> dict[str, Any]:
         """Set how long the AE simulator takes to answer ("100-300"; None: at once); returns
@@ -484,12 +494,31 @@ class Bench:
             taken: dict[str, Any] = answer.json()
             return taken
 
-    async def phase_latency(self, rate: float, fraction: float | None) -> dict[str, Any]:
+    async def phase_latency(
+        self, rate: float, fraction: float | None, *, relay_stopped: bool = False
+    ) -> dict[str, Any]:
+        """One paced phase; `relay_stopped`: the relay is stopped (SIGTERM, graceful) before it
+        and started again once every notification is decided, before the drain."""
+        if relay_stopped:
+            self.services.pause("relay")
+            try:
+                return await self._phase_latency(rate, fraction, relay_stopped=True)
+            finally:
+                if not self.services.items["relay"].alive():
+                    self.services.restart("relay")
+                    await self.services.wait_ready(names=["relay"])
+        return await self._phase_latency(rate, fraction)
+
+    async def _phase_latency(
+        self, rate: float, fraction: float | None, *, relay_stopped: bool = False
+    ) -> dict[str, Any]:
         seconds = self.o.latency_seconds
         count = max(1, round(rate * seconds))
         messages = self.workload.mixed(count)
         per_second = rate / load.NOTIFICATIONS_PER_MESSAGE
         part = "" if fraction is None else f", {fraction:.0%} of capacity"
+        if relay_stopped:
+            part += ", the relay stopped,"
         _say(
             self.o,
             f"latency: {len(messages)} messages of 100 at {per_second:.2f}/s "
@@ -502,8 +531,11 @@ class Bench:
         cpu_before = self.meter.sample()
         sampler = self._sampler()
         run = await load.post_paced(self.receiver_url, messages, per_second)
+        stopped = ("relay",) if relay_stopped else ()
         seen, count_now = await self.db.wait_inbox(
-            inbox, within=self.o.settle_timeout, check=self.services.check_alive
+            inbox,
+            within=self.o.settle_timeout,
+            check=lambda: self.services.check_alive(stopped),
         )
         cpu_after = self.meter.sample()
         db_time = await sampler.stop()
@@ -559,6 +591,9 @@ class Bench:
             "db_time": db_time,
             "gc_pauses": pauses,
         }
+        if relay_stopped:
+            self.services.restart("relay")
+            await self.services.wait_ready(names=["relay"])
         _say(self.o, "latency: letting the relay drain the effects of the phase")
         result.update(await self._drain(inbox, "latency"))
         result["receipt_to_ae_ms"] = await self._receipt_to_ae(run.posted)

@@ -78,6 +78,12 @@ def test_quick_benchmark_completes_with_every_figure() -> None:
     assert again["fraction"] == 0.5 and again["ae_latency_ms"] == "100-300"
     assert again["ae_sim_latency"] == [100, 300]
     assert again["p50"] <= again["p95"] <= again["p99"]
+    alone = figures["latency_without_relay"]  # 50% again with the relay stopped
+    assert alone["fraction"] == 0.5 and alone["relay_stopped"] is True
+    assert alone["p50"] <= alone["p95"] <= alone["p99"]
+    assert alone["observations"] >= alone["notifications"] * 0.9
+    assert alone["cpu"].get("relay", 0.0) == 0.0  # no relay process ran in the phase
+    assert alone["cpu"]["syncer"] > 0
 
     assert figures["baseline"]["rate"] > 0
     assert figures["ratio_to_baseline"] > 0
