@@ -476,9 +476,9 @@ class Bench:
             # What the relay's draining costs the decision path: the same rate with no relay
             # (and so no AE or SF call) beside the roles; it starts again before the drain.
             fraction, rate = plan[-1]
-            run = await self.phase_latency(rate, fraction, relay_stopped=True)
-            run["relay_stopped"] = True
-            self.results["latency_without_relay"] = run
+            self.results["latency_without_relay"] = await self.phase_latency(
+                rate, fraction, relay_stopped=True
+            )
 
     async def _ae_latency(self, latency: str | None) -> dict[str, Any]:
         """Set how long the AE simulator takes to answer ("100-300"; None: at once); returns
@@ -497,21 +497,27 @@ class Bench:
     async def phase_latency(
         self, rate: float, fraction: float | None, *, relay_stopped: bool = False
     ) -> dict[str, Any]:
-        """One paced phase; `relay_stopped`: the relay is stopped (SIGTERM, graceful) before it
-        and started again once every notification is decided, before the drain."""
+        """One paced phase, then the drain; `relay_stopped`: the relay is stopped (SIGTERM,
+        graceful) before the phase and started again once every notification is decided."""
         if relay_stopped:
             self.services.pause("relay")
-            try:
-                return await self._phase_latency(rate, fraction, relay_stopped=True)
-            finally:
-                if not self.services.items["relay"].alive():
-                    self.services.restart("relay")
-                    await self.services.wait_ready(names=["relay"])
-        return await self._phase_latency(rate, fraction)
+        try:
+            result, posted, inbox = await self._measure_latency(rate, fraction, relay_stopped)
+        finally:
+            if relay_stopped:
+                self.services.restart("relay")
+                await self.services.wait_ready(names=["relay"])
+        _say(self.o, "latency: letting the relay drain the effects of the phase")
+        result.update(await self._drain(inbox, "latency"))
+        # With the relay stopped the AE calls wait for the phase to end: not a figure of it.
+        if not relay_stopped:
+            result["receipt_to_ae_ms"] = await self._receipt_to_ae(posted)
+        return result
 
-    async def _phase_latency(
-        self, rate: float, fraction: float | None, *, relay_stopped: bool = False
-    ) -> dict[str, Any]:
+    async def _measure_latency(
+        self, rate: float, fraction: float | None, relay_stopped: bool
+    ) -> tuple[dict[str, Any], list[load.Posted], int]:
+        """The phase's figures, the messages as posted, and the inbox count it reached."""
         seconds = self.o.latency_seconds
         count = max(1, round(rate * seconds))
         messages = self.workload.mixed(count)
@@ -590,16 +596,9 @@ class Bench:
             "cpu": CpuMeter.share(cpu_before, cpu_after),
             "db_time": db_time,
             "gc_pauses": pauses,
+            "relay_stopped": relay_stopped,
         }
-        if relay_stopped:
-            self.services.restart("relay")
-            await self.services.wait_ready(names=["relay"])
-        _say(self.o, "latency: letting the relay drain the effects of the phase")
-        result.update(await self._drain(inbox, "latency"))
-        # With the relay stopped the AE calls wait for the phase to end: not a figure of it.
-        if not relay_stopped:
-            result["receipt_to_ae_ms"] = await self._receipt_to_ae(run.posted)
-        return result
+        return result, run.posted, inbox
 
     async def phase_throughput(self, label: str = "throughput") -> dict[str, Any]:
         messages = self.workload.mixed(self.o.notifications)
